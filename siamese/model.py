@@ -1,0 +1,303 @@
+"""The Siamese-Diffusion model bundle: UNet, DHI ControlNet, codec, text encoder, tokenizer, schedule.
+
+A model folder has the layout of a diffusers Stable Diffusion folder plus two entries:
+
+    siamese_config.json   SiameseConfig (resolution, default prompt, codec, name)
+    unet/  controlnet/  text_encoder/  tokenizer/  scheduler/  [vae/]   (config JSON + safetensors)
+
+so `load_model` reads our folders, a Stable Diffusion 1.5 folder (no controlnet yet: it is initialised
+from the UNet encoder with a fresh DHI) and hub repo ids alike. `build_tiny` makes the CPU preset from
+config alone: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from torch import Tensor
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .codec import Codec, PatchCodec, PatchCodecConfig, VAECodec, _save_module
+from .networks import DHIControlNetModel, _check_supported
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SiameseConfig", "SiameseModel", "build_tiny", "load_model", "ModelLoadError", "SCHEDULE"]
+
+CONFIG_NAME = "siamese_config.json"
+
+# METHOD.md: 1000 steps, scaled_linear betas 0.00085..0.012, epsilon prediction (SD 1.5's schedule).
+SCHEDULE = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+)
+DHI_WIDTHS = (16, 32, 64, 128, 256)
+
+
+class ModelLoadError(ValueError):
+    """A model folder or hub id that cannot be loaded; the message says why and what is expected."""
+
+
+@dataclass
+class SiameseConfig:
+    """What a model folder needs besides the diffusers components."""
+
+    resolution: int = 384
+    prompt: str = ""
+    codec: dict = field(default_factory=lambda: {"type": "vae"})
+    dhi_widths: tuple[int, ...] = DHI_WIDTHS
+    name: str = ""
+
+    def save(self, folder: Path) -> None:
+        (folder / CONFIG_NAME).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> SiameseConfig:
+        path = folder / CONFIG_NAME
+        if not path.exists():  # a plain Stable Diffusion folder
+            return cls(name=folder.name)
+        data = json.loads(path.read_text())
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ModelLoadError(f"{path}: unknown keys {sorted(unknown)}")
+        data["dhi_widths"] = tuple(data.get("dhi_widths", DHI_WIDTHS))
+        return cls(**data)
+
+
+class SiameseModel:
+    """All components of one model, on one device and dtype.
+
+    `controlnet` is None for a base model (a UNet not yet paired with a ControlNet); `add_controlnet`
+    creates it from the UNet encoder, as ControlNet and METHOD.md do.
+    """
+
+    def __init__(
+        self,
+        config: SiameseConfig,
+        unet: UNet2DConditionModel,
+        codec: Codec,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        scheduler_config: dict,
+        controlnet: DHIControlNetModel | None = None,
+        source: str = "",
+    ) -> None:
+        _check_supported(unet)
+        self.config = config
+        self.unet = unet
+        self.controlnet = controlnet
+        self.codec = codec
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler_config = dict(scheduler_config)
+        self.source = source
+        self._prompt_cache: dict[str, Tensor] = {}
+        self.text_encoder.requires_grad_(False)
+        self.codec.requires_grad_(False)
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def latent_size(self) -> int:
+        return self.config.resolution // self.codec.downscale
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        """(1000,) float64 cumulative product of alphas of the training schedule."""
+        return DDPMScheduler.from_config(self.scheduler_config).alphas_cumprod.double()
+
+    def identity(self) -> dict:
+        """Name, source and a short weight fingerprint, written into every generated pair's metadata."""
+        h = hashlib.sha256()
+        for net in (self.controlnet, self.unet):
+            if net is not None:
+                for name, p in list(net.state_dict().items())[:: max(1, len(net.state_dict()) // 16)]:
+                    h.update(name.encode())
+                    h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
+        return {"name": self.config.name, "source": self.source, "fingerprint": h.hexdigest()[:12]}
+
+    # -- components ---------------------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        mods = {"unet": self.unet, "codec": self.codec, "text_encoder": self.text_encoder}
+        if self.controlnet is not None:
+            mods["controlnet"] = self.controlnet
+        return mods
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SiameseModel:
+        for m in self.modules().values():
+            m.to(device=device, dtype=dtype)
+        self._prompt_cache.clear()
+        return self
+
+    def eval(self) -> SiameseModel:
+        for m in self.modules().values():
+            m.eval()
+        return self
+
+    def add_controlnet(self, generator_seed: int = 0) -> DHIControlNetModel:
+        """A DHI ControlNet initialised from the UNet encoder (fresh, zero-output DHI)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(generator_seed)
+            controlnet = DHIControlNetModel.from_unet(
+                self.unet, conditioning_embedding_out_channels=tuple(self.config.dhi_widths)
+            )
+        self.controlnet = controlnet.to(device=self.device, dtype=self.dtype)
+        return self.controlnet
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> Tensor:
+        """Prompts -> (B, L, D) text embeddings; each distinct prompt is encoded once and cached."""
+        missing = sorted({p for p in prompts if p not in self._prompt_cache})
+        if missing:
+            ids = self.tokenizer(
+                missing, padding="max_length", max_length=self.tokenizer.model_max_length,
+                truncation=True, return_tensors="pt",
+            ).input_ids.to(self.text_encoder.device)
+            embeds = self.text_encoder(ids).last_hidden_state.to(self.dtype)
+            self._prompt_cache.update(zip(missing, embeds))
+        return torch.stack([self._prompt_cache[p] for p in prompts])
+
+    # -- persistence --------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write the model folder (config JSON + safetensors for every network); returns its path."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.save(folder)
+        _save_module(self.unet, folder / "unet", dtype)
+        if self.controlnet is not None:
+            _save_module(self.controlnet, folder / "controlnet", dtype)
+        _save_module(self.text_encoder, folder / "text_encoder", dtype)
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        DDPMScheduler.from_config(self.scheduler_config).save_pretrained(folder / "scheduler")
+        if isinstance(self.codec, VAECodec):
+            self.codec.save(folder, dtype)
+        return folder
+
+
+def _tiny_tokenizer(max_length: int = 77) -> CLIPTokenizer:
+    """A character-level CLIP tokenizer (printable ASCII, no merges): made here, nothing downloaded."""
+    chars = [chr(i) for i in range(33, 127)]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def build_tiny(
+    resolution: int = 256,
+    prompt: str = "",
+    codec_config: PatchCodecConfig | None = None,
+    seed: int = 0,
+    name: str = "siamese-tiny",
+) -> SiameseModel:
+    """The tiny CPU preset, built from config alone (random weights, seeded).
+
+    Pixel-space patch codec (8x8 patches -> 192 latent channels), a 3-level UNet at resolution/8, a
+    small frozen CLIP text encoder with a character tokenizer. The ControlNet is added later from the
+    UNet encoder (`add_controlnet`), as for Stable Diffusion.
+    """
+    if resolution % 64:
+        raise ValueError(f"resolution must be a multiple of 64 for the tiny preset, got {resolution}")
+    codec = PatchCodec(codec_config or PatchCodecConfig())
+    tokenizer = _tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=resolution // codec.downscale,
+            in_channels=codec.latent_channels,
+            out_channels=codec.latent_channels,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(48, 96, 192),
+            layers_per_block=1,
+            cross_attention_dim=64,
+            attention_head_dim=4,
+            norm_num_groups=16,
+        )
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ))
+    config = SiameseConfig(resolution=resolution, prompt=prompt, codec=codec.to_dict(),
+                           dhi_widths=(4, 8, 16, 32, 64), name=name)
+    return SiameseModel(config, unet, codec, text_encoder.eval(), tokenizer, SCHEDULE, source="tiny")
+
+
+def _resolve(path_or_id: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """A local folder as is; otherwise a hub repo id fetched with huggingface-hub (offline mode honoured)."""
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{path} is a file; expected a model folder (with unet/ and siamese_config.json)")
+        return path
+    text = str(path_or_id)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise ModelLoadError(f"No model folder at '{text}', and it is not a hub repo id of the form 'owner/name'")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(
+            text, cache_dir=cache_dir,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.md", "tokenizer/*"],
+            ignore_patterns=["*.fp16.safetensors", "*.non_ema*", "*ema*", "*.ckpt", "*.bin"],
+        ))
+    except LocalEntryNotFoundError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        why = "offline mode (HF_HUB_OFFLINE) is on" if offline else "the hub could not be reached"
+        raise ModelLoadError(f"Hub model '{text}' is not in the local cache and {why}: {e}") from None
+    except (HfHubHTTPError, OSError) as e:
+        raise ModelLoadError(f"Could not download hub model '{text}': {e}") from None
+
+
+def load_model(
+    path_or_id: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cache_dir: str | Path | None = None,
+) -> SiameseModel:
+    """Load a model folder (ours or a diffusers Stable Diffusion 1.5 folder) or a hub repo id."""
+    folder = _resolve(path_or_id, cache_dir)
+    for sub in ("unet", "text_encoder", "tokenizer"):
+        if not (folder / sub).is_dir():
+            raise ModelLoadError(f"{folder} has no {sub}/ folder; expected a model folder written by "
+                                 "`python -m siamese train` or a diffusers Stable Diffusion folder")
+    config = SiameseConfig.load(folder)
+    kw = dict(torch_dtype=dtype)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", **kw)
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype).eval()
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+        controlnet = (DHIControlNetModel.from_pretrained(folder / "controlnet", **kw)
+                      if (folder / "controlnet").is_dir() else None)
+        if config.codec.get("type") == "patch":
+            codec: Codec = PatchCodec(PatchCodecConfig(**{k: v for k, v in config.codec.items() if k != "type"}))
+        else:
+            codec = VAECodec(AutoencoderKL.from_pretrained(folder / "vae", **kw))
+        scheduler_path = folder / "scheduler" / "scheduler_config.json"
+        scheduler_config = json.loads(scheduler_path.read_text()) if scheduler_path.exists() else SCHEDULE
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"Could not load the model in {folder}: {e}") from None
+    schedule = {k: scheduler_config.get(k) for k in ("beta_schedule", "num_train_timesteps", "prediction_type")}
+    if schedule["prediction_type"] not in (None, "epsilon"):
+        raise ModelLoadError(f"{folder}: only epsilon prediction is supported, got {schedule}")
+    model = SiameseModel(config, unet, codec, text_encoder, tokenizer, scheduler_config, controlnet, source=str(path_or_id))
+    logger.info("loaded model %s from %s", config.name, folder)
+    return model.to(device=device, dtype=dtype).eval()
