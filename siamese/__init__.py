@@ -1,0 +1,29 @@
+"""Siamese-Diffusion: mask-to-image synthesis of medical image-mask pairs (CVPR 2025), on diffusers.
+
+    from siamese import load_model, generate, read_mask
+    model = load_model("checkpoints/siamese-kvasir-tiny")
+    images = generate(model, read_mask("mask.png"), num_images=4, seed=0)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .data import DataError, augment_mask, read_image, read_mask
+from .export import export_zip, write_pairs
+from .model import ModelLoadError, SiameseConfig, SiameseModel, build_tiny, load_model
+from .sampling import Generated, SamplingParams, generate, sample
+
+__all__ = [
+    "DataError", "ModelLoadError", "SiameseConfig", "SiameseModel", "Generated", "SamplingParams",
+    "build_tiny", "load_model", "generate", "sample", "read_image", "read_mask", "augment_mask",
+    "write_pairs", "export_zip", "default_model", "DEFAULT_MODEL_NAME",
+]
+
+DEFAULT_MODEL_NAME = "siamese-kvasir-tiny"
+
+
+def default_model() -> str:
+    """The model used when none is named: $SIAMESE_MODEL (a folder or hub id), else the bundled one."""
+    return os.environ.get("SIAMESE_MODEL") or str(Path(__file__).resolve().parent.parent / "checkpoints" / DEFAULT_MODEL_NAME)

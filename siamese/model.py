@@ -139,7 +139,10 @@ class SiameseModel:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SiameseModel:
         for m in self.modules().values():
-            m.to(device=device, dtype=dtype)
+            if device is not None:
+                m.to(device)
+            if dtype is not None and dtype != m.dtype if hasattr(m, "dtype") else dtype is not None:
+                m.to(dtype)
         self._prompt_cache.clear()
         return self
 

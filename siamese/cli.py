@@ -1,0 +1,162 @@
+"""Command line: `python -m siamese train | sample | evaluate`. A thin front over the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .train import TrainConfig, train
+
+    config = TrainConfig(
+        data=args.data, output=args.output, model=args.model, objective=args.objective,
+        resolution=args.resolution, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
+        warmup_steps=args.warmup_steps, gradient_accumulation=args.gradient_accumulation,
+        mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+        unlock_decoder=not args.lock_decoder, use_8bit_adam=args.use_8bit_adam,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, preview_every=args.preview_every,
+        prompt=args.prompt, seed=args.seed, resume=args.resume, name=args.name,
+    )
+    out = train(config, progress_bar=True)
+    print(f"model saved to {out}")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from . import default_model
+    from .data import augment_mask, list_masks, read_mask
+    from .export import write_pairs
+    from .model import load_model
+    from .sampling import SamplingParams, generate, random_seed
+
+    masks = list_masks(args.masks)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.model or default_model(), device=device)
+    params = SamplingParams(prompt=args.prompt, steps=args.steps, guidance_scale=args.guidance,
+                            scheduler=args.scheduler, eta=args.eta)
+    params.validate()
+    base_seed = random_seed() if args.seed is None else args.seed
+    out = Path(args.output)
+    total = 0
+    from tqdm.auto import tqdm
+
+    for m, path in enumerate(tqdm(masks, desc="masks", disable=len(masks) < 2)):
+        mask = read_mask(path)
+        seed = base_seed + m * args.num_images
+        if args.augment_masks:
+            items = []
+            for i in range(args.num_images):
+                aug = augment_mask(mask, np.random.default_rng(seed + i))
+                item = generate(model, aug, 1, seed + i, params, source=str(path))[0]
+                item.params["augmented_mask"] = True
+                items.extend([item])
+        else:
+            items = generate(model, mask, args.num_images, seed, params, batch_size=args.batch_size,
+                             source=str(path))
+        write_pairs(items, out, [f"{path.stem}_{i:02d}" for i in range(len(items))])
+        total += len(items)
+    print(f"wrote {total} pairs to {out} (images/, masks/, metadata.jsonl)")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import EvalConfig, evaluate, format_report
+
+    config = EvalConfig(
+        data=args.data, model=args.model, test_fraction=args.test_fraction, seeds=args.seeds,
+        seg_steps=args.seg_steps, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
+        resolution=args.resolution, output=args.output, seed=args.seed, max_test=args.max_test,
+    )
+    report = evaluate(config, progress_bar=True)
+    print(format_report(report))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .sampling import SCHEDULERS
+
+    parser = argparse.ArgumentParser(prog="python -m siamese", description="Siamese-Diffusion: image-mask "
+                                     "pair synthesis for medical segmentation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on image-mask pairs")
+    t.add_argument("--data", required=True, help="folder with images/ and masks/, or prompt.json")
+    t.add_argument("--output", required=True, help="run folder; becomes a loadable model folder")
+    t.add_argument("--model", default="tiny", help="tiny, a model folder, or a hub repo id (default: tiny)")
+    t.add_argument("--objective", default="siamese", choices=("siamese", "controlnet", "base"),
+                   help="siamese (default), controlnet (mask-only baseline) or base (pre-train a UNet)")
+    t.add_argument("--resolution", type=int, default=256)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--max-steps", type=int, default=1000)
+    t.add_argument("--lr", type=float, default=1e-5)
+    t.add_argument("--warmup-steps", type=int, default=0)
+    t.add_argument("--gradient-accumulation", type=int, default=1)
+    t.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    t.add_argument("--gradient-checkpointing", action="store_true")
+    t.add_argument("--lock-decoder", action="store_true", help="train the ControlNet only (UNet decoder frozen)")
+    t.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes 8-bit AdamW (GPU)")
+    t.add_argument("--checkpoint-every", type=int, default=500)
+    t.add_argument("--log-every", type=int, default=10)
+    t.add_argument("--preview-every", type=int, default=0, help="save preview samples every N steps (0: never)")
+    t.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    t.add_argument("--prompt", default=None, help="prompt for pairs without one (default: from the data)")
+    t.add_argument("--name", default="", help="model name recorded in its config")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_train)
+
+    s = sub.add_parser("sample", help="generate images from masks")
+    s.add_argument("--model", default=None, help="model folder or hub repo id (default: the bundled model)")
+    s.add_argument("--masks", required=True, help="a mask image or a folder of masks")
+    s.add_argument("--output", required=True, help="output folder (images/, masks/, metadata.jsonl)")
+    s.add_argument("--num-images", type=int, default=1, help="images per mask")
+    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--guidance", type=float, default=9.0)
+    s.add_argument("--seed", type=int, default=None, help="first seed (default: random); image i gets seed+i")
+    s.add_argument("--scheduler", default="ddim", choices=SCHEDULERS)
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    s.add_argument("--prompt", default=None, help="default: the model's prompt")
+    s.add_argument("--augment-masks", action="store_true", help="each image from a randomly augmented mask")
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    s.set_defaults(func=_sample)
+
+    e = sub.add_parser("evaluate", help="score a model on held-out real pairs (fidelity, benefit, realism, diversity)")
+    e.add_argument("--data", required=True, help="folder of real pairs (images/ and masks/)")
+    e.add_argument("--model", default=None, help="model folder or hub repo id (default: the bundled model)")
+    e.add_argument("--output", default=None, help="write report.json (and samples) here")
+    e.add_argument("--test-fraction", type=float, default=0.2)
+    e.add_argument("--max-test", type=int, default=60, help="held-out pairs used (0: all)")
+    e.add_argument("--seeds", type=int, default=2, help="segmentation training seeds for the downstream test")
+    e.add_argument("--seg-steps", type=int, default=600, help="segmentation network training steps")
+    e.add_argument("--steps", type=int, default=20)
+    e.add_argument("--guidance", type=float, default=3.0)
+    e.add_argument("--scheduler", default="dpm++", choices=SCHEDULERS)
+    e.add_argument("--resolution", type=int, default=128, help="segmentation network input size")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    from .data import DataError
+    from .model import ModelLoadError
+
+    try:
+        args.func(args)
+    except (DataError, ModelLoadError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

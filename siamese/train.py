@@ -1,0 +1,417 @@
+"""Training: one flat loop on accelerate, for one process or many (torchrun / accelerate launch).
+
+Run folder (`output`):
+    train_config.json          TrainConfig + num_processes + effective batch size
+    metrics.csv                every loss term, lr and it/s, every `log_every` steps
+    checkpoints/step-XXXXXXX/  trainable weights, optimiser state, step (written atomically; last K kept)
+    previews/step-XXXXXXX.png  sampled from fixed training masks every `preview_every` steps
+    siamese_config.json unet/ controlnet/ ...   the trained model folder (at the end, or when stopped)
+
+Batches, timesteps, noise, flips and prompt dropout are pure functions of (seed, step, micro-step,
+process), so a resumed run continues exactly where the interrupted one was.
+
+Objectives: `siamese` (METHOD.md), `controlnet` (loss_mask alone: the paper's baseline) and `base`
+(text-to-image pre-training of a whole UNet from scratch, the first stage of the tiny preset).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .codec import PatchCodec
+from .data import PairDataset
+from .model import SiameseModel, build_tiny, load_model
+from .objective import LOSS_KEYS, base_losses, controlnet_losses, siamese_losses
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "train", "TrainingStopped", "latest_checkpoint", "trainable_parameters"]
+
+OBJECTIVES = ("siamese", "controlnet", "base")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved as train_config.json in the run folder."""
+
+    data: str
+    output: str
+    model: str = "tiny"  # "tiny", a model folder, or a hub repo id
+    objective: str = "siamese"
+    resolution: int = 256
+    batch_size: int = 8  # per process and micro-step
+    max_steps: int = 1000
+    lr: float = 1e-5
+    weight_decay: float = 1e-2  # AdamW's torch default
+    warmup_steps: int = 0
+    gradient_accumulation: int = 1
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    unlock_decoder: bool = True
+    use_8bit_adam: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    preview_every: int = 0
+    prompt: str | None = None
+    prompt_dropout: float = 0.05
+    flip: bool = True
+    seed: int = 0
+    resume: str | None = None  # "latest" or a checkpoint folder
+    name: str = ""
+
+    def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got '{self.objective}'")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed precision must be one of {', '.join(MIXED_PRECISION)}, "
+                             f"got '{self.mixed_precision}'")
+        for name in ("batch_size", "max_steps", "gradient_accumulation", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"learning rate must be a positive number, got {self.lr}")
+        if self.resolution % 64 or not 64 <= self.resolution <= 1024:
+            raise ValueError(f"resolution must be a multiple of 64 between 64 and 1024, got {self.resolution}")
+        if not 0 <= self.prompt_dropout <= 1:
+            raise ValueError(f"prompt dropout must be between 0 and 1, got {self.prompt_dropout}")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class TrainingStopped(Exception):
+    """Raised inside the loop when the stop flag is set; the run is saved before it propagates."""
+
+
+# -- pure helpers ------------------------------------------------------------------------------
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Constant learning rate after a linear warm-up."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    return config.lr
+
+
+def batch_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    """The random stream of one micro-batch of one process: a pure function of its coordinates."""
+    state = np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, np.uint32)
+    return torch.Generator("cpu").manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def batch_indices(n: int, seed: int, position: int, size: int) -> list[int]:
+    """Samples position..position+size of an endless sequence of seeded permutations of range(n)."""
+    out = []
+    for k in range(position, position + size):
+        epoch, i = divmod(k, n)
+        perm = torch.randperm(n, generator=torch.Generator("cpu").manual_seed(seed * 100_003 + epoch))
+        out.append(int(perm[i]))
+    return out
+
+
+def trainable_parameters(model: SiameseModel, objective: str, unlock_decoder: bool) -> dict[str, torch.nn.Parameter]:
+    """Named trainable parameters: the whole UNet (base); else the ControlNet and, when unlocked, the UNet
+    decoder (up blocks, output norm and conv). Everything else is frozen."""
+    for m in model.modules().values():
+        m.requires_grad_(False)
+    params: dict[str, torch.nn.Parameter] = {}
+    if objective == "base":
+        params.update({f"unet.{n}": p for n, p in model.unet.named_parameters()})
+    else:
+        params.update({f"controlnet.{n}": p for n, p in model.controlnet.named_parameters()})
+        if unlock_decoder:
+            params.update({f"unet.{n}": p for n, p in model.unet.named_parameters()
+                           if n.startswith(("up_blocks.", "conv_norm_out.", "conv_out."))})
+    for p in params.values():
+        p.requires_grad_(True)
+    return params
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+def latest_checkpoint(output: str | Path) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    folder = Path(output) / "checkpoints"
+    done = sorted(p for p in folder.glob("step-*") if (p / "state.json").is_file()) if folder.is_dir() else []
+    return done[-1] if done else None
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            tensors[f"{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def save_checkpoint(output: Path, step: int, params: dict[str, torch.nn.Parameter],
+                    optimizer: torch.optim.Optimizer, keep: int) -> Path:
+    """Write checkpoints/step-XXXXXXX atomically (temp folder, then rename) and keep the last `keep`."""
+    folder = output / "checkpoints" / f"step-{step:07d}"
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({n: p.detach().float().cpu().contiguous() for n, p in params.items()}, tmp / "trainable.safetensors")
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    save_file({k: v.cpu().contiguous() for k, v in opt_tensors.items()}, tmp / "optimizer.safetensors")
+    state = {"step": step, "optimizer": opt_meta,
+             "rng": "batches, timesteps and noise are derived from (seed, step): nothing else to restore"}
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    for old in sorted(p for p in folder.parent.glob("step-*") if not p.name.endswith(".tmp"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def load_checkpoint(folder: Path, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> int:
+    """Restore weights and optimiser state in place; returns the step to continue from."""
+    weights = load_file(folder / "trainable.safetensors")
+    missing = set(params) - set(weights)
+    if missing:
+        raise ValueError(f"checkpoint {folder} does not match this model: {len(missing)} parameters missing, "
+                         f"e.g. {sorted(missing)[0]}")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(weights[n])
+    state = json.loads((folder / "state.json").read_text())
+    opt = load_file(folder / "optimizer.safetensors")
+    per_param: dict[int, dict] = {}
+    for key, value in opt.items():
+        idx, name = key.split(".", 1)
+        per_param.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": state["optimizer"]["param_groups"]})
+    return int(state["step"])
+
+
+# -- model -------------------------------------------------------------------------------------
+def build_model(config: TrainConfig, dataset: PairDataset, init_dir: Path | None = None) -> SiameseModel:
+    """The model a run starts from: a tiny preset (codec statistics fitted on the data) or a loaded folder."""
+    if init_dir is not None and (init_dir / "siamese_config.json").exists():
+        return load_model(init_dir)  # a resumed run restarts from the exact same initial model
+    if config.model == "tiny":
+        images = torch.from_numpy(dataset.images[:256]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        model = build_tiny(config.resolution, dataset.prompt, PatchCodec.fit(images),
+                           seed=config.seed, name=config.name or "siamese-tiny")
+    else:
+        model = load_model(config.model)
+        if model.config.resolution != config.resolution:
+            logger.info("training at %d (model was %d)", config.resolution, model.config.resolution)
+            model.config.resolution = config.resolution
+        if config.name:
+            model.config.name = config.name
+        if not model.config.prompt:
+            model.config.prompt = dataset.prompt
+    if config.objective != "base" and model.controlnet is None:
+        model.add_controlnet(config.seed)
+    return model
+
+
+def _make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ValueError("8-bit AdamW needs the bitsandbytes package: pip install bitsandbytes") from None
+        return bnb.optim.AdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _preview(model: SiameseModel, dataset: PairDataset, step: int, output: Path):
+    """Four images sampled from fixed training masks (DDIM 20 steps), saved as one PNG strip."""
+    from PIL import Image
+
+    from .sampling import sample
+
+    n = min(4, len(dataset))
+    idx = list(range(0, len(dataset), max(1, len(dataset) // n)))[:n]
+    hint = torch.from_numpy(dataset.masks[idx]).float().unsqueeze(1).expand(-1, 3, -1, -1)
+    gens = [torch.Generator("cpu").manual_seed(i) for i in range(n)]
+    was_training = model.controlnet.training
+    model.eval()
+    images = sample(model, hint, [dataset.prompt] * n, gens, steps=20, guidance_scale=3.0)
+    model.controlnet.train(was_training)
+    top = np.concatenate(list((images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)), 1)
+    bottom = np.concatenate([np.repeat(m[..., None] * 255, 3, 2) for m in dataset.masks[idx]], 1)
+    strip = Image.fromarray(np.concatenate([top, bottom], 0))
+    (output / "previews").mkdir(exist_ok=True)
+    strip.save(output / "previews" / f"step-{step:07d}.png")
+    return strip
+
+
+# -- the loop ----------------------------------------------------------------------------------
+def train(
+    config: TrainConfig,
+    callback: Callable[[dict], None] | None = None,
+    stop: threading.Event | None = None,
+    progress_bar: bool = False,
+) -> Path:
+    """Train and return the run folder, which is also a loadable model folder.
+
+    `callback` receives events: {"type": "start", ...}, {"type": "log", "step", <loss keys>, "lr", "it_per_s",
+    "eta_s"}, {"type": "preview", "step", "image"}, {"type": "checkpoint", "step", "path"}, {"type": "end",
+    "step", "stopped"}. Setting `stop` ends the run after the current step; it is saved first.
+    """
+    from accelerate import Accelerator
+
+    config.validate()
+    emit = callback or (lambda event: None)
+    output = Path(config.output)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
+
+    # 1. data and model
+    dataset = PairDataset(config.data, config.resolution, config.prompt)
+    resume_from = None
+    if config.resume:
+        resume_from = latest_checkpoint(output) if config.resume == "latest" else Path(config.resume)
+        if config.resume != "latest" and not (resume_from / "state.json").is_file():
+            raise ValueError(f"{config.resume} is not a checkpoint folder (expected state.json inside)")
+        if resume_from is None:
+            logger.info("no checkpoint in %s: starting from step 0", output)
+    model = build_model(config, dataset, output / "init" if resume_from else None)
+    device = accelerator.device
+    model.to(device)
+    for m in (model.unet, model.controlnet):
+        if m is not None:
+            m.to(memory_format=torch.channels_last)
+            if config.gradient_checkpointing:
+                m.enable_gradient_checkpointing()
+    params = trainable_parameters(model, config.objective, config.unlock_decoder)
+    optimizer = accelerator.prepare(_make_optimizer(list(params.values()), config))
+    alphas_cumprod = model.alphas_cumprod.to(device)
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        if config.model == "tiny" and not (output / "init" / "siamese_config.json").exists():
+            model.save_pretrained(output / "init")  # the exact starting point, for resuming
+        effective = config.batch_size * config.gradient_accumulation * world
+        record = {**asdict(config), "num_processes": world, "effective_batch_size": effective,
+                  "trainable_parameters": sum(p.numel() for p in params.values()), "num_pairs": len(dataset)}
+        (output / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    # 2. resume
+    start = 0
+    if resume_from is not None:
+        start = load_checkpoint(resume_from, params, optimizer.optimizer)
+        logger.info("resumed from %s at step %d", resume_from, start)
+    for m in (model.unet, model.controlnet):
+        if m is not None:
+            m.train()
+
+    metrics_path = output / "metrics.csv"
+    if main and (start == 0 or not metrics_path.exists()):
+        with open(metrics_path, "w", newline="") as f:
+            csv.writer(f).writerow(["step", *LOSS_KEYS, "lr", "it_per_s", "elapsed_s"])
+    emit({"type": "start", "step": start, "max_steps": config.max_steps, "num_processes": world,
+          "output": str(output)})
+    bar = None
+    if progress_bar and main:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=config.max_steps, initial=start, desc="train", dynamic_ncols=True)
+
+    objective = {"siamese": siamese_losses, "controlnet": controlnet_losses, "base": base_losses}[config.objective]
+    sums = {k: 0.0 for k in LOSS_KEYS}
+    count, t_log, t0 = 0, time.perf_counter(), time.perf_counter()
+    step = start
+    stopped = False
+    try:
+        while step < config.max_steps:
+            # 3. learning rate
+            lr = lr_at(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            progress = step / config.max_steps
+            # 4. forward / backward over the micro-batches
+            for micro in range(config.gradient_accumulation):
+                gen = batch_generator(config.seed, step, micro, rank)
+                position = ((step * config.gradient_accumulation + micro) * world + rank) * config.batch_size
+                idx = batch_indices(len(dataset), config.seed, position, config.batch_size)
+                batch = dataset.batch(idx, gen, flip=config.flip, prompt_dropout=config.prompt_dropout)
+                with torch.no_grad():
+                    x0 = model.codec.encode(batch["image"].to(device, model.dtype), gen)
+                    prompt_embeds = model.encode_prompt(batch["prompts"])
+                t = torch.randint(0, len(alphas_cumprod), (len(idx),), generator=gen).to(device)
+                noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype).to(device)
+                scale = 1.0 / config.gradient_accumulation
+                with accelerator.autocast():
+                    losses = objective(
+                        model.unet, controlnet=model.controlnet, x0=x0,
+                        mask_hint=batch["mask_hint"].to(device).contiguous(memory_format=torch.channels_last),
+                        image_hint=batch["image_hint"].to(device).contiguous(memory_format=torch.channels_last),
+                        prompt_embeds=prompt_embeds, t=t, noise=noise, progress=progress,
+                        alphas_cumprod=alphas_cumprod, backward=lambda loss: accelerator.backward(loss * scale),
+                    )
+                for k in LOSS_KEYS:
+                    if k in losses:
+                        sums[k] += float(losses[k]) / config.gradient_accumulation
+            # 5. average gradients over processes, step
+            if world > 1:
+                for p in params.values():
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            count += 1
+            if bar is not None:
+                bar.update(1)
+            # 6. log
+            if step % config.log_every == 0 or step == config.max_steps:
+                now = time.perf_counter()
+                it_per_s = count / max(now - t_log, 1e-9)
+                row = {k: sums[k] / count for k in LOSS_KEYS}
+                if main:
+                    with open(metrics_path, "a", newline="") as f:
+                        csv.writer(f).writerow([step, *(f"{row[k]:.6g}" for k in LOSS_KEYS), f"{lr:.3g}",
+                                                f"{it_per_s:.4g}", f"{now - t0:.1f}"])
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{row['loss']:.4f}")
+                emit({"type": "log", "step": step, **row, "lr": lr, "it_per_s": it_per_s,
+                      "eta_s": (config.max_steps - step) / max(it_per_s, 1e-9)})
+                sums = {k: 0.0 for k in LOSS_KEYS}
+                count, t_log = 0, now
+            # 7. preview and checkpoint
+            if main and config.preview_every and step % config.preview_every == 0 and model.controlnet is not None:
+                emit({"type": "preview", "step": step, "image": _preview(model, dataset, step, output)})
+            if step % config.checkpoint_every == 0 or step == config.max_steps:
+                if main:
+                    path = save_checkpoint(output, step, params, optimizer.optimizer, config.keep_checkpoints)
+                    emit({"type": "checkpoint", "step": step, "path": str(path)})
+                accelerator.wait_for_everyone()
+            if stop is not None and stop.is_set():
+                stopped = True
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    # 8. save: a checkpoint to resume from (when stopped) and the model folder itself
+    if main:
+        if stopped and step % config.checkpoint_every:
+            save_checkpoint(output, step, params, optimizer.optimizer, config.keep_checkpoints)
+        for m in (model.unet, model.controlnet):
+            if m is not None:
+                m.to(memory_format=torch.contiguous_format)
+        model.eval().save_pretrained(output)
+        logger.info("saved model at step %d to %s", step, output)
+    accelerator.wait_for_everyone()
+    emit({"type": "end", "step": step, "stopped": stopped, "output": str(output)})
+    return output
