@@ -65,9 +65,12 @@ def binarize_mask(arr: np.ndarray) -> np.ndarray:
     """Any mask array ((H, W), (H, W, 3) or (H, W, 4), uint8) -> (H, W) uint8 in {0, 1}, threshold > 127.
 
     With an alpha channel (a drawn canvas layer), a pixel counts where it is painted (alpha > 127)
-    and bright; colour images are converted to grayscale first.
+    and bright; colour images are converted to grayscale first. A uint8 array that holds only 0 and 1
+    is already binary and is returned as is.
     """
     arr = np.asarray(arr)
+    if arr.ndim == 2 and arr.dtype == np.uint8 and arr.max(initial=0) <= 1:
+        return arr.copy()
     if arr.dtype != np.uint8:
         if arr.dtype == bool:
             arr = arr.astype(np.uint8) * 255
