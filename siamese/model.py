@@ -186,8 +186,7 @@ class SiameseModel:
         _save_module(self.text_encoder, folder / "text_encoder", dtype)
         self.tokenizer.save_pretrained(folder / "tokenizer")
         DDPMScheduler.from_config(self.scheduler_config).save_pretrained(folder / "scheduler")
-        if isinstance(self.codec, VAECodec):
-            self.codec.save(folder, dtype)
+        self.codec.save(folder, dtype)
         return folder
 
 
@@ -204,19 +203,21 @@ def _tiny_tokenizer(max_length: int = 77) -> CLIPTokenizer:
 def build_tiny(
     resolution: int = 256,
     prompt: str = "",
-    codec_config: PatchCodecConfig | None = None,
+    codec: PatchCodec | None = None,
     seed: int = 0,
     name: str = "siamese-tiny",
+    block_out_channels: tuple[int, ...] = (48, 96, 192),
+    norm_num_groups: int = 16,
 ) -> SiameseModel:
     """The tiny CPU preset, built from config alone (random weights, seeded).
 
-    Pixel-space patch codec (8x8 patches -> 192 latent channels), a 3-level UNet at resolution/8, a
+    Linear patch codec (8x8 patches -> 48 channels; pass one fitted on the data), a 3-level UNet at resolution/8, a
     small frozen CLIP text encoder with a character tokenizer. The ControlNet is added later from the
-    UNet encoder (`add_controlnet`), as for Stable Diffusion.
+    UNet encoder (`add_controlnet`), as for Stable Diffusion. Tests pass narrower `block_out_channels`.
     """
     if resolution % 64:
         raise ValueError(f"resolution must be a multiple of 64 for the tiny preset, got {resolution}")
-    codec = PatchCodec(codec_config or PatchCodecConfig())
+    codec = codec if codec is not None else PatchCodec(PatchCodecConfig(channels=block_out_channels[0]))
     tokenizer = _tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -226,11 +227,11 @@ def build_tiny(
             out_channels=codec.latent_channels,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            block_out_channels=(48, 96, 192),
+            block_out_channels=tuple(block_out_channels),
             layers_per_block=1,
             cross_attention_dim=64,
             attention_head_dim=4,
-            norm_num_groups=16,
+            norm_num_groups=norm_num_groups,
         )
         text_encoder = CLIPTextModel(CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -291,7 +292,7 @@ def load_model(
         controlnet = (DHIControlNetModel.from_pretrained(folder / "controlnet", **kw)
                       if (folder / "controlnet").is_dir() else None)
         if config.codec.get("type") == "patch":
-            codec: Codec = PatchCodec(PatchCodecConfig(**{k: v for k, v in config.codec.items() if k != "type"}))
+            codec: Codec = PatchCodec.load(folder, PatchCodecConfig(**{k: v for k, v in config.codec.items() if k != "type"}))
         else:
             codec = VAECodec(AutoencoderKL.from_pretrained(folder / "vae", **kw))
         scheduler_path = folder / "scheduler" / "scheduler_config.json"

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .codec import PatchCodec
+from .codec import PatchCodec, PatchCodecConfig
 from .data import PairDataset
 from .model import SiameseModel, build_tiny, load_model
 from .objective import LOSS_KEYS, base_losses, controlnet_losses, siamese_losses
@@ -207,7 +207,7 @@ def build_model(config: TrainConfig, dataset: PairDataset, init_dir: Path | None
         return load_model(init_dir)  # a resumed run restarts from the exact same initial model
     if config.model == "tiny":
         images = torch.from_numpy(dataset.images[:256]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        model = build_tiny(config.resolution, dataset.prompt, PatchCodec.fit(images),
+        model = build_tiny(config.resolution, dataset.prompt, PatchCodec.fit(images, PatchCodecConfig(channels=48)),
                            seed=config.seed, name=config.name or "siamese-tiny")
     else:
         model = load_model(config.model)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Retrains the bundled default model from scratch on Kvasir-SEG (CPU, about 1.5-2 hours on 2 cores).
+# Retrains the bundled default model from scratch on Kvasir-SEG (CPU, about 1.5 hours on 2 cores).
 # Both stages resume from their last checkpoint: run this script again after an interruption.
 #   usage: bash checkpoints/siamese-kvasir-tiny/recipe.sh [DATA] [RUNS]
 set -euo pipefail
@@ -9,11 +9,11 @@ PY=${PYTHON:-python}
 SEED=0
 # Stage 1: text-to-image pre-training of the tiny UNet (pixel-space 8x8 patch codec).
 $PY -m siamese train --data "$DATA" --output "$RUNS/kvasir-base" --model tiny --objective base \
-  --resolution 256 --batch-size 8 --max-steps 3000 --lr 2e-4 --warmup-steps 200 \
+  --resolution 256 --batch-size 8 --max-steps 2000 --lr 3e-4 --warmup-steps 100 \
   --checkpoint-every 250 --log-every 50 --seed $SEED --name siamese-kvasir-tiny --resume latest
 # Stage 2: the Siamese objective; ControlNet (DHI 4-8-16-32-64) initialised from the stage-1 UNet encoder.
 $PY -m siamese train --data "$DATA" --output "$RUNS/kvasir-siamese" --model "$RUNS/kvasir-base" \
-  --objective siamese --resolution 256 --batch-size 8 --max-steps 1200 --lr 1e-4 --warmup-steps 50 \
+  --objective siamese --resolution 256 --batch-size 8 --max-steps 1000 --lr 1e-4 --warmup-steps 50 \
   --checkpoint-every 100 --log-every 20 --preview-every 200 --seed $SEED --name siamese-kvasir-tiny \
   --resume latest
 # Ship: fp16 weights, no optimiser state or checkpoints.

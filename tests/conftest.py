@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny seeded models and a small synthetic dataset (nothing downloaded)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_dataset(name: str) -> Path:
+    """A folder of ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA / name
+    if not (path / "images").is_dir():
+        pytest.skip(f"needs the real data in {path} (present in the project's CI, absent in a user's clone)")
+    return path
+
+
+def write_dataset(root: Path, n: int = 6, size: int = 80, seed: int = 0, mask_ext: str = ".png") -> Path:
+    """n image-mask pairs: a bright ellipse (the "lesion") on a reddish textured background."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        mask = np.zeros((size, size), np.uint8)
+        c = tuple(int(v) for v in rng.integers(size // 4, 3 * size // 4, 2))
+        axes = tuple(int(v) for v in rng.integers(size // 8, size // 4, 2))
+        cv2.ellipse(mask, c, axes, float(rng.uniform(0, 180)), 0, 360, 255, -1)
+        image = np.clip(rng.normal([150, 60, 50], 20, (size, size, 3)), 0, 255).astype(np.uint8)
+        image[mask > 0] = (230, 160, 140)
+        cv2.imwrite(str(root / "images" / f"case{i:02d}.jpg"), image[..., ::-1])
+        cv2.imwrite(str(root / "masks" / f"case{i:02d}{mask_ext}"), mask)
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return write_dataset(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The tiny preset at 64x64 with its ControlNet, seeded; the DHI output is made non-zero so the
+    ControlNet actually acts (a fresh one is a no-op by design)."""
+    from siamese.model import build_tiny
+
+    model = build_tiny(resolution=64, prompt="a test image", seed=0, block_out_channels=(16, 32, 32),
+                       norm_num_groups=8)
+    model.add_controlnet(0)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        for p in model.controlnet.parameters():
+            if not p.abs().sum():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model, tmp_path_factory) -> Path:
+    return tiny_model.save_pretrained(tmp_path_factory.mktemp("models") / "tiny")

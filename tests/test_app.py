@@ -1,0 +1,318 @@
+"""The app's handlers, called directly (no server): masks, generation, curation, export, training helpers."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import cv2
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+import app
+from siamese import DataError
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random tiny model at 64 px (fast on CPU); nothing downloaded."""
+    from siamese.model import build_tiny
+
+    m = build_tiny(resolution=64, prompt="a test image")
+    m.add_controlnet(0)
+    return m.save_pretrained(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture()
+def studio(tiny_model, tmp_path) -> app.Studio:
+    return app.Studio(str(tiny_model), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs")
+
+
+def layer_with_disk(size=app.CANVAS, center=(200, 240), radius=60) -> np.ndarray:
+    layer = np.zeros((size, size, 4), np.uint8)
+    cv2.circle(layer, center, radius, (255, 255, 255, 255), -1)
+    return layer
+
+
+def editor(layers, background=None) -> dict:
+    return {"background": background, "layers": layers, "composite": None}
+
+
+# -- masks ----------------------------------------------------------------------------------------
+def test_mask_from_editor_uses_painted_layer_pixels_only():
+    bg = np.full((app.CANVAS, app.CANVAS, 4), 255, np.uint8)  # a white reference image is not the mask
+    faint = np.zeros((app.CANVAS, app.CANVAS, 4), np.uint8)
+    faint[:50, :50] = (255, 255, 255, 60)  # nearly transparent: not painted
+    mask = app.mask_from_editor(editor([layer_with_disk(), faint], bg))
+    assert mask.shape == (app.CANVAS, app.CANVAS) and set(np.unique(mask)) == {0, 1}
+    assert mask[240, 200] == 1 and mask[10, 10] == 0 and mask[500, 500] == 0
+    assert abs(mask.sum() - np.pi * 60**2) < 0.05 * np.pi * 60**2
+
+
+@pytest.mark.parametrize("value", [None, editor([]), editor([np.zeros((64, 64, 4), np.uint8)])])
+def test_mask_from_editor_refuses_an_empty_canvas(value):
+    with pytest.raises(DataError, match="empty"):
+        app.mask_from_editor(value)
+
+
+def test_editor_value_round_trips_a_mask_over_a_reference():
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:40, 20:44] = 1
+    reference = np.full((100, 150, 3), 90, np.uint8)
+    value = app.editor_value(mask, reference)
+    assert value["background"].shape == (app.CANVAS, app.CANVAS, 3) and value["background"].max() == 90
+    assert len(value["layers"]) == 1 and value["layers"][0].shape == (app.CANVAS, app.CANVAS, 4)
+    back = cv2.resize(app.mask_from_editor(value), (64, 64), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(back, mask)
+    assert app.editor_value(None)["layers"] == [] and app.editor_value(None)["background"].max() == 0
+
+
+def test_example_and_procedural_masks_are_binary_lesions(tmp_path):
+    paths = app.draw_example_masks(tmp_path)
+    assert len(paths) >= 5
+    for p in paths:
+        m = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+        assert set(np.unique(m)) == {0, 255} and 0.005 < (m > 0).mean() < 0.5
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        m = app.procedural_mask(rng)
+        assert m.dtype == np.uint8 and set(np.unique(m)) == {0, 1} and 0.005 < m.mean() < 0.6
+    assert app.example_masks(), "the repository ships example masks in assets/masks"
+
+
+def test_read_mask_upload_binarises_and_refuses_bad_files(tmp_path):
+    good = tmp_path / "m.png"
+    arr = np.zeros((80, 80), np.uint8)
+    arr[20:50, 20:50] = 200
+    arr[60:70, 60:70] = 100  # below the threshold
+    cv2.imwrite(str(good), arr)
+    m = app.read_mask_upload(good)
+    assert m.sum() == 30 * 30 and set(np.unique(m)) == {0, 1}
+
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(DataError, match="not a readable image"):
+        app.read_mask_upload(text)
+    white = tmp_path / "white.png"
+    cv2.imwrite(str(white), np.full((8, 8), 255, np.uint8))
+    with pytest.raises(DataError, match="all white"):
+        app.read_mask_upload(white)
+    black = tmp_path / "black.png"
+    cv2.imwrite(str(black), np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataError, match="empty"):
+        app.read_mask_upload(black)
+    huge = tmp_path / "huge.png"
+    with open(huge, "wb") as f:
+        f.truncate(app.MAX_MASK_FILE_BYTES + 1)
+    with pytest.raises(DataError, match="at most"):
+        app.read_mask_upload(huge)
+
+
+def test_outline_draws_on_the_mask_border_only():
+    image = np.zeros((64, 64, 3), np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:40, 20:40] = 255
+    out = app.outline(image, mask)
+    green = out[..., 1] > 0
+    assert green[20, 30] and green[39, 30] and not green[30, 30] and not green[5, 5]
+    assert image.max() == 0, "the original image is not changed"
+
+
+# -- models ---------------------------------------------------------------------------------------
+def test_list_models_finds_default_checkpoints_and_runs(tiny_model, tmp_path):
+    ckpt, runs = tmp_path / "checkpoints", tmp_path / "runs"
+    for folder in (ckpt / "a", runs / "b"):
+        (folder / "unet").mkdir(parents=True)
+        (folder / "text_encoder").mkdir()
+    (ckpt / "not-a-model").mkdir()
+    choices = app.list_models(str(tiny_model), ckpt, runs)
+    values = [v for _, v in choices]
+    assert values == [str(tiny_model), str(ckpt / "a"), str(runs / "b")]
+    assert "default" in choices[0][0] and "checkpoints" in choices[1][0] and "trained here" in choices[2][0]
+    assert "not available" in app.list_models(str(tmp_path / "missing"), ckpt, runs)[0][0]
+
+
+def test_model_info_describes_the_model_or_says_why_not(studio, tiny_model, tmp_path):
+    assert "64×64" in studio.model_info(str(tiny_model)) and "a test image" in studio.model_info(str(tiny_model))
+    text = studio.model_info(str(tmp_path / "nowhere"))
+    assert text.startswith("⚠️") and "nowhere" in text
+
+
+# -- generation -----------------------------------------------------------------------------------
+def test_prepare_turns_the_canvas_into_a_binary_mask_and_a_seed(studio):
+    mask, seed = studio.prepare(editor([layer_with_disk()]), 7, False)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 255} and seed == 7
+    _, s1 = studio.prepare(editor([layer_with_disk()]), 7, True)
+    _, s2 = studio.prepare(editor([layer_with_disk()]), 7, True)
+    assert s1 != s2
+    with pytest.raises(gr.Error, match="empty"):
+        studio.prepare(editor([]), 0, False)
+
+
+def test_generate_writes_pngs_with_parameters_and_records_seeds(studio):
+    mask, _ = studio.prepare(editor([layer_with_disk()]), 0, False)
+    gallery, results, status = studio.generate(mask, "", 2, 2, 3.0, 11, "dpm++", None, False, [])
+    assert len(gallery) == 2 and len(results) == 2 and "2 images" in status
+    assert [s.item.seed for s in results] == [11, 12]
+    path, caption = gallery[0]
+    assert caption == "seed 11"
+    png = Image.open(path)
+    assert png.format == "PNG" and png.size == (64, 64)
+    assert "Seed: 11" in png.text["parameters"] and "Steps: 2" in png.text["parameters"]
+    assert png.text["parameters"].startswith("a test image")  # empty prompt: the model's default
+    assert json.loads(png.text["siamese"])["scheduler"] == "dpm++"
+    item = results[0].item
+    assert item.mask.shape == item.image.shape[:2] and set(np.unique(item.mask)) == {0, 255}
+    # the outline view changes the shown files, not the kept pairs
+    outlined = studio.render(results, True)
+    assert outlined[0][0] != path and not np.array_equal(np.asarray(Image.open(outlined[0][0])), item.image)
+    again = studio.generate(mask, "", 1, 2, 3.0, 11, "dpm++", None, False, [])[1][0].item
+    np.testing.assert_array_equal(again.image, item.image)  # reproducible from the seed
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(mask=np.zeros((64, 64), np.uint8)), "empty"),
+    (dict(mask=np.full((64, 64), 255, np.uint8)), "all white"),
+    (dict(scheduler="euler"), "scheduler"),
+    (dict(steps=0), "steps"),
+    (dict(model="/no/such/model"), "No model folder"),
+    (dict(mask=None), "no mask"),
+])
+def test_generate_bad_input_is_a_clear_error(studio, kwargs, message):
+    args = dict(mask=studio.prepare(editor([layer_with_disk()]), 0, False)[0], prompt="", num_images=1, steps=2,
+                guidance_scale=3.0, seed=0, scheduler="ddim", model=None)
+    args.update(kwargs)
+    with pytest.raises(gr.Error, match=message):
+        studio.generate(**args)
+
+
+# -- curation and export --------------------------------------------------------------------------
+@pytest.fixture()
+def shots(studio):
+    mask, _ = studio.prepare(editor([layer_with_disk()]), 0, False)
+    return studio.generate(mask, "", 3, 2, 3.0, 100, "ddim", None, False, [])[1]
+
+
+def test_keep_discard_remove_and_the_collection_grows(studio, shots):
+    gallery, results, collection, sel, *_ = studio.keep(shots, [], 1)
+    assert [s.item.seed for s in collection] == [101] and [s.item.seed for s in results] == [100, 102]
+    assert len(gallery) == 2 and sel is None
+    # nothing selected with several results: a warning, nothing moves
+    _, results2, collection2, *_ = studio.keep(results, collection, None)
+    assert len(results2) == 2 and len(collection2) == 1
+    gallery, results, sel = studio.discard(results, 0)
+    assert [s.item.seed for s in results] == [102]
+    *_, collection, _, view, count, download = studio.keep(results, collection, None)  # single result: kept
+    assert [s.item.seed for s in collection] == [101, 102] and "**2** pairs" in count
+    _, results, collection, *_ = studio.keep_all(shots, collection)  # a later run adds to the collection
+    assert results == [] and len(collection) == 5
+    collection, sel, *_ = studio.remove(collection, 0)
+    assert len(collection) == 4 and [s.item.seed for s in collection][0] == 102
+
+
+def test_export_zip_has_pairs_metadata_and_nnunet(studio, shots, tmp_path):
+    path = Path(studio.export(shots, True, "polyp"))
+    assert path.suffix == ".zip" and studio.download_ready(shots).label == "Download 3 pairs (.zip)"
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+        images = sorted(n for n in names if n.startswith("images/"))
+        assert len(images) == 3 and {"metadata.jsonl", "README.txt", "nnunet/dataset.json"} <= names
+        for name in images:
+            image = Image.open(io.BytesIO(zf.read(name)))
+            mask = np.asarray(Image.open(io.BytesIO(zf.read(name.replace("images/", "masks/")))))
+            assert mask.shape == image.size[::-1] and set(np.unique(mask)) <= {0, 255}
+            assert "parameters" in image.text
+        meta = [json.loads(line) for line in zf.read("metadata.jsonl").decode().splitlines()]
+        assert [m["seed"] for m in meta] == [100, 101, 102] and all(m["model"]["fingerprint"] for m in meta)
+        assert json.loads(zf.read("nnunet/dataset.json"))["labels"] == {"background": 0, "polyp": 1}
+    with pytest.raises(gr.Error, match="nothing to export"):
+        studio.export([], False, "lesion")
+
+
+def test_an_error_never_touches_the_collection(studio, shots):
+    collection = list(shots)
+    with pytest.raises(gr.Error):
+        studio.generate(np.zeros((64, 64), np.uint8), "", 1, 2, 3.0, 0, "ddim", None, False, [])
+    with pytest.raises(gr.Error):
+        studio.export([], False, "x")
+    assert len(collection) == 3 and studio.remove(collection, 99)[0] == collection
+
+
+# -- training -------------------------------------------------------------------------------------
+def write_zip(path: Path, entries: dict[str, bytes], link: str | None = None) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        if link:
+            info = zipfile.ZipInfo(link)
+            info.external_attr = 0o120777 << 16
+            zf.writestr(info, "/etc/passwd")
+    return path
+
+
+def test_safe_extract_zip_finds_the_dataset_and_refuses_unsafe_archives(tmp_path):
+    png = cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes()
+    ok = write_zip(tmp_path / "ok.zip", {"kvasir/images/a.png": png, "kvasir/masks/a.png": png,
+                                         "__MACOSX/kvasir/._a.png": b"x"})
+    root = app.safe_extract_zip(ok, tmp_path / "out")
+    assert root.name == "kvasir" and (root / "masks" / "a.png").is_file()
+    assert not (tmp_path / "out" / "__MACOSX").exists()
+    for i, (entries, link) in enumerate([({"../evil.png": png}, None), ({"/abs/evil.png": png}, None),
+                                         ({"images/a.png": png}, "masks/a.png")]):
+        with pytest.raises(DataError, match="unsafe"):
+            app.safe_extract_zip(write_zip(tmp_path / f"bad{i}.zip", entries, link), tmp_path / f"bad{i}")
+    with pytest.raises(DataError, match="at most"):
+        app.safe_extract_zip(ok, tmp_path / "small", max_bytes=10)
+    with pytest.raises(DataError, match="no dataset"):
+        app.safe_extract_zip(write_zip(tmp_path / "empty.zip", {"readme.txt": b"hi"}), tmp_path / "e")
+    (tmp_path / "fake.zip").write_text("not a zip")
+    with pytest.raises(DataError, match="not a readable zip"):
+        app.safe_extract_zip(tmp_path / "fake.zip", tmp_path / "f")
+
+
+def test_train_start_refuses_bad_datasets_and_when_disabled(studio, tmp_path, monkeypatch):
+    (tmp_path / "nomasks" / "images").mkdir(parents=True)
+    with pytest.raises(gr.Error, match="no masks/ folder"):
+        studio.train_start(data_folder=str(tmp_path / "nomasks"))
+    with pytest.raises(gr.Error, match="no dataset"):
+        studio.train_start()
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert "ZeroGPU" in app.training_disabled_reason()
+    monkeypatch.delenv("SPACES_ZERO_GPU")
+    monkeypatch.setenv("SIAMESE_DISABLE_TRAINING", "1")
+    disabled = app.Studio(studio.default, runs_dir=tmp_path / "r")
+    with pytest.raises(gr.Error, match="disabled"):
+        disabled.train_start(data_folder=str(tmp_path))
+    assert not studio.job.running
+
+
+def test_training_events_become_status_curves_and_a_model_in_the_selector(studio):
+    job = studio.job
+    job._on_event({"type": "start", "step": 0, "max_steps": 10, "output": "runs/app/x"})
+    for step in (1, 2):
+        job._on_event({"type": "log", "step": step, "loss_mask": 1.0 / step, "loss_image": 0.5, "loss_consistency":
+                       0.1, "loss_regularization": 0.01, "loss": 2.0, "lr": 1e-4, "it_per_s": 2.0, "eta_s": 4.0})
+    text, frame, preview, dropdown, version = studio.train_status(-1)
+    assert "2 / 10" in text and "2.00 it/s" in text and "loss_mask 0.5" in text
+    assert len(frame) == 10 and set(frame["term"]) == set(app.LOSS_KEYS)
+    assert studio.train_status(version)[0] == gr.skip()  # nothing new: nothing re-sent
+    job._on_event({"type": "end", "step": 2, "stopped": True, "output": "runs/app/x"})
+    text, *_ = studio.train_status(version)
+    assert text.startswith("⏹️ Stopped at step 2") and "model selector" in text
+    job._fail("boom")
+    assert "Training failed: boom" in studio.train_status(-1)[0]
+
+
+def test_build_demo_exposes_the_stable_api(tiny_model, tmp_path):
+    demo = app.build_demo(str(tiny_model), runs_dir=tmp_path / "runs", checkpoints_dir=tmp_path)
+    api = demo.get_api_info()["named_endpoints"]
+    params = [p["parameter_name"] for p in api["/generate"]["parameters"]]
+    assert params[:7] == ["mask", "prompt", "num_images", "steps", "guidance_scale", "seed", "scheduler"]
+    assert {"/export", "/keep_all", "/train_start", "/train_stop", "/train_status"} <= set(api)
+    defaults = {p["parameter_name"]: p["parameter_default"] for p in api["/generate"]["parameters"]}
+    assert defaults["scheduler"] == "dpm++" and defaults["steps"] == 20 and defaults["guidance_scale"] == 3.0
+    assert defaults["num_images"] == 4

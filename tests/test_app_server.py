@@ -1,0 +1,135 @@
+"""The launched app through gradio_client: /generate, /keep_all, /export, and a 2-step run via /train_*."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+import app
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app on a free port with a random tiny model at 64 px; yields (url, runs folder)."""
+    from siamese.model import build_tiny
+
+    root = tmp_path_factory.mktemp("server")
+    m = build_tiny(resolution=64, prompt="a test image")
+    m.add_controlnet(0)
+    model = m.save_pretrained(root / "tiny")
+    demo = app.build_demo(str(model), runs_dir=root / "runs", checkpoints_dir=root / "checkpoints")
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", root
+    finally:
+        demo.studio.job.stop()
+        demo.studio.job.wait(60)
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server[0], verbose=False)
+
+
+@pytest.fixture()
+def mask_file(tmp_path) -> str:
+    mask = np.zeros((128, 128), np.uint8)
+    cv2.ellipse(mask, (64, 60), (30, 22), 0, 0, 360, 255, -1)
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    return str(tmp_path / "mask.png")
+
+
+def _path(value) -> str:
+    return value["image"] if isinstance(value, dict) and "image" in value else value
+
+
+def test_generate_keep_all_and_export_through_the_api(client, mask_file, tmp_path):
+    gallery, status = client.predict(mask=handle_file(mask_file), prompt="", num_images=2, steps=2,
+                                     guidance_scale=3.0, seed=5, scheduler="ddim", api_name="/generate")
+    assert len(gallery) == 2 and "2 images" in status
+    png = Image.open(_path(gallery[1]))
+    assert png.format == "PNG" and "Seed: 6" in png.text["parameters"] and "Sampler: ddim" in png.text["parameters"]
+
+    client.predict(api_name="/keep_all")
+    path = client.predict(nnunet=True, label="polyp", api_name="/export")
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        assert sorted(n for n in names if n.startswith("images/")) == ["images/00000_seed5.png",
+                                                                       "images/00001_seed6.png"]
+        assert {"masks/00000_seed5.png", "metadata.jsonl", "README.txt", "nnunet/dataset.json"} <= set(names)
+        meta = [json.loads(x) for x in zf.read("metadata.jsonl").decode().splitlines()]
+        assert [m["seed"] for m in meta] == [5, 6] and meta[0]["steps"] == 2 and meta[0]["resolution"] == 64
+
+
+def test_bad_input_is_a_message_not_a_crash(client, tmp_path):
+    empty = tmp_path / "empty.png"
+    cv2.imwrite(str(empty), np.zeros((32, 32), np.uint8))
+    with pytest.raises(AppError, match="empty"):
+        client.predict(mask=handle_file(str(empty)), api_name="/generate")
+    with pytest.raises(AppError, match="nothing to export"):
+        Client(client.src, verbose=False).predict(nnunet=False, api_name="/export")  # a fresh session
+    with pytest.raises(AppError, match="no masks/ folder"):
+        client.predict(data_folder=str(tmp_path), api_name="/train_start")
+    status = client.predict(api_name="/train_status")
+    assert "No training run yet" in status[0]
+
+
+def write_dataset(folder: Path, n: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for i in range(n):
+        mask = np.zeros((64, 64), np.uint8)
+        cv2.circle(mask, (int(rng.integers(20, 44)), int(rng.integers(20, 44))), int(rng.integers(8, 16)), 255, -1)
+        image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        image[mask > 0] = (200, 80, 60)
+        cv2.imwrite(str(folder / "images" / f"p{i}.jpg"), image)
+        cv2.imwrite(str(folder / "masks" / f"p{i}.png"), mask)
+    return folder
+
+
+def test_a_short_training_run_is_polled_and_usable_at_once(client, server, mask_file, tmp_path):
+    data = write_dataset(tmp_path / "data")
+    text = client.predict(data_folder=str(data), base_model=app.BASE_MODELS[0], max_steps=2, batch_size=2,
+                          lr=1e-4, resolution=64, checkpoint_every=1, preview_every=2, name="api-run",
+                          api_name="/train_start")
+    assert "4 image-mask pairs" in text
+    with pytest.raises(AppError, match="already in progress"):
+        client.predict(data_folder=str(data), api_name="/train_start")
+    deadline = time.time() + 150
+    while True:
+        status, losses, preview, model = client.predict(api_name="/train_status")
+        if status.startswith(("✅", "❌", "⏹️")) or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert status.startswith("✅ Finished at step 2"), status
+    rows = losses["data"] if isinstance(losses, dict) else losses
+    assert len(rows) == 2 * 5, "one row per loss term and logged step"
+    assert preview is not None
+    run = server[1] / "runs" / "api-run"
+    assert app.is_model_folder(run) and (run / "metrics.csv").is_file()
+    # the finished run generates at once
+    gallery, _ = client.predict(mask=handle_file(mask_file), num_images=1, steps=2, seed=1, model=str(run),
+                                api_name="/generate")
+    assert len(gallery) == 1
+    assert "No training run is in progress" not in client.predict(api_name="/train_stop")

@@ -1,0 +1,73 @@
+"""Model folders: save and load back (config JSON + safetensors), hub ids from a local cache, errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from siamese.model import ModelLoadError, load_model
+
+
+def _same_weights(a, b):
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(p, q, msg=n)
+
+
+def test_save_load_roundtrip(tiny_model, tiny_model_dir):
+    assert not list(tiny_model_dir.rglob("*.bin")) and not list(tiny_model_dir.rglob("*.pt"))
+    loaded = load_model(tiny_model_dir)
+    assert loaded.config == tiny_model.config
+    _same_weights(loaded.unet, tiny_model.unet)
+    _same_weights(loaded.controlnet, tiny_model.controlnet)
+    _same_weights(loaded.text_encoder, tiny_model.text_encoder)
+    torch.testing.assert_close(loaded.encode_prompt(["a test image"]), tiny_model.encode_prompt(["a test image"]))
+    assert loaded.identity()["fingerprint"] == tiny_model.identity()["fingerprint"]
+
+
+def test_fp16_save_is_smaller_and_loads_as_float32(tiny_model, tmp_path):
+    folder = tiny_model.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    loaded = load_model(folder)
+    assert loaded.dtype == torch.float32
+    size = sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
+    full = sum(f.stat().st_size for f in tiny_model.save_pretrained(tmp_path / "full").rglob("*.safetensors"))
+    assert size < 0.6 * full
+
+
+def test_base_model_without_controlnet_gets_one(tiny_model, tmp_path):
+    folder = tiny_model.save_pretrained(tmp_path / "m")
+    shutil.rmtree(folder / "controlnet")
+    base = load_model(folder)
+    assert base.controlnet is None
+    cn = base.add_controlnet(0)
+    # initialised from the UNet encoder, with a zero-output DHI
+    torch.testing.assert_close(cn.conv_in.weight, base.unet.conv_in.weight)
+    assert cn.controlnet_cond_embedding.conv_out.weight.abs().sum() == 0
+
+
+def test_hub_id_loads_from_local_cache_offline(tiny_model_dir, tmp_path, monkeypatch):
+    """A hub repo id resolves through huggingface-hub's cache layout without any network access."""
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    repo = tmp_path / "cache" / "models--someone--siamese-test"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    model = load_model("someone/siamese-test", cache_dir=tmp_path / "cache")
+    assert model.controlnet is not None and model.source == "someone/siamese-test"
+    with pytest.raises(ModelLoadError, match="not in the local cache"):
+        load_model("someone/absent", cache_dir=tmp_path / "cache")
+
+
+def test_bad_paths_are_clear(tmp_path):
+    with pytest.raises(ModelLoadError, match="No model folder"):
+        load_model(tmp_path / "nothing" / "here")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no unet/ folder"):
+        load_model(tmp_path / "empty")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ModelLoadError, match="is a file"):
+        load_model(tmp_path / "file.txt")

@@ -1,0 +1,128 @@
+"""The Siamese objective: parity with the naive reference, and the semantics of METHOD.md."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from siamese.objective import LOSS_KEYS, controlnet_losses, siamese_losses
+from siamese.reference import naive_siamese_losses
+from siamese.train import trainable_parameters
+
+
+def _batch(model, B=4, seed=0, dtype=torch.float32, ts=(5, 150, 600, 999)):
+    g = torch.Generator().manual_seed(seed)
+    R = model.config.resolution
+    images = torch.rand(B, 3, R, R, generator=g, dtype=dtype) * 2 - 1
+    masks = (torch.rand(B, 1, R // 8, R // 8, generator=g) > 0.5).to(dtype)
+    masks = torch.nn.functional.interpolate(masks, size=(R, R)).expand(-1, 3, -1, -1)
+    x0 = model.codec.encode(images)
+    return dict(
+        x0=x0, mask_hint=masks, image_hint=(images + 1) / 2,
+        prompt_embeds=model.encode_prompt(["a test image", "", "a test image", "x"][:B]),
+        t=torch.tensor(ts[:B]), noise=torch.randn(x0.shape, generator=g, dtype=dtype),
+        alphas_cumprod=model.alphas_cumprod,
+    )
+
+
+@pytest.fixture
+def model64(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    model.to(dtype=torch.float64)
+    return model
+
+
+def _grads(params):
+    out = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in params.items()}
+    for p in params.values():
+        p.grad = None
+    return out
+
+
+@pytest.mark.parametrize("use_backward", [False, True])
+def test_parity_with_naive_reference(model64, use_backward):
+    """Same four losses and same gradient on every trainable parameter, progress > 1/3, some t <= 200."""
+    params = trainable_parameters(model64, "siamese", unlock_decoder=True)
+    batch = _batch(model64, dtype=torch.float64)
+    args = (model64.unet, model64.controlnet)
+
+    ref = naive_siamese_losses(*args, progress=0.6, **batch)
+    ref["loss"].backward()
+    g_ref = _grads(params)
+
+    if use_backward:
+        ours = siamese_losses(*args, progress=0.6, backward=lambda loss: loss.backward(), **batch)
+    else:
+        ours = siamese_losses(*args, progress=0.6, **batch)
+        ours["loss"].backward()
+    g_ours = _grads(params)
+
+    assert float(ref["loss_regularization"].detach()) > 0
+    for k in LOSS_KEYS:
+        torch.testing.assert_close(ours[k].detach(), ref[k].detach(), rtol=1e-10, atol=1e-12)
+    assert len(g_ref) > 100
+    worst = max((g_ours[n] - g_ref[n]).abs().max().item() for n in params)
+    assert worst < 1e-12, worst
+    # the gradient is not trivially zero: both ControlNet and decoder receive some
+    assert any(g_ref[n].abs().sum() > 0 for n in params if n.startswith("controlnet."))
+    assert any(g_ref[n].abs().sum() > 0 for n in params if n.startswith("unet.up_blocks"))
+
+
+def test_consistency_zero_at_progress_zero(tiny_model):
+    """At progress 0 the image branch is sg(c_m): eps_image equals eps_mask, so L_consistency = 0."""
+    batch = _batch(tiny_model)
+    out = siamese_losses(tiny_model.unet, tiny_model.controlnet, progress=0.0, **batch)
+    assert float(out["loss_consistency"]) == pytest.approx(0.0, abs=1e-10)
+    assert float(out["loss_image"]) == pytest.approx(float(out["loss_mask"]), rel=1e-5)
+    assert float(out["loss_regularization"]) == 0.0
+
+
+def test_regularization_zero_before_one_third(tiny_model):
+    batch = _batch(tiny_model)  # contains t = 5 and 150 <= 200
+    before = siamese_losses(tiny_model.unet, tiny_model.controlnet, progress=0.33, **batch)
+    after = siamese_losses(tiny_model.unet, tiny_model.controlnet, progress=0.34, **batch)
+    assert float(before["loss_regularization"]) == 0.0
+    assert float(after["loss_regularization"]) > 0.0
+    late = _batch(tiny_model, ts=(300, 400, 600, 999))  # no t <= 200: nothing to regularise
+    assert float(siamese_losses(tiny_model.unet, tiny_model.controlnet, progress=0.9, **late)
+                 ["loss_regularization"]) == 0.0
+
+
+def test_no_unet_gradient_from_loss_image_and_frozen_parts_get_none(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    params = trainable_parameters(model, "siamese", unlock_decoder=True)
+    batch = _batch(model)
+    out = siamese_losses(model.unet, model.controlnet, progress=0.6, **batch)
+    out["loss_image"].backward()
+    unet_grads = [p.grad for n, p in model.unet.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert unet_grads == [], "loss_image must not reach any UNet weight"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.controlnet.parameters())
+
+    # the full loss: frozen parts (UNet encoder, middle block, time embedding, text encoder) get nothing
+    for p in params.values():
+        p.grad = None
+    out = siamese_losses(model.unet, model.controlnet, progress=0.6, **batch)
+    out["loss"].backward()
+    for name, p in model.unet.named_parameters():
+        trainable = name.startswith(("up_blocks.", "conv_norm_out.", "conv_out."))
+        assert (p.grad is not None) == trainable, name
+    assert all(p.grad is None for p in model.text_encoder.parameters())
+
+
+def test_locked_decoder_trains_controlnet_only(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    params = trainable_parameters(model, "siamese", unlock_decoder=False)
+    assert all(n.startswith("controlnet.") for n in params)
+    out = siamese_losses(model.unet, model.controlnet, progress=0.6, **_batch(model))
+    out["loss"].backward()
+    assert all(p.grad is None for p in model.unet.parameters())
+
+
+def test_mask_only_baseline_equals_loss_mask(tiny_model):
+    batch = _batch(tiny_model)
+    full = siamese_losses(tiny_model.unet, tiny_model.controlnet, progress=0.6, **batch)
+    only = controlnet_losses(tiny_model.unet, tiny_model.controlnet, **batch)
+    torch.testing.assert_close(only["loss"], full["loss_mask"])
+    assert float(only["loss_image"]) == 0.0
