@@ -1,4 +1,7 @@
-"""The app's handlers, called directly (no server): masks, generation, curation, export, training helpers."""
+"""The app's handlers, called directly (no server): masks, generation, curation, export, training helpers.
+
+The tiny 64 px model comes from conftest.py (`tiny_model_dir`): random, seeded, nothing downloaded.
+"""
 
 from __future__ import annotations
 
@@ -17,19 +20,9 @@ import app
 from siamese import DataError
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A random tiny model at 64 px (fast on CPU); nothing downloaded."""
-    from siamese.model import build_tiny
-
-    m = build_tiny(resolution=64, prompt="a test image")
-    m.add_controlnet(0)
-    return m.save_pretrained(tmp_path_factory.mktemp("models") / "tiny")
-
-
 @pytest.fixture()
-def studio(tiny_model, tmp_path) -> app.Studio:
-    return app.Studio(str(tiny_model), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs")
+def studio(tiny_model_dir, tmp_path) -> app.Studio:
+    return app.Studio(str(tiny_model_dir), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs")
 
 
 def layer_with_disk(size=app.CANVAS, center=(200, 240), radius=60) -> np.ndarray:
@@ -123,21 +116,21 @@ def test_outline_draws_on_the_mask_border_only():
 
 
 # -- models ---------------------------------------------------------------------------------------
-def test_list_models_finds_default_checkpoints_and_runs(tiny_model, tmp_path):
+def test_list_models_finds_default_checkpoints_and_runs(tiny_model_dir, tmp_path):
     ckpt, runs = tmp_path / "checkpoints", tmp_path / "runs"
     for folder in (ckpt / "a", runs / "b"):
         (folder / "unet").mkdir(parents=True)
         (folder / "text_encoder").mkdir()
     (ckpt / "not-a-model").mkdir()
-    choices = app.list_models(str(tiny_model), ckpt, runs)
+    choices = app.list_models(str(tiny_model_dir), ckpt, runs)
     values = [v for _, v in choices]
-    assert values == [str(tiny_model), str(ckpt / "a"), str(runs / "b")]
+    assert values == [str(tiny_model_dir), str(ckpt / "a"), str(runs / "b")]
     assert "default" in choices[0][0] and "checkpoints" in choices[1][0] and "trained here" in choices[2][0]
     assert "not available" in app.list_models(str(tmp_path / "missing"), ckpt, runs)[0][0]
 
 
-def test_model_info_describes_the_model_or_says_why_not(studio, tiny_model, tmp_path):
-    assert "64×64" in studio.model_info(str(tiny_model)) and "a test image" in studio.model_info(str(tiny_model))
+def test_model_info_describes_the_model_or_says_why_not(studio, tiny_model_dir, tmp_path):
+    assert "64×64" in studio.model_info(str(tiny_model_dir)) and "a test image" in studio.model_info(str(tiny_model_dir))
     text = studio.model_info(str(tmp_path / "nowhere"))
     assert text.startswith("⚠️") and "nowhere" in text
 
@@ -200,12 +193,12 @@ def shots(studio):
 def test_keep_discard_remove_and_the_collection_grows(studio, shots):
     gallery, results, collection, sel, *_ = studio.keep(shots, [], 1)
     assert [s.item.seed for s in collection] == [101] and [s.item.seed for s in results] == [100, 102]
-    assert len(gallery) == 2 and sel is None
+    assert len(gallery.value) == 2 and sel == 1 == gallery.selected_index  # the next image is selected
     # nothing selected with several results: a warning, nothing moves
     _, results2, collection2, *_ = studio.keep(results, collection, None)
     assert len(results2) == 2 and len(collection2) == 1
     gallery, results, sel = studio.discard(results, 0)
-    assert [s.item.seed for s in results] == [102]
+    assert [s.item.seed for s in results] == [102] and sel == 0
     *_, collection, _, view, count, download = studio.keep(results, collection, None)  # single result: kept
     assert [s.item.seed for s in collection] == [101, 102] and "**2** pairs" in count
     _, results, collection, *_ = studio.keep_all(shots, collection)  # a later run adds to the collection
@@ -307,8 +300,8 @@ def test_training_events_become_status_curves_and_a_model_in_the_selector(studio
     assert "Training failed: boom" in studio.train_status(-1)[0]
 
 
-def test_build_demo_exposes_the_stable_api(tiny_model, tmp_path):
-    demo = app.build_demo(str(tiny_model), runs_dir=tmp_path / "runs", checkpoints_dir=tmp_path)
+def test_build_demo_exposes_the_stable_api(tiny_model_dir, tmp_path):
+    demo = app.build_demo(str(tiny_model_dir), runs_dir=tmp_path / "runs", checkpoints_dir=tmp_path)
     api = demo.get_api_info()["named_endpoints"]
     params = [p["parameter_name"] for p in api["/generate"]["parameters"]]
     assert params[:7] == ["mask", "prompt", "num_images", "steps", "guidance_scale", "seed", "scheduler"]

@@ -1,4 +1,7 @@
-"""The launched app through gradio_client: /generate, /keep_all, /export, and a 2-step run via /train_*."""
+"""The launched app through gradio_client: /generate, /keep_all, /export, and a 2-step run via /train_*.
+
+The tiny model and the synthetic dataset come from conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -27,15 +30,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The app on a free port with a random tiny model at 64 px; yields (url, runs folder)."""
-    from siamese.model import build_tiny
-
+def server(tiny_model_dir, tmp_path_factory):
+    """The app on a free port with conftest's tiny 64 px model; yields (url, root folder)."""
     root = tmp_path_factory.mktemp("server")
-    m = build_tiny(resolution=64, prompt="a test image")
-    m.add_controlnet(0)
-    model = m.save_pretrained(root / "tiny")
-    demo = app.build_demo(str(model), runs_dir=root / "runs", checkpoints_dir=root / "checkpoints")
+    demo = app.build_demo(str(tiny_model_dir), runs_dir=root / "runs", checkpoints_dir=root / "checkpoints")
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -88,32 +86,19 @@ def test_bad_input_is_a_message_not_a_crash(client, tmp_path):
         client.predict(mask=handle_file(str(empty)), api_name="/generate")
     with pytest.raises(AppError, match="nothing to export"):
         Client(client.src, verbose=False).predict(nnunet=False, api_name="/export")  # a fresh session
+    (tmp_path / "data" / "images").mkdir(parents=True)
     with pytest.raises(AppError, match="no masks/ folder"):
-        client.predict(data_folder=str(tmp_path), api_name="/train_start")
+        client.predict(data_folder=str(tmp_path / "data"), api_name="/train_start")
     status = client.predict(api_name="/train_status")
     assert "No training run yet" in status[0]
 
 
-def write_dataset(folder: Path, n: int = 4) -> Path:
-    rng = np.random.default_rng(0)
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    for i in range(n):
-        mask = np.zeros((64, 64), np.uint8)
-        cv2.circle(mask, (int(rng.integers(20, 44)), int(rng.integers(20, 44))), int(rng.integers(8, 16)), 255, -1)
-        image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
-        image[mask > 0] = (200, 80, 60)
-        cv2.imwrite(str(folder / "images" / f"p{i}.jpg"), image)
-        cv2.imwrite(str(folder / "masks" / f"p{i}.png"), mask)
-    return folder
-
-
-def test_a_short_training_run_is_polled_and_usable_at_once(client, server, mask_file, tmp_path):
-    data = write_dataset(tmp_path / "data")
+def test_a_short_training_run_is_polled_and_usable_at_once(client, server, mask_file, dataset):
+    data = dataset  # conftest: 6 synthetic pairs at 80 px
     text = client.predict(data_folder=str(data), base_model=app.BASE_MODELS[0], max_steps=2, batch_size=2,
                           lr=1e-4, resolution=64, checkpoint_every=1, preview_every=2, name="api-run",
                           api_name="/train_start")
-    assert "4 image-mask pairs" in text
+    assert "6 image-mask pairs" in text
     with pytest.raises(AppError, match="already in progress"):
         client.predict(data_folder=str(data), api_name="/train_start")
     deadline = time.time() + 150

@@ -1,0 +1,151 @@
+"""End to end in a real browser (Playwright + Debian's chromium, headless): draw, generate, keep, export, unzip.
+
+Skipped when /usr/bin/chromium is absent (`apt-get install chromium`). With SIAMESE_APP_SCREENSHOTS=1 it also
+writes the README screenshots to docs/screenshots/ with the bundled model (or $SIAMESE_MODEL, or runs/smoke).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import app
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason=f"no browser at {CHROMIUM}: install Debian's chromium (apt-get install chromium)")
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(model: str, root: Path) -> tuple[object, str]:
+    demo = app.build_demo(model, runs_dir=root / "runs", checkpoints_dir=root / "checkpoints")
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                        css=app.CSS)
+    return demo, f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    """The app with conftest's tiny 64 px model."""
+    demo, url = launch(str(tiny_model_dir), tmp_path_factory.mktemp("browser"))
+    yield url
+    demo.close()
+
+
+def draw_stroke(page, fraction=(0.35, 0.45), length=0.25) -> None:
+    """Pick the Brush (a stroke draws nothing before), then drag across the canvas."""
+    editor = page.locator("#mask-editor")
+    editor.get_by_role("button", name="Brush", exact=True).click()
+    box = editor.locator("canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] * fraction[0], box["y"] + box["height"] * fraction[1]
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for i in range(1, 6):  # few events: every move redraws the (software-rendered) WebGL canvas
+        page.mouse.move(x + box["width"] * length * i / 5, y + 4 * (i % 2))
+    page.mouse.up()
+
+
+def open_app(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
+    outside: list[str] = []
+    page.on("request", lambda r: outside.append(r.url)
+            if not r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#mask-editor canvas", timeout=60_000)
+    return page, outside
+
+
+def test_draw_generate_keep_export_unzip(browser, server, tmp_path):
+    page, outside = open_app(browser, server)
+    draw_stroke(page)
+    page.locator("#generate-btn").click()
+    page.wait_for_selector("#results img", timeout=120_000)
+    page.wait_for_selector("#mask-preview img", timeout=10_000)
+
+    page.locator("#results img").first.click()
+    page.locator("#keep-btn").click()
+    page.wait_for_selector("#collection img", timeout=30_000)
+    assert "1 pair kept" in page.locator("#count").inner_text()
+
+    page.get_by_label("Also the nnU-Net v2 layout (imagesTr/, labelsTr/, dataset.json)").check()
+    page.locator("#export-btn").click()
+    page.wait_for_function("() => !document.querySelector('#download-btn').disabled", timeout=30_000)
+    with page.expect_download(timeout=30_000) as info:
+        page.locator("#download-btn").click()
+    path = tmp_path / "pairs.zip"
+    info.value.save_as(path)
+
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        images = sorted(n for n in names if n.startswith("images/"))
+        assert len(images) == 1 and {"metadata.jsonl", "README.txt", "nnunet/dataset.json"} <= set(names)
+        image = Image.open(io.BytesIO(zf.read(images[0])))
+        mask = np.asarray(Image.open(io.BytesIO(zf.read(images[0].replace("images/", "masks/")))))
+        assert image.size == (64, 64) and mask.shape == (64, 64)
+        assert set(np.unique(mask)) == {0, 255}
+        assert 0.005 < (mask > 0).mean() < 0.3, "the drawn stroke, not the whole canvas"
+        ys, xs = np.nonzero(mask)
+        assert 0.25 < xs.mean() / 64 < 0.65 and 0.3 < ys.mean() / 64 < 0.6, "where the stroke was drawn"
+        meta = json.loads(zf.read("metadata.jsonl"))
+        assert meta["image"] == images[0] and meta["scheduler"] == "dpm++" and meta["steps"] == 20
+        assert f"nnunet/labelsTr/{Path(images[0]).stem}.png" in names
+    assert outside == [], f"the page called out: {outside}"
+    page.close()
+
+
+@pytest.mark.skipif(not os.environ.get("SIAMESE_APP_SCREENSHOTS"), reason="set SIAMESE_APP_SCREENSHOTS=1 to "
+                    "write docs/screenshots/ (slow: the real model on CPU)")
+def test_screenshots(browser, tmp_path):
+    model = os.environ.get("SIAMESE_MODEL") or app.default_model()
+    if not app.is_model_folder(Path(model)):
+        model = str(app.ROOT / "runs" / "smoke")
+    out = app.ROOT / "docs" / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    demo, url = launch(model, tmp_path)
+    try:
+        page, _ = open_app(browser, url)
+        page.wait_for_timeout(2000)
+        page.locator(".compact-gallery img").nth(4).click()  # an example mask
+        page.wait_for_timeout(1000)
+        draw_stroke(page, fraction=(0.6, 0.7), length=0.08)
+        page.locator("#generate-btn").click()
+        page.wait_for_selector("#results img", timeout=480_000)
+        page.wait_for_timeout(1000)
+        page.locator("#keep-all-btn").click()
+        page.wait_for_selector("#collection img", timeout=30_000)
+        page.locator("#generate-btn").click()
+        page.wait_for_selector("#results .progress-text, #results img", timeout=30_000)
+        page.get_by_label("Draw the mask outline over the results").check()
+        page.wait_for_function("() => document.querySelector('#count').innerText.includes('4 pairs')")
+        page.wait_for_selector("#results img", timeout=480_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(out / "generate.png"), full_page=True)
+        page.close()
+    finally:
+        demo.close()
