@@ -9,12 +9,12 @@ PY=${PYTHON:-python}
 SEED=0
 # Stage 1: text-to-image pre-training of the tiny UNet (pixel-space 8x8 patch codec).
 $PY -m siamese train --data "$DATA" --output "$RUNS/kvasir-base" --model tiny --objective base \
-  --resolution 256 --batch-size 8 --max-steps 2000 --lr 3e-4 --warmup-steps 100 \
+  --resolution 256 --batch-size 8 --max-steps 1000 --lr 3e-4 --warmup-steps 100 \
   --checkpoint-every 250 --log-every 50 --seed $SEED --name siamese-kvasir-tiny --resume latest
 # Stage 2: the Siamese objective; ControlNet (DHI 4-8-16-32-64) initialised from the stage-1 UNet encoder.
 $PY -m siamese train --data "$DATA" --output "$RUNS/kvasir-siamese" --model "$RUNS/kvasir-base" \
-  --objective siamese --resolution 256 --batch-size 8 --max-steps 1000 --lr 1e-4 --warmup-steps 50 \
-  --checkpoint-every 100 --log-every 20 --preview-every 200 --seed $SEED --name siamese-kvasir-tiny \
+  --objective siamese --resolution 256 --batch-size 8 --max-steps 600 --lr 2e-4 --warmup-steps 50 \
+  --checkpoint-every 100 --log-every 20 --preview-every 100 --seed $SEED --name siamese-kvasir-tiny \
   --resume latest
 # Ship: fp16 weights, no optimiser state or checkpoints.
 $PY - "$RUNS/kvasir-siamese" "$(dirname "$0")" <<'PY'

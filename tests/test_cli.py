@@ -1,0 +1,74 @@
+"""The command line: train -> sample produces valid pairs; errors end with exit code 2 and one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from siamese.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "siamese", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_sample_writes_pairs_and_metadata(tiny_model_dir, dataset, tmp_path):
+    out = tmp_path / "out"
+    code = main(["sample", "--model", str(tiny_model_dir), "--masks", str(dataset / "masks"), "--num-images", "2",
+                 "--steps", "2", "--seed", "5", "--scheduler", "unipc", "--output", str(out)])
+    assert code == 0
+    lines = [json.loads(x) for x in (out / "metadata.jsonl").read_text().splitlines()]
+    assert len(lines) == 12
+    first = lines[0]
+    assert first["image"] == "images/case00_00.png" and first["mask"] == "masks/case00_00.png"
+    assert first["seed"] == 5 and lines[1]["seed"] == 6 and lines[2]["seed"] == 7
+    assert first["steps"] == 2 and first["scheduler"] == "unipc" and first["model"]["fingerprint"]
+    assert first["source_mask"].endswith("case00.png") and "guidance_scale" in first and first["prompt"]
+    image = Image.open(out / first["image"])
+    mask = np.array(Image.open(out / first["mask"]))
+    assert image.mode == "RGB" and image.size == mask.shape[::-1]
+    assert set(np.unique(mask)) <= {0, 255}
+    assert "Seed: 5" in image.text["parameters"]
+
+
+def test_sample_with_augmented_masks(tiny_model_dir, dataset, tmp_path):
+    out = tmp_path / "aug"
+    assert main(["sample", "--model", str(tiny_model_dir), "--masks", str(dataset / "masks" / "case01.png"),
+                 "--num-images", "2", "--steps", "1", "--seed", "0", "--augment-masks", "--output", str(out)]) == 0
+    lines = [json.loads(x) for x in (out / "metadata.jsonl").read_text().splitlines()]
+    assert all(x["augmented_mask"] for x in lines)
+    masks = [np.array(Image.open(out / x["mask"])) for x in lines]
+    assert not np.array_equal(masks[0], masks[1])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sample", "--masks", "/no/such/dir", "--output", "x"], "no such file or folder"),
+    (["train", "--data", "/no/such/dir", "--output", "x"], "no such folder"),
+    (["sample", "--model", "/no/model", "--masks", ".", "--output", "x"], "no mask images"),
+])
+def test_errors_exit_2_with_one_clear_line(args, message, tmp_path):
+    proc = _run(*args)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and message in last
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_option_exits_2():
+    assert _run("sample", "--masks", "m.png", "--output", "o", "--scheduler", "euler").returncode == 2
+
+
+def test_missing_model_is_clear(dataset, tmp_path):
+    proc = _run("sample", "--model", str(tmp_path / "none"), "--masks", str(dataset / "masks"), "--output", "o")
+    assert proc.returncode == 2 and "No model folder" in proc.stderr

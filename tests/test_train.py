@@ -1,0 +1,104 @@
+"""The trainer: a short run gives a loadable model, checkpoints resume exactly, stop flag, events,
+and two processes under torchrun."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from siamese.model import load_model
+from siamese.train import TrainConfig, batch_indices, latest_checkpoint, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(data, out, **kw):
+    base = dict(data=str(data), output=str(out), model="tiny", resolution=64, batch_size=2, max_steps=4,
+                lr=1e-3, checkpoint_every=2, log_every=1, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_batch_indices_cover_every_pair_each_epoch():
+    first = batch_indices(10, 0, 0, 10)
+    assert sorted(first) == list(range(10))
+    assert batch_indices(10, 0, 10, 10) != first  # a new permutation each epoch
+    assert batch_indices(10, 0, 4, 3) == first[4:7]
+
+
+def test_short_run_gives_a_loadable_model_and_logs(dataset, tmp_path):
+    events = []
+    out = train(_config(dataset, tmp_path / "run", preview_every=2), callback=events.append)
+    model = load_model(out)
+    assert model.controlnet is not None and model.config.resolution == 64
+    rows = _rows(out)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert all(float(r["loss"]) > 0 and float(r["loss_mask"]) > 0 for r in rows)
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["num_processes"] == 1 and saved["effective_batch_size"] == 2
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and "preview" in kinds and "checkpoint" in kinds
+    assert (out / "previews" / "step-0000002.png").is_file()
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_resume_continues_exactly(dataset, tmp_path):
+    """4 steps straight == 2 steps, interrupted, then resumed to 4: same losses, same weights."""
+    straight = train(_config(dataset, tmp_path / "a"))
+    stop = threading.Event()
+
+    def stop_at_two(event):
+        if event["type"] == "log" and event["step"] == 2:
+            stop.set()
+
+    half = train(_config(dataset, tmp_path / "b"), callback=stop_at_two, stop=stop)
+    assert latest_checkpoint(half).name == "step-0000002"
+    assert load_model(half).controlnet is not None  # a stopped run is usable at once
+    resumed = train(_config(dataset, tmp_path / "b", resume="latest"))
+    a, b = _rows(straight), _rows(resumed)
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    ma, mb = load_model(straight), load_model(resumed)
+    for (n, p), (_, q) in zip(ma.controlnet.state_dict().items(), mb.controlnet.state_dict().items()):
+        torch.testing.assert_close(p, q, msg=n)
+
+
+def test_base_objective_then_siamese(dataset, tmp_path):
+    base = train(_config(dataset, tmp_path / "base", objective="base", max_steps=2))
+    assert load_model(base).controlnet is None
+    run = train(_config(dataset, tmp_path / "cn", model=str(base), objective="controlnet", max_steps=2))
+    rows = _rows(run)
+    assert float(rows[-1]["loss_image"]) == 0 and float(rows[-1]["loss_mask"]) > 0
+
+
+def test_bad_config_is_refused(dataset, tmp_path):
+    with pytest.raises(ValueError, match="mixed precision"):
+        train(_config(dataset, tmp_path / "x", mixed_precision="fp8"))
+    with pytest.raises(ValueError, match="resolution"):
+        train(_config(dataset, tmp_path / "x", resolution=100))
+
+
+def test_two_processes_with_torchrun(dataset, tmp_path):
+    """torchrun --nproc_per_node 2 on the CPU: accelerate picks both processes up."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+           "-m", "siamese", "train", "--data", str(dataset), "--output", str(out), "--resolution", "64",
+           "--batch-size", "2", "--max-steps", "2", "--checkpoint-every", "1", "--log-every", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["num_processes"] == 2 and saved["effective_batch_size"] == 4
+    assert load_model(out).controlnet is not None
