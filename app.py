@@ -18,7 +18,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
-import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -36,7 +35,7 @@ import torch  # noqa: E402
 
 from siamese import (  # noqa: E402
     DataError, Generated, ModelLoadError, SamplingParams, augment_mask, default_model, export_zip, generate,
-    load_model, read_image, read_mask,
+    load_model, read_mask,
 )
 from siamese.data import binarize_mask, find_pairs  # noqa: E402
 from siamese.export import png_bytes  # noqa: E402
@@ -459,7 +458,10 @@ class TrainingJob:
                 self.step, self.max_steps = event["step"], event["max_steps"]
                 self.message = f"Training `{event['output']}`..."
             elif kind == "log":
-                self.step, self.it_per_s, self.eta_s = event["step"], event["it_per_s"], event["eta_s"]
+                rate = event["it_per_s"]  # smoothed: single steps vary a lot on a busy CPU
+                self.it_per_s = rate if not self.it_per_s else 0.8 * self.it_per_s + 0.2 * rate
+                self.step = event["step"]
+                self.eta_s = (self.max_steps - self.step) / max(self.it_per_s, 1e-9)
                 self.rows.append({"step": event["step"], **{k: event[k] for k in LOSS_KEYS if k in event}})
             elif kind == "preview":
                 self.preview = event["image"]
@@ -508,8 +510,11 @@ def status_text(snap: dict) -> str:
 
 def loss_frame(rows: list[dict]) -> pd.DataFrame:
     """Loss rows -> long format (step, value, term) for the line plot."""
-    records = [{"step": r["step"], "value": r[k], "term": k} for r in rows for k in LOSS_KEYS if k in r]
-    return pd.DataFrame(records, columns=["step", "value", "term"])
+    records = [(r["step"], float(r[k]), k) for r in rows for k in LOSS_KEYS if k in r]
+    steps, values, terms = zip(*records) if records else ((), (), ())
+    # typed even when empty, so the plot's axes are numeric from the start
+    return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "value": pd.Series(values, dtype="float64"),
+                         "term": pd.Series(terms, dtype="str")})
 
 
 # -- the handlers ---------------------------------------------------------------------------------
@@ -627,7 +632,7 @@ class Studio:
             t0 = time.perf_counter()
             progress((0, int(num_images) * int(steps)), desc="Sampling", unit="steps")
             items = _sample(m, np.asarray(mask), int(num_images), base, params,
-                            lambda done, total: progress((done, total), desc="Sampling", unit="steps"), "app")
+                            lambda done, total: progress((done, total), desc="Sampling", unit="steps"), "studio")
         except (DataError, ModelLoadError, ValueError) as e:
             raise _user_error(e) from None
         shots = [self.pngs.shot(it) for it in items]
@@ -762,17 +767,25 @@ class Studio:
             gr.Warning("No training run is in progress.")
         return status_text(self.job.snapshot())
 
-    def train_status(self, seen: int = -1):
-        """Status text, the loss curves (step, value, term), the latest preview, the model list, the version.
+    def train_status(self) -> dict:
+        """The training run as JSON: state (idle, running, stopping, finished, stopped, failed), step, max_steps,
+        it_per_s, eta_s, output (the run folder), error, message (Markdown) and losses (one dict per logged step)."""
+        snap = self.job.snapshot()
+        keys = ("state", "step", "max_steps", "it_per_s", "eta_s", "output", "error")
+        return {**{k: snap[k] for k in keys}, "message": status_text(snap), "losses": snap["rows"]}
 
-        Parts that did not change since version `seen` are skipped, so polling is cheap."""
+    def train_poll(self, seen: int = -1):
+        """For the page's timer: status text, the loss curves (step, value, term), the latest preview, the model
+        list, the version. Parts that did not change since version `seen` are skipped, so polling is cheap."""
         snap = self.job.snapshot()
         if snap["version"] == seen:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen
         if snap["state"] == "failed" and seen >= 0:
             gr.Warning(snap["error"], title="Training failed")
         ended = snap["state"] in ("finished", "stopped")
-        return (status_text(snap), loss_frame(snap["rows"]), snap["preview"],
+        frame = loss_frame(snap["rows"])
+        # None, not an empty frame: a LinePlot that received an empty frame draws no lines later (Gradio 6.31)
+        return (status_text(snap), frame if len(frame) else None, snap["preview"],
                 gr.Dropdown(choices=self.model_choices()) if ended else gr.skip(), snap["version"])
 
     def use_trained(self):
@@ -809,7 +822,7 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
         train_seen = gr.State(-1)
 
         gr.Markdown(INTRO)
-        with gr.Row(equal_height=True):
+        with gr.Row():
             model = gr.Dropdown(studio.model_choices(), value=studio.default, label="Model", allow_custom_value=True,
                                 info="The bundled model, a folder under checkpoints/ or runs/app/, a local path, "
                                      "or a Hugging Face hub id (owner/name)", scale=4)
@@ -908,14 +921,14 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
                         with gr.Row():
                             start_btn = gr.Button("Start training", variant="primary", interactive=not disabled)
                             stop_btn = gr.Button("Stop", variant="stop", interactive=not disabled)
-                            use_btn = gr.Button("Use the trained model in Generate")
+                            use_btn = gr.Button("Use in Generate")
                     with gr.Column():
                         train_md = gr.Markdown(status_text(studio.job.snapshot()), elem_id="train-status", label="Status")
-                        loss_plot = gr.LinePlot(loss_frame([]), x="step", y="value", color="term",
-                                                label="Losses", height=300, y_title="loss")
+                        loss_plot = gr.LinePlot(None, x="step", y="value", color="term",
+                                                label="Losses", y_title="loss")
                         preview = gr.Image(label="Preview (top: samples, bottom: their training masks)",
                                            interactive=False, format="png")
-                timer = gr.Timer(1.0)
+                timer = gr.Timer(1.5)
 
             with gr.Tab("API", id="api"):
                 gr.Markdown(API_HELP)
@@ -965,8 +978,9 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
                         train_md, api_name="train_start")
         stop_btn.click(studio.train_stop, None, train_md, api_name="train_stop")
         status_outputs = [train_md, loss_plot, preview, model, train_seen]
-        timer.tick(studio.train_status, train_seen, status_outputs, api_name="train_status",
-                   show_progress="hidden", concurrency_limit=None)
+        timer.tick(studio.train_poll, train_seen, status_outputs, api_visibility="private", show_progress="hidden",
+                   concurrency_limit=None)
+        gr.api(studio.train_status, api_name="train_status", concurrency_limit=None)
         use_btn.click(studio.use_trained, None, model, api_visibility="private")
     return demo
 
@@ -980,11 +994,17 @@ gallery, status = client.predict(mask=handle_file("mask.png"), prompt="", num_im
 client.predict(api_name="/keep_all")                            # keep every result of this session
 zip_path = client.predict(nnunet=True, label="polyp", api_name="/export")
 client.predict(data_folder="data/kvasir-seg", max_steps=200, api_name="/train_start")
-status, losses, preview, model, version = client.predict(api_name="/train_status")
+status = client.predict(api_name="/train_status")  # dict: state, step, max_steps, it_per_s, eta_s, losses...
 client.predict(api_name="/train_stop")
 ```
 `seed` below 0 means random; image *i* gets seed + *i*. Each generated PNG carries its parameters in the
 PNG text `parameters` (Stable Diffusion convention) and the full record in `siamese`."""
+
+
+def launch_options() -> dict:
+    """What `demo.launch` gets here and in the tests (host and port come from the environment)."""
+    return dict(max_file_size=MAX_UPLOAD, show_error=True, css=CSS, theme=gr.themes.Default(primary_hue="teal"),
+                footer_links=["api", "settings"])
 
 
 def main() -> None:
@@ -996,10 +1016,7 @@ def main() -> None:
     demo = build_demo(args.model)
     demo.studio.preload()
     # server name and port: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, else 127.0.0.1:7860
-    demo.queue(default_concurrency_limit=1, max_size=64).launch(
-        max_file_size=MAX_UPLOAD, show_error=True, css=CSS, theme=gr.themes.Default(primary_hue="teal"),
-        footer_links=["api", "settings"],
-    )
+    demo.queue(default_concurrency_limit=1, max_size=64).launch(**launch_options())
 
 
 if __name__ == "__main__":

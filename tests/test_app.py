@@ -285,19 +285,24 @@ def test_train_start_refuses_bad_datasets_and_when_disabled(studio, tmp_path, mo
 
 def test_training_events_become_status_curves_and_a_model_in_the_selector(studio):
     job = studio.job
+    text, frame, *_ = studio.train_poll(-1)
+    assert "No training run yet" in text and frame is None  # None, not an empty frame (see train_status)
     job._on_event({"type": "start", "step": 0, "max_steps": 10, "output": "runs/app/x"})
     for step in (1, 2):
         job._on_event({"type": "log", "step": step, "loss_mask": 1.0 / step, "loss_image": 0.5, "loss_consistency":
                        0.1, "loss_regularization": 0.01, "loss": 2.0, "lr": 1e-4, "it_per_s": 2.0, "eta_s": 4.0})
-    text, frame, preview, dropdown, version = studio.train_status(-1)
+    text, frame, preview, dropdown, version = studio.train_poll(-1)
     assert "2 / 10" in text and "2.00 it/s" in text and "loss_mask 0.5" in text
-    assert len(frame) == 10 and set(frame["term"]) == set(app.LOSS_KEYS)
-    assert studio.train_status(version)[0] == gr.skip()  # nothing new: nothing re-sent
+    assert len(frame) == 10 and set(frame["term"]) == set(app.LOSS_KEYS) and frame["value"].dtype == float
+    assert studio.train_poll(version)[0] == gr.skip()  # nothing new: nothing re-sent
     job._on_event({"type": "end", "step": 2, "stopped": True, "output": "runs/app/x"})
-    text, *_ = studio.train_status(version)
+    text, *_ = studio.train_poll(version)
     assert text.startswith("⏹️ Stopped at step 2") and "model selector" in text
+    status = studio.train_status()
+    assert status["state"] == "stopped" and status["step"] == 2 and len(status["losses"]) == 2
+    assert status["losses"][1]["loss_mask"] == 0.5
     job._fail("boom")
-    assert "Training failed: boom" in studio.train_status(-1)[0]
+    assert "Training failed: boom" in studio.train_poll(-1)[0] and studio.train_status()["error"] == "boom"
 
 
 def test_build_demo_exposes_the_stable_api(tiny_model_dir, tmp_path):

@@ -38,7 +38,7 @@ def launch(model: str, root: Path) -> tuple[object, str]:
     demo = app.build_demo(model, runs_dir=root / "runs", checkpoints_dir=root / "checkpoints")
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                        css=app.CSS)
+                        **app.launch_options())
     return demo, f"http://127.0.0.1:{port}/"
 
 
@@ -119,33 +119,58 @@ def test_draw_generate_keep_export_unzip(browser, server, tmp_path):
     page.close()
 
 
-@pytest.mark.skipif(not os.environ.get("SIAMESE_APP_SCREENSHOTS"), reason="set SIAMESE_APP_SCREENSHOTS=1 to "
-                    "write docs/screenshots/ (slow: the real model on CPU)")
-def test_screenshots(browser, tmp_path):
+def best_model() -> str:
+    """For screenshots: $SIAMESE_MODEL or the bundled model, else the newest run trained in the app."""
     model = os.environ.get("SIAMESE_MODEL") or app.default_model()
-    if not app.is_model_folder(Path(model)):
-        model = str(app.ROOT / "runs" / "smoke")
+    if app.is_model_folder(Path(model)):
+        return model
+    runs = sorted((p for p in app.RUNS_DIR.glob("*") if app.is_model_folder(p)), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        pytest.skip("no trained model for the screenshots (the bundled one, $SIAMESE_MODEL or runs/app/*)")
+    return str(runs[-1])
+
+
+@pytest.mark.skipif(not os.environ.get("SIAMESE_APP_SCREENSHOTS"), reason="set SIAMESE_APP_SCREENSHOTS=1 to "
+                    "write docs/screenshots/ (slow: a real model on CPU)")
+def test_screenshots(browser, tmp_path):
     out = app.ROOT / "docs" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
-    demo, url = launch(model, tmp_path)
+    data = os.environ.get("SIAMESE_APP_SCREENSHOT_DATA") or str(app.ROOT.parent / "shared" / "data" / "kvasir-seg")
+    demo, url = launch(best_model(), tmp_path)
     try:
         page, _ = open_app(browser, url)
+        page.set_viewport_size({"width": 1400, "height": 1300})
         page.wait_for_timeout(2000)
-        page.locator(".compact-gallery img").nth(4).click()  # an example mask
-        page.wait_for_timeout(1000)
-        draw_stroke(page, fraction=(0.6, 0.7), length=0.08)
-        page.locator("#generate-btn").click()
-        page.wait_for_selector("#results img", timeout=480_000)
-        page.wait_for_timeout(1000)
-        page.locator("#keep-all-btn").click()
-        page.wait_for_selector("#collection img", timeout=30_000)
-        page.locator("#generate-btn").click()
-        page.wait_for_selector("#results .progress-text, #results img", timeout=30_000)
-        page.get_by_label("Draw the mask outline over the results").check()
-        page.wait_for_function("() => document.querySelector('#count').innerText.includes('4 pairs')")
-        page.wait_for_selector("#results img", timeout=480_000)
+        # Generate: an example mask plus a stroke, four images, keep two, outlines on
+        page.locator(".compact-gallery img").nth(4).click()
         page.wait_for_timeout(1500)
+        draw_stroke(page, fraction=(0.62, 0.72), length=0.1)
+        page.locator("#generate-btn").click()
+        page.wait_for_selector("#results img", timeout=600_000)
+        page.locator("#results img").first.click()
+        page.locator("#keep-btn").click()
+        page.wait_for_selector("#collection img", timeout=30_000)
+        page.locator("#keep-btn").click()
+        page.wait_for_function("() => document.querySelector('#count').innerText.includes('2 pairs')")
+        page.get_by_label("Draw the mask outline over the results").check()
+        page.wait_for_timeout(2500)
         page.screenshot(path=str(out / "generate.png"), full_page=True)
+        # Train: a short run at 64 px with live curves and previews
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_label("Dataset folder on the server").fill(data)
+        page.get_by_label("Steps", exact=True).fill("60")
+        page.get_by_label("Resolution").click()
+        page.get_by_role("option", name="64", exact=True).click()
+        page.get_by_label("Checkpoint every").fill("30")
+        page.get_by_label("Preview every (0: never)").fill("20")
+        page.get_by_label("Run name (saved in runs/app/NAME)").fill("screenshot-run")
+        page.get_by_role("button", name="Start training").click()
+        page.wait_for_function("() => /Finished|failed/.test(document.querySelector('#train-status').innerText)",
+                               timeout=900_000, polling=2000)
+        page.wait_for_timeout(2500)
+        page.screenshot(path=str(out / "train.png"), full_page=True)
         page.close()
     finally:
+        demo.studio.job.stop()
+        demo.studio.job.wait(120)
         demo.close()

@@ -35,7 +35,8 @@ def server(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("server")
     demo = app.build_demo(str(tiny_model_dir), runs_dir=root / "runs", checkpoints_dir=root / "checkpoints")
     port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                        **app.launch_options())
     try:
         yield f"http://127.0.0.1:{port}/", root
     finally:
@@ -90,7 +91,7 @@ def test_bad_input_is_a_message_not_a_crash(client, tmp_path):
     with pytest.raises(AppError, match="no masks/ folder"):
         client.predict(data_folder=str(tmp_path / "data"), api_name="/train_start")
     status = client.predict(api_name="/train_status")
-    assert "No training run yet" in status[0]
+    assert status["state"] == "idle" and "No training run yet" in status["message"]
 
 
 def test_a_short_training_run_is_polled_and_usable_at_once(client, server, mask_file, dataset):
@@ -102,15 +103,14 @@ def test_a_short_training_run_is_polled_and_usable_at_once(client, server, mask_
     with pytest.raises(AppError, match="already in progress"):
         client.predict(data_folder=str(data), api_name="/train_start")
     deadline = time.time() + 150
-    while True:
-        status, losses, preview, model = client.predict(api_name="/train_status")
-        if status.startswith(("✅", "❌", "⏹️")) or time.time() > deadline:
-            break
+    while (status := client.predict(api_name="/train_status"))["state"] in ("running", "stopping"):
+        assert time.time() < deadline, status
         time.sleep(1)
-    assert status.startswith("✅ Finished at step 2"), status
-    rows = losses["data"] if isinstance(losses, dict) else losses
-    assert len(rows) == 2 * 5, "one row per loss term and logged step"
-    assert preview is not None
+    assert status["state"] == "finished" and status["step"] == 2, status
+    assert status["message"].startswith("✅ Finished at step 2")
+    assert [row["step"] for row in status["losses"]] == [1, 2]
+    assert set(app.LOSS_KEYS) <= set(status["losses"][0])
+    assert status["output"].endswith("api-run") and list(Path(status["output"], "previews").glob("*.png"))
     run = server[1] / "runs" / "api-run"
     assert app.is_model_folder(run) and (run / "metrics.csv").is_file()
     # the finished run generates at once
