@@ -1,0 +1,192 @@
+"""Tests of siamese.evaluate: metrics on known inputs, and the whole evaluation on a tiny model and data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import shared_dataset, write_dataset
+from siamese.data import DataError, find_pairs
+from siamese.evaluate import (
+    STATISTICS, EvalConfig, build_segnet, dice_iou, evaluate, flat_paintings, format_report, image_statistics, kid,
+    pairwise_distances, segnet_features, split_pairs, train_segnet,
+)
+
+
+def _ellipse_pair(rng: np.random.Generator, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """A random ellipse mask and a coloured, textured image with the ellipse in another colour."""
+    mask = np.zeros((size, size), np.uint8)
+    centre = tuple(int(c) for c in rng.integers(size // 4, 3 * size // 4, 2))
+    axes = tuple(int(a) for a in rng.integers(size // 8, size // 4, 2))
+    cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 255, -1)
+    image = (rng.normal(0, 12, (size, size, 3)) + (180, 90, 80)).clip(0, 255)
+    image[mask > 0] = (image[mask > 0] + (40, 60, 20)).clip(0, 255)
+    return image.astype(np.uint8), mask
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: these networks are tiny, and on a shared 2-core machine two spinning threads
+    per process make them an order of magnitude slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pairs12(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data") / "pairs", n=12)
+
+
+def _tiny_config(data: Path, model: Path, **kw) -> EvalConfig:
+    settings = dict(data=data, model=model, seg_steps=5, steps=2, seeds=2, resolution=64, max_synthetic=4,
+                    kid_subsets=5, seg_channels=(8, 16, 32))
+    settings.update(kw)
+    return EvalConfig(**settings)
+
+
+# -- metrics ------------------------------------------------------------------------------------
+def test_kid_is_about_zero_for_one_distribution_and_grows_with_the_shift():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 16)), rng.normal(size=(200, 16))
+    same, _ = kid(x, y, subsets=20, seed=0)
+    itself, _ = kid(x, x, subsets=20, seed=0)
+    near, _ = kid(x, y + 0.5, subsets=20, seed=0)
+    far, _ = kid(x, y + 2.0, subsets=20, seed=0)
+    assert abs(same) < 0.05
+    assert abs(itself) < 0.1 * near  # slightly negative: the subsets share samples
+    assert far > near > 10 * abs(same)
+
+
+def test_kid_refuses_mismatched_or_tiny_sets():
+    with pytest.raises(ValueError, match="same D"):
+        kid(np.zeros((5, 3)), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="at least 2"):
+        kid(np.zeros((1, 3)), np.zeros((5, 3)))
+
+
+def test_dice_iou_of_identical_disjoint_and_empty_masks():
+    a = np.zeros((3, 16, 16), np.uint8)
+    a[:, 4:10, 4:10] = 1
+    dice, iou = dice_iou(a, a)
+    np.testing.assert_allclose(dice, 1.0)
+    np.testing.assert_allclose(iou, 1.0)
+    b = np.zeros_like(a)
+    b[:, 12:, 12:] = 1
+    dice, iou = dice_iou(a, b)
+    np.testing.assert_allclose(dice, 0.0)
+    np.testing.assert_allclose(iou, 0.0)
+    half = a.copy()
+    half[:, 4:7] = 0  # half of a's 36 pixels: Dice 2*18/(18+36) = 2/3, IoU 18/36 = 1/2
+    dice, iou = dice_iou(half, a)
+    np.testing.assert_allclose(dice, 2 / 3, rtol=1e-5)
+    np.testing.assert_allclose(iou, 0.5, rtol=1e-5)
+    empty = np.zeros((1, 8, 8), np.uint8)
+    assert dice_iou(empty, empty)[0][0] == 1.0
+
+
+def test_texture_statistics_and_diversity_tell_a_flat_painting_from_a_textured_image():
+    rng = np.random.default_rng(1)
+    images, masks = (np.stack(a) for a in zip(*(_ellipse_pair(rng, 64) for _ in range(4))))
+    paintings = flat_paintings(masks // 255, images, masks // 255)
+    fine = STATISTICS.index("fine_detail")
+    assert image_statistics(paintings)[:, fine].max() < 0.2 * image_statistics(images)[:, fine].min()
+    same = pairwise_distances(np.repeat(images[:1], 3, axis=0), np.zeros((3, 4)))
+    assert same == pytest.approx({"pixel_l1": 0.0, "one_minus_ssim": 0.0, "feature_distance": 0.0}, abs=1e-6)
+    different = pairwise_distances(images, rng.normal(size=(4, 4)))
+    assert all(v > 0.01 for v in different.values())
+
+
+# -- segmentation network and split ----------------------------------------------------------------
+def test_segnet_training_is_seeded_and_leaves_the_global_rng_alone():
+    rng = np.random.default_rng(2)
+    images, masks = (np.stack(a) for a in zip(*(_ellipse_pair(rng, 32) for _ in range(4))))
+    state = torch.get_rng_state()
+    nets = [train_segnet(images, masks // 255, steps=2, seed=3, batch_size=2, channels=(4, 8)) for _ in range(2)]
+    assert torch.equal(state, torch.get_rng_state())
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(p, q)
+    feats = segnet_features(nets[0], images)
+    assert feats.shape == (4, 2 * (4 + 8)) and np.isfinite(feats).all()
+    other = build_segnet((4, 8), seed=4)
+    assert not all(torch.equal(p, q) for p, q in zip(nets[0].parameters(), other.parameters()))
+
+
+def test_split_is_deterministic_disjoint_and_complete(pairs12):
+    pairs = find_pairs(pairs12)
+    train, held = split_pairs(pairs, 0.25, seed=0)
+    assert (len(train), len(held)) == (9, 3)
+    assert set(train).isdisjoint(held) and set(train) | set(held) == set(pairs)
+    assert split_pairs(pairs, 0.25, seed=0) == (train, held)
+    assert split_pairs(pairs, 0.25, seed=1)[1] != held
+    with pytest.raises(DataError, match="at least 4"):
+        split_pairs(pairs[:3], 0.25, seed=0)
+
+
+def test_kvasir_split_sizes():
+    train, held = split_pairs(find_pairs(shared_dataset("kvasir-seg")), 0.2, seed=0)
+    assert (len(train), len(held)) == (720, 180)
+
+
+# -- the whole evaluation ------------------------------------------------------------------------
+def test_evaluate_reports_every_figure_and_writes_the_output(pairs12, tiny_model_dir, tmp_path):
+    report = evaluate(_tiny_config(pairs12, tiny_model_dir, output=tmp_path / "out"))
+    assert report["pairs"] == {"total": 12, "train": 10, "held_out": 2, "test": 2, "generated_test": 2}
+    for key in ("real", "generated", "flat_painting"):
+        assert 0.0 <= report["fidelity"][key]["dice"] <= 1.0
+    down = report["downstream"]
+    assert len(down["real"]["dice"]["per_seed"]) == len(down["real+synthetic"]["iou"]["per_seed"]) == 2
+    assert (down["num_real"], down["num_synthetic"], down["num_synthetic_augmented"]) == (10, 4, 2)
+    for kind in ("kid_features", "kid_statistics"):
+        assert set(report["realism"][kind]) == {"real_train", "generated", "flat_painting"}
+    assert set(report["diversity"]["generated_same_mask"]) == {"pixel_l1", "one_minus_ssim", "feature_distance"}
+    assert report["diversity"]["masks"] == 2
+    assert report["model"]["fingerprint"] and report["timings"]["total"] > 0
+    assert any("capped" in note for note in report["notes"])
+    assert json.loads((tmp_path / "out" / "report.json").read_text()) == json.loads(json.dumps(report))
+    for name in ("fidelity.png", "diversity.png", "synthetic.png"):
+        assert cv2.imread(str(tmp_path / "out" / name)) is not None
+    text = format_report(report)
+    for heading in ("Mask fidelity", "Downstream benefit", "Realism", "Diversity", "flat painting"):
+        assert heading in text
+
+
+def test_evaluate_is_reproducible(pairs12, tiny_model_dir):
+    config = _tiny_config(pairs12, tiny_model_dir, seeds=1, max_synthetic=2, diversity_masks=1)
+    first, second = evaluate(config), evaluate(config)
+    for key in ("fidelity", "downstream", "realism", "diversity", "held_out"):
+        assert first[key] == second[key]
+
+
+def test_cli_evaluate_runs_and_turns_bad_data_into_exit_code_2(pairs12, tiny_model_dir, tmp_path, capsys):
+    from siamese.cli import main
+
+    assert main(["evaluate", "--data", str(tmp_path / "missing"), "--model", str(tiny_model_dir)]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    code = main(["evaluate", "--data", str(pairs12), "--model", str(tiny_model_dir), "--seg-steps", "2", "--steps", "1",
+                 "--seeds", "1", "--resolution", "64", "--test-fraction", "0.34"])
+    assert code == 0
+    assert "Downstream benefit" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("make", [
+    lambda root: root / "missing",
+    lambda root: (root / "images").mkdir(parents=True) or root,
+    lambda root: write_dataset(root / "few", n=3),
+])
+def test_bad_data_folders_raise_data_error(make, tmp_path, tiny_model_dir):
+    with pytest.raises(DataError):
+        evaluate(_tiny_config(make(tmp_path), tiny_model_dir))
+
+
+@pytest.mark.parametrize("bad", [dict(test_fraction=1.0), dict(seeds=0), dict(resolution=50), dict(scheduler="x"),
+                                 dict(seed=-1), dict(diversity_images=1)])
+def test_bad_settings_raise_value_error(bad, pairs12, tiny_model_dir):
+    with pytest.raises(ValueError):
+        evaluate(_tiny_config(pairs12, tiny_model_dir, **bad))
