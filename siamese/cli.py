@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -22,8 +24,18 @@ def _train(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, preview_every=args.preview_every,
         prompt=args.prompt, seed=args.seed, resume=args.resume, name=args.name,
     )
-    out = train(config, progress_bar=True)
-    print(f"model saved to {out}")
+    stop = threading.Event()
+
+    def request_stop(signum, frame):  # Ctrl-C / SIGTERM: finish the step, save, exit cleanly
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("\nstopping after this step (checkpoint and model are saved; Ctrl-C again to abort)", file=sys.stderr)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, request_stop)
+    out = train(config, stop=stop, progress_bar=True)
+    print(f"model {'saved (stopped early; --resume latest continues)' if stop.is_set() else 'saved'} to {out}")
 
 
 def _sample(args: argparse.Namespace) -> None:

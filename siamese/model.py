@@ -39,6 +39,8 @@ SCHEDULE = dict(
     prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
 )
 DHI_WIDTHS = (16, 32, 64, 128, 256)
+# what a model folder holds (and all that is fetched of a hub repo: not its single-file checkpoints)
+MODEL_SUBFOLDERS = ("unet", "controlnet", "vae", "codec", "text_encoder", "tokenizer", "scheduler")
 
 
 class ModelLoadError(ValueError):
@@ -260,8 +262,8 @@ def _resolve(path_or_id: str | Path, cache_dir: str | Path | None = None) -> Pat
     try:
         return Path(snapshot_download(
             text, cache_dir=cache_dir,
-            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.md", "tokenizer/*"],
-            ignore_patterns=["*.fp16.safetensors", "*.non_ema*", "*ema*", "*.ckpt", "*.bin"],
+            allow_patterns=["*.json", "*.md", *(f"{sub}/*" for sub in MODEL_SUBFOLDERS)],
+            ignore_patterns=["*.fp16.safetensors", "*non_ema*", "*.ckpt", "*.bin", "*.msgpack", "*.onnx*"],
         ))
     except LocalEntryNotFoundError as e:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")

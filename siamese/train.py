@@ -243,10 +243,11 @@ def _preview(model: SiameseModel, dataset: PairDataset, step: int, output: Path)
     idx = list(range(0, len(dataset), max(1, len(dataset) // n)))[:n]
     hint = torch.from_numpy(dataset.masks[idx]).float().unsqueeze(1).expand(-1, 3, -1, -1)
     gens = [torch.Generator("cpu").manual_seed(i) for i in range(n)]
-    was_training = model.controlnet.training
+    modes = {m: m.training for m in (model.unet, model.controlnet)}
     model.eval()
-    images = sample(model, hint, [dataset.prompt] * n, gens, steps=20, guidance_scale=3.0)
-    model.controlnet.train(was_training)
+    images = sample(model, hint, [dataset.prompt] * n, gens, steps=20, guidance_scale=3.0, scheduler="dpm++")
+    for m, mode in modes.items():
+        m.train(mode)
     top = np.concatenate(list((images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)), 1)
     bottom = np.concatenate([np.repeat(m[..., None] * 255, 3, 2) for m in dataset.masks[idx]], 1)
     strip = Image.fromarray(np.concatenate([top, bottom], 0))
