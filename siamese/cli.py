@@ -22,7 +22,7 @@ def _train(args: argparse.Namespace) -> None:
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         unlock_decoder=not args.lock_decoder, use_8bit_adam=args.use_8bit_adam,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, preview_every=args.preview_every,
-        prompt=args.prompt, seed=args.seed, resume=args.resume, name=args.name,
+        prompt=args.prompt, seed=args.seed, resume=args.resume, name=args.name, holdout=args.holdout,
     )
     stop = threading.Event()
 
@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--prompt", default=None, help="prompt for pairs without one (default: from the data)")
     t.add_argument("--name", default="", help="model name recorded in its config")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--holdout", type=float, default=0.0,
+                   help="fraction of pairs left out of training, the same split `evaluate` tests on (seed 0)")
     t.set_defaults(func=_train)
 
     s = sub.add_parser("sample", help="generate images from masks")

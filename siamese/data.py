@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DataError", "Pair", "PairDataset", "find_pairs", "read_image", "read_mask", "binarize_mask",
-    "resize_pair", "augment_mask", "list_masks", "default_prompt", "mask_to_hint", "IMAGE_EXTENSIONS",
+    "resize_pair", "augment_mask", "split_pairs", "list_masks", "default_prompt", "mask_to_hint", "IMAGE_EXTENSIONS",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -166,15 +166,31 @@ def list_masks(path: str | Path) -> list[Path]:
     raise DataError(f"{path}: no such file or folder")
 
 
+def split_pairs(pairs: list[Pair], test_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Deterministic split by `seed`: (train, held_out); held_out is in random order, train in input order.
+
+    Training (`TrainConfig.holdout`) and evaluation use this same split, so held-out pairs stay unseen.
+    """
+    n = len(pairs)
+    if n < 4:
+        raise DataError(f"need at least 4 image-mask pairs to hold some out for testing, found {n}")
+    n_held = min(n - 2, max(2, round(n * test_fraction)))
+    order = np.random.default_rng(seed).permutation(n)
+    held = [pairs[i] for i in order[:n_held]]
+    train = [pairs[i] for i in sorted(order[n_held:])]
+    return train, held
+
+
 class PairDataset(torch.utils.data.Dataset):
     """Pairs resized to `resolution` and kept in memory as uint8 (decoded once).
 
     Item i: dict(image (R, R, 3) uint8, mask (R, R) {0, 1} uint8, prompt str).
     """
 
-    def __init__(self, root: str | Path, resolution: int, prompt: str | None = None) -> None:
+    def __init__(self, root: str | Path, resolution: int, prompt: str | None = None,
+                 pairs: list[Pair] | None = None) -> None:
         self.root = Path(root)
-        self.pairs = find_pairs(self.root)
+        self.pairs = find_pairs(self.root) if pairs is None else list(pairs)
         self.resolution = resolution
         self.prompt = prompt or default_prompt(self.root)
         self.images = np.empty((len(self.pairs), resolution, resolution, 3), np.uint8)

@@ -41,7 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import default_model
-from .data import DataError, Pair, augment_mask, find_pairs, read_image, read_mask, resize_pair
+from .data import DataError, Pair, augment_mask, find_pairs, read_image, read_mask, resize_pair, split_pairs
 from .model import SiameseModel, load_model
 from .sampling import MAX_SEED, Generated, SamplingParams, generate
 
@@ -104,18 +104,6 @@ class EvalConfig:
 
 
 # -- data ------------------------------------------------------------------------------------------
-def split_pairs(pairs: Sequence[Pair], test_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Deterministic split by `seed`: (train, held_out); held_out is in random order, train in input order."""
-    n = len(pairs)
-    if n < 4:
-        raise DataError(f"need at least 4 image-mask pairs to hold some out for testing, found {n}")
-    n_held = min(n - 2, max(2, round(n * test_fraction)))
-    order = np.random.default_rng(seed).permutation(n)
-    held = [pairs[i] for i in order[:n_held]]
-    train = [pairs[i] for i in sorted(order[n_held:])]
-    return train, held
-
-
 def _load_pairs(pairs: Sequence[Pair], size: int) -> tuple[np.ndarray, np.ndarray]:
     """Pairs -> images (N, R, R, 3) uint8, masks (N, R, R) uint8 in {0, 1}."""
     images = np.empty((len(pairs), size, size, 3), np.uint8)

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .codec import PatchCodec, PatchCodecConfig
-from .data import PairDataset
+from .data import PairDataset, find_pairs, split_pairs
 from .model import SiameseModel, build_tiny, load_model
 from .objective import LOSS_KEYS, base_losses, controlnet_losses, siamese_losses
 
@@ -71,6 +71,8 @@ class TrainConfig:
     prompt_dropout: float = 0.05
     flip: bool = True
     seed: int = 0
+    holdout: float = 0.0  # fraction of pairs left out (split_pairs with holdout_seed), for a fair evaluation
+    holdout_seed: int = 0
     resume: str | None = None  # "latest" or a checkpoint folder
     name: str = ""
 
@@ -87,6 +89,8 @@ class TrainConfig:
             raise ValueError(f"learning rate must be a positive number, got {self.lr}")
         if self.resolution % 64 or not 64 <= self.resolution <= 1024:
             raise ValueError(f"resolution must be a multiple of 64 between 64 and 1024, got {self.resolution}")
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"holdout must be a fraction in [0, 1), got {self.holdout}")
         if not 0 <= self.prompt_dropout <= 1:
             raise ValueError(f"prompt dropout must be between 0 and 1, got {self.prompt_dropout}")
 
@@ -279,7 +283,11 @@ def train(
     main = accelerator.is_main_process
 
     # 1. data and model
-    dataset = PairDataset(config.data, config.resolution, config.prompt)
+    pairs = find_pairs(config.data)
+    if config.holdout > 0:
+        pairs, held = split_pairs(pairs, config.holdout, config.holdout_seed)
+        logger.info("holding out %d pairs (split seed %d); training on %d", len(held), config.holdout_seed, len(pairs))
+    dataset = PairDataset(config.data, config.resolution, config.prompt, pairs)
     resume_from = None
     if config.resume:
         resume_from = latest_checkpoint(output) if config.resume == "latest" else Path(config.resume)
