@@ -278,7 +278,8 @@ def train(
     config.validate()
     emit = callback or (lambda event: None)
     output = Path(config.output)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    # on a machine without CUDA, accelerate finds torchrun's processes only when told it runs on the CPU
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
     world, rank = accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
 

@@ -94,10 +94,10 @@ def test_two_processes_with_torchrun(dataset, tmp_path):
     """torchrun --nproc_per_node 2 on the CPU: accelerate picks both processes up."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "siamese", "train", "--data", str(dataset), "--output", str(out), "--resolution", "64",
            "--batch-size", "2", "--max-steps", "2", "--checkpoint-every", "1", "--log-every", "1"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["num_processes"] == 2 and saved["effective_batch_size"] == 4
