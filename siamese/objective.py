@@ -5,9 +5,11 @@ Same losses and gradients as the reference code, with less work:
 - the frozen UNet encoder and middle block run once: both branches share them, only the decoder runs
   twice; the image branch's decoder runs with detached weights (`functional_call`), so its gradient
   reaches the ControlNet through the image residuals and never the UNet;
-- mask and image hints go through the DHI and the ControlNet as one batch;
+- mask and image hints go through the DHI and the ControlNet as one batch, and the DHI runs once per
+  hint: the regularisation pass reuses the mask embedding;
 - the regularisation term runs only on the samples that count (t <= 200, after 1/3 of training) and,
-  when a `backward` function is given, after the main graph has been freed.
+  when a `backward` function is given, after the main graph has been freed;
+- it runs under the networks' gradient checkpointing (the Stable Diffusion 1.5 recipe).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 
 from .networks import (
     DHIControlNetModel,
@@ -62,6 +65,30 @@ def _mask_branch_eps(unet, controlnet, x_t, t, prompt_embeds, mask_hint) -> Tens
     return unet_decode(unet, enc, prompt_embeds, down, mid)
 
 
+def _decode_frozen(unet, enc, prompt_embeds: Tensor, down: list[Tensor], mid: Tensor) -> Tensor:
+    """The UNet decoder with detached weights: gradient reaches the residuals, never the weights.
+
+    Under gradient checkpointing the blocks' own checkpoints would be recomputed in the backward pass
+    with the real weights, outside `functional_call`, and torch refuses the mismatch ("Recomputed values
+    ... have different metadata"); so the whole call is checkpointed once instead, by a function that
+    detaches the weights again when it is recomputed."""
+    inner = [m for m in unet.up_blocks.modules() if getattr(m, "gradient_checkpointing", False) is True]
+
+    def run(mid: Tensor, *down: Tensor) -> Tensor:
+        frozen = {n: p.detach() for n, p in UNetDecoder(unet).named_parameters()}
+        for m in inner:
+            m.gradient_checkpointing = False
+        try:
+            return functional_call(UNetDecoder(unet), frozen, (enc, prompt_embeds, list(down), mid))
+        finally:
+            for m in inner:
+                m.gradient_checkpointing = True
+
+    if inner and torch.is_grad_enabled():
+        return checkpoint(run, mid, *down, use_reentrant=False)
+    return run(mid, *down)
+
+
 def siamese_losses(
     unet,
     controlnet: DHIControlNetModel,
@@ -85,26 +112,31 @@ def siamese_losses(
     """
     B = x0.shape[0]
     x_t = q_sample(x0, t, noise, alphas_cumprod)
+    sel = (t <= REG_T_MAX).nonzero().squeeze(1) if progress > REG_START else t.new_zeros(0)
 
-    # 1. ControlNet on mask and image hints as one batch (same weights, same x_t, t, prompt)
-    hint_emb = controlnet.embed_hint(torch.cat([mask_hint, image_hint]))
+    # 1. DHI once for both hints, reused by the regularisation pass. With a separate backward per
+    #    graph, a leaf collects the gradient of both passes and the DHI backward runs once, at the end.
+    hint_emb = controlnet.embed_hint(torch.cat([mask_hint, image_hint]))  # (2B, C0, h, w)
+    split = backward is not None and sel.numel() > 0
+    hint_in = hint_emb.detach().requires_grad_() if split else hint_emb
+
+    # 2. ControlNet on mask and image hints as one batch (same weights, same x_t, t, prompt)
     down2, mid2 = controlnet_residuals(controlnet, torch.cat([x_t, x_t]), torch.cat([t, t]),
-                                       torch.cat([prompt_embeds, prompt_embeds]), hint_emb)
+                                       torch.cat([prompt_embeds, prompt_embeds]), hint_in)
     down_m, down_i = zip(*(r.chunk(2) for r in down2))
     mid_m, mid_i = mid2.chunk(2)
 
-    # 2. Frozen UNet encoder + middle block, once for both branches
+    # 3. Frozen UNet encoder + middle block, once for both branches
     with torch.no_grad():
         enc = unet_encode(unet, x_t, t, prompt_embeds)
 
-    # 3. Mask-Diffusion: the decoder with its own (trainable) weights
+    # 4. Mask-Diffusion: the decoder with its own (trainable) weights
     eps_mask = unet_decode(unet, enc, prompt_embeds, list(down_m), mid_m)
 
-    # 4. Image-Diffusion: residuals sg(c_m) + progress * c_i, decoder weights detached
+    # 5. Image-Diffusion: residuals sg(c_m) + progress * c_i, decoder weights detached
     down_img = [m.detach() + progress * i for m, i in zip(down_m, down_i)]
     mid_img = mid_m.detach() + progress * mid_i
-    frozen = {n: p.detach() for n, p in UNetDecoder(unet).named_parameters()}
-    eps_image = functional_call(UNetDecoder(unet), frozen, (enc, prompt_embeds, down_img, mid_img))
+    eps_image = _decode_frozen(unet, enc, prompt_embeds, down_img, mid_img)
 
     loss_mask = mse(eps_mask, noise).mean()
     loss_image = mse(eps_image, noise).mean()
@@ -114,18 +146,22 @@ def siamese_losses(
         backward(main)
         loss_mask, loss_image, loss_consistency = loss_mask.detach(), loss_image.detach(), loss_consistency.detach()
 
-    # 5. Regularisation on the samples that count: x_t' = sg(q_sample(x0_hat, t, same noise))
+    # 6. Regularisation on the samples that count: x_t' = sg(q_sample(x0_hat, t, same noise)), from the
+    #    mask embedding of step 1
     loss_reg = torch.zeros((), device=x0.device)
-    sel = (t <= REG_T_MAX).nonzero().squeeze(1) if progress > REG_START else t.new_zeros(0)
     if sel.numel() > 0:
         with torch.no_grad():
             x0_hat = predict_x0(x_t[sel], t[sel], eps_image[sel].to(x_t.dtype), alphas_cumprod)
             x_t_reg = q_sample(x0_hat, t[sel], noise[sel], alphas_cumprod)
-        eps_reg = _mask_branch_eps(unet, controlnet, x_t_reg, t[sel], prompt_embeds[sel], mask_hint[sel])
+            enc_reg = unet_encode(unet, x_t_reg, t[sel], prompt_embeds[sel])
+        down, mid = controlnet_residuals(controlnet, x_t_reg, t[sel], prompt_embeds[sel], hint_in[:B][sel])
+        eps_reg = unet_decode(unet, enc_reg, prompt_embeds[sel], down, mid)
         loss_reg = mse(eps_reg, noise[sel]).sum() / B
         if backward is not None:
             backward(loss_reg)
             loss_reg = loss_reg.detach()
+    if split:  # the one DHI backward, with the gradient both passes left on the leaf
+        hint_emb.backward(hint_in.grad)
 
     loss = loss_mask + loss_image + loss_consistency + loss_reg
     return {"loss_mask": loss_mask, "loss_image": loss_image, "loss_consistency": loss_consistency,

@@ -41,9 +41,10 @@ def _grads(params):
     return out
 
 
-@pytest.mark.parametrize("use_backward", [False, True])
-def test_parity_with_naive_reference(model64, use_backward):
-    """Same four losses and same gradient on every trainable parameter, progress > 1/3, some t <= 200."""
+@pytest.mark.parametrize("use_backward,checkpointing", [(False, False), (True, False), (True, True), (False, True)])
+def test_parity_with_naive_reference(model64, use_backward, checkpointing):
+    """Same four losses and same gradient on every trainable parameter, progress > 1/3, some t <= 200;
+    also with the networks' gradient checkpointing on (the SD1.5 recipe)."""
     params = trainable_parameters(model64, "siamese", unlock_decoder=True)
     batch = _batch(model64, dtype=torch.float64)
     args = (model64.unet, model64.controlnet)
@@ -51,6 +52,11 @@ def test_parity_with_naive_reference(model64, use_backward):
     ref = naive_siamese_losses(*args, progress=0.6, **batch)
     ref["loss"].backward()
     g_ref = _grads(params)
+
+    if checkpointing:
+        for net in args:
+            net.enable_gradient_checkpointing()
+            net.train()
 
     if use_backward:
         ours = siamese_losses(*args, progress=0.6, backward=lambda loss: loss.backward(), **batch)

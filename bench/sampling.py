@@ -1,0 +1,170 @@
+"""Sampling benchmark: our sampler against the diffusers ControlNet pipeline's loop, same images.
+
+The baseline is the loop of `StableDiffusionControlNetPipeline.__call__` written out with the model's
+codec (the tiny preset has a patch codec, not a VAE): the stock `ControlNetModel.forward` with the hint
+as input, so the DHI runs in every step, and the stock `UNet2DConditionModel.forward`, on the
+classifier-free-guidance batch [uncond, cond] where the unconditional half keeps the mask and has the
+empty prompt; same scheduler, steps, guidance, and starting noise from the same per-image generators.
+`pipeline_sample` runs the real pipeline (with a tiny AutoencoderKL that is never used: it returns
+latents, decoded by the model's codec) as a second baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor
+
+from siamese.model import SiameseModel
+from siamese.sampling import make_scheduler, sample
+
+from .timing import interleaved
+from .workload import PROMPT, mask_hints
+
+__all__ = ["SETTINGS", "diffusers_loop_sample", "pipeline_sample", "compare_samplers", "images_per_second",
+           "compare_memory_formats"]
+
+# The app's defaults (app.py DEFAULTS): DPM-Solver++ 2M, 20 steps, guidance 3.0, batches of 4
+SETTINGS = dict(scheduler="dpm++", steps=20, guidance_scale=3.0)
+
+
+def _generators(n: int, seed: int) -> list[torch.Generator]:
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
+
+
+@torch.no_grad()
+def diffusers_loop_sample(
+    model: SiameseModel, mask_hint: Tensor, prompts: list[str], generators: list[torch.Generator],
+    steps: int, guidance_scale: float, scheduler: str, eta: float = 0.0,
+) -> Tensor:
+    """The pipeline's denoising loop with stock forwards. Returns images (B, 3, H, W) in [0, 1]."""
+    device, dtype = model.device, model.dtype
+    sched = make_scheduler(scheduler, model.scheduler_config)
+    sched.set_timesteps(steps, device=device)
+    B = mask_hint.shape[0]
+    guided = guidance_scale > 1.0
+    # 1. prompts ([uncond, cond]) and control image, the mask in both halves (pipeline: torch.cat([image] * 2))
+    prompt_embeds = model.encode_prompt(list(prompts))
+    control = mask_hint.to(device, dtype)
+    if guided:
+        prompt_embeds = torch.cat([model.encode_prompt([""] * B), prompt_embeds])
+        control = torch.cat([control, control])
+    # 2. starting noise (pipeline.prepare_latents)
+    c, s = model.codec.latent_channels, model.latent_size
+    latents = randn_tensor((B, c, s, s), generator=generators, device=device, dtype=dtype) * sched.init_noise_sigma
+    extra = {"eta": eta} if scheduler == "ddim" else {}
+    # 3. denoising loop
+    for t in sched.timesteps:
+        x = torch.cat([latents, latents]) if guided else latents
+        x = sched.scale_model_input(x, t)
+        down, mid = model.controlnet(x, t, encoder_hidden_states=prompt_embeds, controlnet_cond=control,
+                                     return_dict=False)
+        eps = model.unet(x, t, encoder_hidden_states=prompt_embeds, down_block_additional_residuals=down,
+                         mid_block_additional_residual=mid, return_dict=False)[0]
+        if guided:
+            eps_uncond, eps_cond = eps.chunk(2)
+            eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        latents = sched.step(eps, t, latents, **extra).prev_sample
+    # 4. decode
+    return (model.codec.decode(latents).float() / 2 + 0.5).clamp(0, 1)
+
+
+def build_pipeline(model: SiameseModel, scheduler: str):
+    """diffusers' StableDiffusionControlNetPipeline on the model's networks (a tiny unused VAE)."""
+    from diffusers import AutoencoderKL, StableDiffusionControlNetPipeline
+
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
+        latent_channels=model.codec.latent_channels,
+    ).to(model.device, model.dtype)
+    if 2 ** (len(vae.config.block_out_channels) - 1) != model.codec.downscale:
+        raise ValueError(f"codec downscale {model.codec.downscale} != 8: cannot mirror it with a VAE")
+    pipe = StableDiffusionControlNetPipeline(
+        vae=vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
+        controlnet=model.controlnet, scheduler=make_scheduler(scheduler, model.scheduler_config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def pipeline_sample(pipe, model: SiameseModel, mask_hint: Tensor, prompts: list[str],
+                    generators: list[torch.Generator], steps: int, guidance_scale: float) -> Tensor:
+    R = model.config.resolution
+    latents = pipe(prompt=list(prompts), image=mask_hint.to(model.device, model.dtype), height=R, width=R,
+                   num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators,
+                   output_type="latent").images
+    return (model.codec.decode(latents).float() / 2 + 0.5).clamp(0, 1)
+
+
+def compare_samplers(
+    model: SiameseModel, batch: int, repeats: int, settings: dict = SETTINGS, with_pipeline: bool = False,
+    seed: int = 0, log: Callable[[str], None] = lambda s: None,
+) -> dict:
+    """Images per second of ours and of the baseline(s), interleaved; the largest pixel difference."""
+    R, device = model.config.resolution, model.device
+    hint = mask_hints(batch, R, seed).to(device, model.dtype)
+    prompts = [PROMPT] * batch
+    runs: dict[str, Callable[[], Tensor]] = {
+        "ours": lambda: sample(model, hint, prompts, _generators(batch, seed), **settings),
+        "diffusers_loop": lambda: diffusers_loop_sample(model, hint, prompts, _generators(batch, seed), **settings),
+    }
+    if with_pipeline:
+        pipe = build_pipeline(model, settings["scheduler"])
+        runs["diffusers_pipeline"] = lambda: pipeline_sample(pipe, model, hint, prompts, _generators(batch, seed),
+                                                             settings["steps"], settings["guidance_scale"])
+    log(f"  warm-up {', '.join(runs)} (and image comparison)")
+    images = {name: run() for name, run in runs.items()}
+    log(f"  timing interleaved, {repeats} repeats")
+    timings = interleaved(runs, repeats, device)
+    out = {
+        "batch": batch, "resolution": R, **settings, "repeats": repeats,
+        "seconds": {name: round(timings.median(name), 4) for name in runs},
+        "images_per_second": {name: round(batch / timings.median(name), 4) for name in runs},
+        "speedup": round(timings.ratio("diffusers_loop", "ours"), 3),
+        "speedup_cpu_time": round(timings.ratio("diffusers_loop", "ours", "cpu"), 3),
+        "max_pixel_diff": float((images["ours"] - images["diffusers_loop"]).abs().max()),
+        "timings": timings.summary(),
+    }
+    if with_pipeline:
+        out["speedup_vs_pipeline"] = round(timings.ratio("diffusers_pipeline", "ours"), 3)
+        out["max_pixel_diff_vs_pipeline"] = float((images["ours"] - images["diffusers_pipeline"]).abs().max())
+    return out
+
+
+def images_per_second(model: SiameseModel, batch: int, repeats: int, settings: dict = SETTINGS, seed: int = 0,
+                      warm: bool = True) -> dict:
+    """Our sampler alone at one batch size (after one warm-up call unless `warm` is False)."""
+    R, device = model.config.resolution, model.device
+    hint = mask_hints(batch, R, seed).to(device, model.dtype)
+    run = lambda: sample(model, hint, [PROMPT] * batch, _generators(batch, seed), **settings)  # noqa: E731
+    if warm:
+        run()
+    timings = interleaved({"ours": run}, repeats, device)
+    seconds = timings.median("ours")
+    return {"batch": batch, "seconds": round(seconds, 4), "images_per_second": round(batch / seconds, 4),
+            "seconds_per_image": round(seconds / batch, 4), "wall_s": timings.wall["ours"]}
+
+
+def compare_memory_formats(contiguous: SiameseModel, channels_last: SiameseModel, batch: int, repeats: int,
+                           settings: dict = SETTINGS, seed: int = 0) -> dict:
+    """Our sampler and the baseline loop with the networks in contiguous and in channels_last format
+    (the app loads models contiguous), to see whether the sampler should switch formats."""
+    hint = mask_hints(batch, contiguous.config.resolution, seed).to(contiguous.device, contiguous.dtype)
+    prompts = [PROMPT] * batch
+    runs = {}
+    for fmt, model in (("contiguous", contiguous), ("channels_last", channels_last)):
+        runs[f"ours_{fmt}"] = lambda m=model: sample(m, hint, prompts, _generators(batch, seed), **settings)
+        runs[f"diffusers_loop_{fmt}"] = lambda m=model: diffusers_loop_sample(m, hint, prompts,
+                                                                               _generators(batch, seed), **settings)
+    for run in runs.values():
+        run()
+    t = interleaved(runs, repeats, contiguous.device)
+    return {"batch": batch, **settings, "seconds": {k: round(t.median(k), 4) for k in runs},
+            "ours_channels_last_speedup": round(t.ratio("ours_contiguous", "ours_channels_last"), 3),
+            "speedup_contiguous": round(t.ratio("diffusers_loop_contiguous", "ours_contiguous"), 3),
+            "speedup_channels_last": round(t.ratio("diffusers_loop_channels_last", "ours_channels_last"), 3)}
