@@ -261,6 +261,18 @@ def _preview(model: SiameseModel, dataset: PairDataset, step: int, output: Path)
 
 
 # -- the loop ----------------------------------------------------------------------------------
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the header and the rows of metrics.csv up to `last_step` (rewritten atomically)."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= last_step]
+    if len(kept) != len(rows):
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+        tmp.replace(path)
+
+
 def train(
     config: TrainConfig,
     callback: Callable[[dict], None] | None = None,
@@ -329,6 +341,8 @@ def train(
     if main and (start == 0 or not metrics_path.exists()):
         with open(metrics_path, "w", newline="") as f:
             csv.writer(f).writerow(["step", *LOSS_KEYS, "lr", "it_per_s", "elapsed_s"])
+    elif main:  # resumed: drop the rows logged after the checkpoint, they are about to be redone
+        _truncate_metrics(metrics_path, start)
     emit({"type": "start", "step": start, "max_steps": config.max_steps, "num_processes": world,
           "output": str(output)})
     bar = None

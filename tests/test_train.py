@@ -67,8 +67,11 @@ def test_resume_continues_exactly(dataset, tmp_path):
     half = train(_config(dataset, tmp_path / "b"), callback=stop_at_two, stop=stop)
     assert latest_checkpoint(half).name == "step-0000002"
     assert load_model(half).controlnet is not None  # a stopped run is usable at once
+    with open(half / "metrics.csv", "a") as f:  # killed after logging step 3, before its checkpoint
+        f.write("3,9,9,9,9,9,0.1,1,1\n")
     resumed = train(_config(dataset, tmp_path / "b", resume="latest"))
     a, b = _rows(straight), _rows(resumed)
+    assert [r["step"] for r in b] == ["1", "2", "3", "4"]
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     ma, mb = load_model(straight), load_model(resumed)
     for (n, p), (_, q) in zip(ma.controlnet.state_dict().items(), mb.controlnet.state_dict().items()):
