@@ -4,11 +4,14 @@ Both codecs map images (B, 3, H, W) in [-1, 1] to latents (B, C, H/8, W/8) and b
 - `VAECodec`: a diffusers `AutoencoderKL` (Stable Diffusion 1.5: 4 channels, scaling 0.18215).
 - `PatchCodec`: a linear autoencoder fitted in closed form: 8x8 RGB patches (192 values) projected on
   their `channels` leading principal components (PCA of the training images), each scaled to unit
-  variance (whitened: with one global scale the first component had 6x the noise's scale and the last
-  thirty were drowned by it at almost every timestep; measured samples were noise). Fitting takes a second and encoding is one matrix product, where a learned
-  AutoencoderKL costs CPU-hours (see the model card). Keeping fewer channels than 3*8*8 matters: an
-  epsilon-predicting UNet whose first level is narrower than its input cannot carry the per-pixel noise
-  through (measured: with 192 raw channels and a 48-wide first level the loss stalls at 1.0).
+  variance. Fitting takes a second and encoding is one matrix product, where a learned AutoencoderKL
+  costs CPU-hours (see the model card). Two measured pitfalls set the defaults:
+  * whiten each component: with one global scale, component 0 had 6x the noise's scale and the last
+    thirty were drowned by it at almost every timestep;
+  * keep the latent several times narrower than the UNet's first level: the noise must pass through
+    its GroupNorm + SiLU and come out whole. With 48 channels into a 48-wide level the loss at t = 999
+    was 0.61 after 200 steps, with 16 channels 0.23 (192 raw channels: stalled at 1.0). 16 components
+    reconstruct held-out Kvasir-SEG images at 31.1 dB PSNR (24: 33.4 dB, 48: 38.9 dB).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ class PatchCodecConfig:
     """Patch size and number of principal components kept (3 * patch_size**2 keeps everything)."""
 
     patch_size: int = 8
-    channels: int = 48
+    channels: int = 16
 
 
 class PatchCodec(nn.Module):

@@ -213,13 +213,13 @@ def build_tiny(
 ) -> SiameseModel:
     """The tiny CPU preset, built from config alone (random weights, seeded).
 
-    Linear patch codec (8x8 patches -> 48 channels; pass one fitted on the data), a 3-level UNet at resolution/8, a
+    Linear patch codec (8x8 patches -> 16 channels; pass one fitted on the data), a 3-level UNet at resolution/8, a
     small frozen CLIP text encoder with a character tokenizer. The ControlNet is added later from the
     UNet encoder (`add_controlnet`), as for Stable Diffusion. Tests pass narrower `block_out_channels`.
     """
     if resolution % 64:
         raise ValueError(f"resolution must be a multiple of 64 for the tiny preset, got {resolution}")
-    codec = codec if codec is not None else PatchCodec(PatchCodecConfig(channels=block_out_channels[0]))
+    codec = codec if codec is not None else PatchCodec(PatchCodecConfig())
     tokenizer = _tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

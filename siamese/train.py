@@ -211,7 +211,7 @@ def build_model(config: TrainConfig, dataset: PairDataset, init_dir: Path | None
         return load_model(init_dir)  # a resumed run restarts from the exact same initial model
     if config.model == "tiny":
         images = torch.from_numpy(dataset.images[:256]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        model = build_tiny(config.resolution, dataset.prompt, PatchCodec.fit(images, PatchCodecConfig(channels=48)),
+        model = build_tiny(config.resolution, dataset.prompt, PatchCodec.fit(images, PatchCodecConfig()),
                            seed=config.seed, name=config.name or "siamese-tiny")
     else:
         model = load_model(config.model)
