@@ -18,7 +18,7 @@ def _train(args: argparse.Namespace) -> None:
     config = TrainConfig(
         data=args.data, output=args.output, model=args.model, objective=args.objective,
         resolution=args.resolution, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
-        warmup_steps=args.warmup_steps, gradient_accumulation=args.gradient_accumulation,
+        warmup_steps=args.warmup_steps, ema_decay=args.ema_decay, gradient_accumulation=args.gradient_accumulation,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         unlock_decoder=not args.lock_decoder, use_8bit_adam=args.use_8bit_adam,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, preview_every=args.preview_every,
@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, default=1000)
     t.add_argument("--lr", type=float, default=1e-5)
     t.add_argument("--warmup-steps", type=int, default=0)
+    t.add_argument("--ema-decay", type=float, default=0.0,
+                   help="keep an exponential moving average of the weights (e.g. 0.999) and save it; 0: off")
     t.add_argument("--gradient-accumulation", type=int, default=1)
     t.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     t.add_argument("--gradient-checkpointing", action="store_true")

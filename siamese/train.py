@@ -3,9 +3,11 @@
 Run folder (`output`):
     train_config.json          TrainConfig + num_processes + effective batch size
     metrics.csv                every loss term, lr and it/s, every `log_every` steps
-    checkpoints/step-XXXXXXX/  trainable weights, optimiser state, step (written atomically; last K kept)
+    checkpoints/step-XXXXXXX/  trainable weights, optimiser state, step, EMA of the weights when on
+                               (written atomically; last K kept)
     previews/step-XXXXXXX.png  sampled from fixed training masks every `preview_every` steps
-    siamese_config.json unet/ controlnet/ ...   the trained model folder (at the end, or when stopped)
+    siamese_config.json unet/ controlnet/ ...   the trained model folder (at the end, or when stopped;
+                               the EMA weights when `ema_decay` > 0)
 
 Batches, timesteps, noise, flips and prompt dropout are pure functions of (seed, step, micro-step,
 process), so a resumed run continues exactly where the interrupted one was.
@@ -58,6 +60,7 @@ class TrainConfig:
     lr: float = 1e-5
     weight_decay: float = 1e-2  # AdamW's torch default
     warmup_steps: int = 0
+    ema_decay: float = 0.0  # > 0: an exponential moving average of the trainable weights is what is saved
     gradient_accumulation: int = 1
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
@@ -89,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"learning rate must be a positive number, got {self.lr}")
         if self.resolution % 64 or not 64 <= self.resolution <= 1024:
             raise ValueError(f"resolution must be a multiple of 64 between 64 and 1024, got {self.resolution}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"EMA decay must be in [0, 1) (0 turns it off), got {self.ema_decay}")
         if not 0 <= self.holdout < 1:
             raise ValueError(f"holdout must be a fraction in [0, 1), got {self.holdout}")
         if not 0 <= self.prompt_dropout <= 1:
@@ -111,6 +116,47 @@ def lr_at(step: int, config: TrainConfig) -> float:
     if config.warmup_steps and step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     return config.lr
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """The EMA decay after `step` updates, warmed up as (1 + step) / (10 + step), capped at `decay`."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+class EMA:
+    """Exponential moving average of named parameters (float32 copies on their device)."""
+
+    FILE = "ema.safetensors"
+
+    def __init__(self, params: dict[str, torch.nn.Parameter]) -> None:
+        self.params = params
+        self.shadow = {n: p.detach().float().clone() for n, p in params.items()}
+
+    @torch.no_grad()
+    def update(self, decay: float) -> None:
+        names = list(self.params)
+        torch._foreach_lerp_([self.shadow[n] for n in names],
+                             [self.params[n].detach().float() for n in names], 1.0 - decay)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange the live weights and the averaged ones (call twice to restore)."""
+        for n, p in self.params.items():
+            live = p.detach().clone()
+            p.copy_(self.shadow[n])
+            self.shadow[n].copy_(live)
+
+    def save(self, folder: Path) -> None:
+        save_file({n: v.cpu().contiguous() for n, v in self.shadow.items()}, folder / self.FILE)
+
+    def load(self, folder: Path) -> bool:
+        """Load the average from a checkpoint folder; False (average = current weights) if it has none."""
+        if not (folder / self.FILE).is_file():
+            return False
+        saved = load_file(folder / self.FILE)
+        for n, v in self.shadow.items():
+            v.copy_(saved[n])
+        return True
 
 
 def batch_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -165,7 +211,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 
 def save_checkpoint(output: Path, step: int, params: dict[str, torch.nn.Parameter],
-                    optimizer: torch.optim.Optimizer, keep: int) -> Path:
+                    optimizer: torch.optim.Optimizer, keep: int, ema: EMA | None = None) -> Path:
     """Write checkpoints/step-XXXXXXX atomically (temp folder, then rename) and keep the last `keep`."""
     folder = output / "checkpoints" / f"step-{step:07d}"
     tmp = folder.with_name(folder.name + ".tmp")
@@ -176,6 +222,8 @@ def save_checkpoint(output: Path, step: int, params: dict[str, torch.nn.Paramete
     save_file({k: v.cpu().contiguous() for k, v in opt_tensors.items()}, tmp / "optimizer.safetensors")
     state = {"step": step, "optimizer": opt_meta,
              "rng": "batches, timesteps and noise are derived from (seed, step): nothing else to restore"}
+    if ema is not None:
+        ema.save(tmp)
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
@@ -333,6 +381,9 @@ def train(
     if resume_from is not None:
         start = load_checkpoint(resume_from, params, optimizer.optimizer)
         logger.info("resumed from %s at step %d", resume_from, start)
+    ema = EMA(params) if config.ema_decay > 0 else None
+    if ema is not None and resume_from is not None and not ema.load(resume_from):
+        logger.info("checkpoint has no EMA: the average starts from its weights")
     for m in (model.unet, model.controlnet):
         if m is not None:
             m.train()
@@ -394,6 +445,8 @@ def train(
                     p.grad /= world
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(ema_decay_at(step, config.ema_decay))
             step += 1
             count += 1
             if bar is not None:
@@ -415,10 +468,16 @@ def train(
                 count, t_log = 0, now
             # 7. preview and checkpoint
             if main and config.preview_every and step % config.preview_every == 0 and model.controlnet is not None:
-                emit({"type": "preview", "step": step, "image": _preview(model, dataset, step, output)})
+                if ema is not None:
+                    ema.swap()
+                try:
+                    emit({"type": "preview", "step": step, "image": _preview(model, dataset, step, output)})
+                finally:
+                    if ema is not None:
+                        ema.swap()
             if step % config.checkpoint_every == 0 or step == config.max_steps:
                 if main:
-                    path = save_checkpoint(output, step, params, optimizer.optimizer, config.keep_checkpoints)
+                    path = save_checkpoint(output, step, params, optimizer.optimizer, config.keep_checkpoints, ema)
                     emit({"type": "checkpoint", "step": step, "path": str(path)})
                 accelerator.wait_for_everyone()
             if stop is not None and stop.is_set():
@@ -430,7 +489,9 @@ def train(
     # 8. save: a checkpoint to resume from (when stopped) and the model folder itself
     if main:
         if stopped and step % config.checkpoint_every:
-            save_checkpoint(output, step, params, optimizer.optimizer, config.keep_checkpoints)
+            save_checkpoint(output, step, params, optimizer.optimizer, config.keep_checkpoints, ema)
+        if ema is not None:  # the model folder holds the averaged weights
+            ema.swap()
         for m in (model.unet, model.controlnet):
             if m is not None:
                 m.to(memory_format=torch.contiguous_format)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from siamese.model import load_model
 from siamese.train import TrainConfig, batch_indices, latest_checkpoint, train
@@ -55,27 +56,36 @@ def test_short_run_gives_a_loadable_model_and_logs(dataset, tmp_path):
     assert not list(out.rglob("*.tmp"))
 
 
-def test_resume_continues_exactly(dataset, tmp_path):
-    """4 steps straight == 2 steps, interrupted, then resumed to 4: same losses, same weights."""
-    straight = train(_config(dataset, tmp_path / "a"))
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_continues_exactly(dataset, tmp_path, ema_decay):
+    """4 steps straight == 2 steps, interrupted, then resumed to 4: same losses, same weights (and the
+    same weight average, which is what the model folder holds)."""
+    straight = train(_config(dataset, tmp_path / "a", ema_decay=ema_decay))
     stop = threading.Event()
 
     def stop_at_two(event):
         if event["type"] == "log" and event["step"] == 2:
             stop.set()
 
-    half = train(_config(dataset, tmp_path / "b"), callback=stop_at_two, stop=stop)
+    half = train(_config(dataset, tmp_path / "b", ema_decay=ema_decay), callback=stop_at_two, stop=stop)
     assert latest_checkpoint(half).name == "step-0000002"
     assert load_model(half).controlnet is not None  # a stopped run is usable at once
     with open(half / "metrics.csv", "a") as f:  # killed after logging step 3, before its checkpoint
         f.write("3,9,9,9,9,9,0.1,1,1\n")
-    resumed = train(_config(dataset, tmp_path / "b", resume="latest"))
+    resumed = train(_config(dataset, tmp_path / "b", resume="latest", ema_decay=ema_decay))
     a, b = _rows(straight), _rows(resumed)
     assert [r["step"] for r in b] == ["1", "2", "3", "4"]
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     ma, mb = load_model(straight), load_model(resumed)
     for (n, p), (_, q) in zip(ma.controlnet.state_dict().items(), mb.controlnet.state_dict().items()):
         torch.testing.assert_close(p, q, msg=n)
+    live = load_file(latest_checkpoint(resumed) / "trainable.safetensors")
+    saved = {f"controlnet.{n}": p for n, p in mb.controlnet.state_dict().items()}
+    same = all(torch.equal(saved[n], live[n]) for n in saved if n in live)
+    assert same == (ema_decay == 0)  # with EMA the folder holds the average, not the last weights
+    if ema_decay:
+        ema = load_file(latest_checkpoint(resumed) / "ema.safetensors")
+        assert all(torch.equal(saved[n], ema[n]) for n in saved if n in ema)
 
 
 def test_base_objective_then_siamese(dataset, tmp_path):
