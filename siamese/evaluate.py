@@ -48,7 +48,7 @@ from .sampling import MAX_SEED, Generated, SamplingParams, generate
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "EvalConfig", "evaluate", "format_report", "split_pairs", "build_segnet", "train_segnet", "predict_masks",
+    "EvalConfig", "evaluate", "format_report", "generator_data_note", "split_pairs", "build_segnet", "train_segnet", "predict_masks",
     "dice_iou", "segnet_features", "image_statistics", "kid", "flat_paintings", "pairwise_distances",
     "STATISTICS",
 ]
@@ -327,13 +327,28 @@ def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(0), np.maximum(sd, 0.01 * np.median(sd) + 1e-12)
 
 
-def _generator_training_data(model_path: str | Path) -> str | None:
-    """The data folder recorded in the model's train_config.json, when the model folder has one."""
+def _generator_training(model_path: str | Path) -> dict | None:
+    """The model's train_config.json (data folder, holdout, holdout_seed), when the model folder has one."""
     path = Path(model_path) / "train_config.json"
     try:
-        return str(json.loads(path.read_text()).get("data")) if path.is_file() else None
-    except (OSError, ValueError, AttributeError):
+        record = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) and "data" in record else None
+
+
+def generator_data_note(trained: dict | None, config: EvalConfig) -> str | None:
+    """What the generator's training record says about the pairs evaluated here (None: other data)."""
+    if trained is None:
+        return ("the generator's training data is not recorded in the model folder: if it saw these held-out "
+                "pairs, fidelity, realism and diversity are measured on masks it was trained on")
+    if not _same_folder(str(trained["data"]), config.data):
+        return None
+    if trained.get("holdout") == config.test_fraction and trained.get("holdout_seed") == config.seed:
+        return (f"the generator was trained with this same split held out (holdout {config.test_fraction}, "
+                f"seed {config.seed}): every pair evaluated here is unseen by it")
+    return ("the generator was trained on this data folder, held-out pairs included: fidelity, realism and "
+            "diversity use masks it has seen; the downstream test is held out for the segmentation networks only")
 
 
 def _same_folder(a: str | Path, b: str | Path) -> bool:
@@ -474,20 +489,16 @@ def _notes(config: EvalConfig, model_path: str | Path, n_train: int, n_held: int
                      f"generation time: real + synthetic is {n_train} + {n_syn}, not as many synthetic as real")
     notes.append("one synthetic set is generated once and reused for every seed, half of it from augmented "
                  "masks; both arms train for the same number of steps")
-    gen_data = _generator_training_data(model_path)
-    if gen_data is not None and _same_folder(gen_data, config.data):
-        notes.append("the generator was trained on this data folder, held-out pairs included: fidelity, realism "
-                     "and diversity use masks it has seen; the downstream test is held out for the segmentation "
-                     "networks only")
-    elif gen_data is None:
-        notes.append("the generator's training data is not recorded in the model folder: if it saw these held-out "
-                     "pairs, fidelity, realism and diversity are measured on masks it was trained on")
+    trained = _generator_training(model_path)
+    note = generator_data_note(trained, config)
+    if note:
+        notes.append(note)
     if generated.skipped:
         notes.append(f"{generated.skipped} masks were skipped (empty or all foreground at the model resolution)")
     if n_held > n_test:
         notes.append(f"{n_held - n_test} held-out pairs beyond max_test={config.max_test} are used neither for "
                      "training nor for testing")
-    return notes, gen_data
+    return notes, None if trained is None else str(trained["data"])
 
 
 def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:

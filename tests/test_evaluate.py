@@ -13,7 +13,7 @@ import torch
 from conftest import shared_dataset, write_dataset
 from siamese.data import DataError, find_pairs
 from siamese.evaluate import (
-    STATISTICS, EvalConfig, build_segnet, dice_iou, evaluate, flat_paintings, format_report, image_statistics, kid,
+    STATISTICS, EvalConfig, build_segnet, dice_iou, evaluate, flat_paintings, format_report, generator_data_note, image_statistics, kid,
     pairwise_distances, segnet_features, split_pairs, train_segnet,
 )
 
@@ -190,3 +190,13 @@ def test_bad_data_folders_raise_data_error(make, tmp_path, tiny_model_dir):
 def test_bad_settings_raise_value_error(bad, pairs12, tiny_model_dir):
     with pytest.raises(ValueError):
         evaluate(_tiny_config(pairs12, tiny_model_dir, **bad))
+
+
+def test_the_report_says_whether_the_generator_saw_the_evaluated_pairs(pairs12):
+    config = EvalConfig(data=str(pairs12), test_fraction=0.2, seed=0)
+    record = {"data": str(pairs12), "holdout": 0.2, "holdout_seed": 0}
+    assert "unseen" in generator_data_note(record, config)
+    assert "held-out pairs included" in generator_data_note({**record, "holdout": 0.0}, config)
+    assert "held-out pairs included" in generator_data_note({**record, "holdout_seed": 1}, config)
+    assert generator_data_note({**record, "data": "/elsewhere"}, config) is None
+    assert "not recorded" in generator_data_note(None, config)
