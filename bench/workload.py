@@ -8,7 +8,6 @@ when a folder or hub id is named on the command line.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,14 +65,8 @@ def count_parameters(module: torch.nn.Module | None) -> int:
 
 def build_preset(preset: Preset, resolution: int | None = None, seed: int = 0) -> SiameseModel:
     """The preset's model with its DHI ControlNet, float32 on the CPU, every path active."""
-    kwargs = {"resolution": resolution or preset.resolution, "seed": seed, "name": f"bench-{preset.name}"}
-    supported = inspect.signature(build_tiny).parameters
-    if preset.block_out_channels != PRESETS["tiny"].block_out_channels or "block_out_channels" in supported:
-        if "block_out_channels" not in supported:
-            raise ValueError(f"preset '{preset.name}' needs build_tiny(block_out_channels=...), "
-                             "which this version of siamese.model does not have")
-        kwargs.update(block_out_channels=preset.block_out_channels, norm_num_groups=preset.norm_num_groups)
-    model = build_tiny(**kwargs)
+    model = build_tiny(resolution or preset.resolution, seed=seed, name=f"bench-{preset.name}",
+                       block_out_channels=preset.block_out_channels, norm_num_groups=preset.norm_num_groups)
     if preset.dhi_widths is not None:
         model.config.dhi_widths = tuple(preset.dhi_widths)
     model.add_controlnet(seed)
