@@ -152,7 +152,7 @@ def component_times(model: SiameseModel, batch_size: int, device: torch.device, 
                     channels_last: bool = True, seed: int = 0) -> dict:
     """Where our step's time goes: each part of `siamese_losses` timed alone (forward + the backward it
     needs), on the same batch. The parts add up to about one step; the naive objective runs the DHI and
-    the ControlNet on 4B samples (ours: 2B + the regularised subset), the UNet encoder 3B (ours: B + k)
+    the ControlNet on 4B samples (ours: the DHI on 2B, the ControlNet on 2B + k), the UNet encoder 3B (ours: B + k)
     and the decoder 3B with weight gradients (ours: B with, B without, k with)."""
     from torch.func import functional_call
 
@@ -197,7 +197,7 @@ def component_times(model: SiameseModel, batch_size: int, device: torch.device, 
 
     def regularisation():
         e = unet_encode(unet, x_t[sel], b.t[sel], b.prompt_embeds[sel])
-        d, m = controlnet_residuals(cn, x_t[sel], b.t[sel], b.prompt_embeds[sel], cn.embed_hint(b.mask_hint[sel]))
+        d, m = controlnet_residuals(cn, x_t[sel], b.t[sel], b.prompt_embeds[sel], leaf(hint_emb[:batch_size][sel]))
         unet_decode(unet, e, b.prompt_embeds[sel], d, m).mean().backward()
 
     parts = {"dhi_2B": dhi, "controlnet_2B": controlnet, "unet_encoder_B_no_grad": encoder,

@@ -22,8 +22,6 @@ import itertools
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -42,6 +40,7 @@ from tqdm.auto import tqdm
 
 from . import default_model
 from .data import DataError, Pair, augment_mask, find_pairs, read_image, read_mask, resize_pair, split_pairs
+from .export import atomic_write
 from .model import SiameseModel, load_model
 from .sampling import MAX_SEED, Generated, SamplingParams, generate
 
@@ -606,17 +605,6 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
 
 
 # -- output ---------------------------------------------------------------------------------------
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _grid(rows: list[list[np.ndarray]], size: int, gap: int = 4) -> np.ndarray:
     """Rows of RGB or {0, 255} gray images -> one RGB grid image, each tile size x size."""
     cols = max(len(r) for r in rows)
@@ -634,7 +622,7 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"{path}: could not encode the image")
-    _write_atomic(path, buf.tobytes())
+    atomic_write(path, buf.tobytes())
 
 
 def _write_output(out: Path, report: dict, test_pairs: list[Pair], generated: _GeneratedSets, size: int) -> None:
@@ -651,7 +639,7 @@ def _write_output(out: Path, report: dict, test_pairs: list[Pair], generated: _G
     if generated.synthetic:
         shown = generated.synthetic[:6]
         _write_png(out / "synthetic.png", _grid([[i.mask for i in shown], [i.image for i in shown]], size))
-    _write_atomic(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    atomic_write(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
     logger.info("wrote report.json and sample grids to %s", out)
 
 

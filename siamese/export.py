@@ -22,7 +22,7 @@ from .sampling import Generated
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["png_bytes", "parameters_text", "write_pairs", "export_zip", "pair_name"]
+__all__ = ["png_bytes", "parameters_text", "write_pairs", "export_zip", "pair_name", "atomic_write"]
 
 
 def parameters_text(params: dict) -> str:
@@ -52,7 +52,8 @@ def pair_name(index: int, item: Generated) -> str:
     return f"{index:05d}_seed{item.seed}"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -74,8 +75,8 @@ def write_pairs(items: Sequence[Generated], folder: str | Path, names: Sequence[
     names = list(names) if names is not None else [pair_name(i, it) for i, it in enumerate(items)]
     lines = []
     for name, item in zip(names, items):
-        _atomic_write(folder / "images" / f"{name}.png", png_bytes(item.image, item.params))
-        _atomic_write(folder / "masks" / f"{name}.png", png_bytes(item.mask))
+        atomic_write(folder / "images" / f"{name}.png", png_bytes(item.image, item.params))
+        atomic_write(folder / "masks" / f"{name}.png", png_bytes(item.mask))
         lines.append(_metadata_line(name, item))
     with open(folder / "metadata.jsonl", "a") as f:
         f.write("".join(line + "\n" for line in lines))
@@ -123,6 +124,6 @@ def export_zip(
         if nnunet:
             for arcname, data in _nnunet_entries(items, names, label):
                 zf.writestr(arcname, data)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
     logger.info("exported %d pairs to %s", len(items), path)
     return path

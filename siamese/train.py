@@ -18,7 +18,9 @@ Objectives: `siamese` (METHOD.md), `controlnet` (loss_mask alone: the paper's ba
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import logging
 import math
@@ -33,8 +35,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .codec import PatchCodec, PatchCodecConfig
+from .codec import PatchCodec
 from .data import PairDataset, find_pairs, split_pairs
+from .export import atomic_write
 from .model import SiameseModel, build_tiny, load_model
 from .objective import LOSS_KEYS, base_losses, controlnet_losses, siamese_losses
 
@@ -145,6 +148,15 @@ class EMA:
             live = p.detach().clone()
             p.copy_(self.shadow[n])
             self.shadow[n].copy_(live)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The averaged weights in the model for the duration of the block."""
+        self.swap()
+        try:
+            yield
+        finally:
+            self.swap()
 
     def save(self, folder: Path) -> None:
         save_file({n: v.cpu().contiguous() for n, v in self.shadow.items()}, folder / self.FILE)
@@ -259,7 +271,7 @@ def build_model(config: TrainConfig, dataset: PairDataset, init_dir: Path | None
         return load_model(init_dir)  # a resumed run restarts from the exact same initial model
     if config.model == "tiny":
         images = torch.from_numpy(dataset.images[:256]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        model = build_tiny(config.resolution, dataset.prompt, PatchCodec.fit(images, PatchCodecConfig()),
+        model = build_tiny(config.resolution, dataset.prompt, PatchCodec.fit(images),
                            seed=config.seed, name=config.name or "siamese-tiny")
     else:
         model = load_model(config.model)
@@ -315,10 +327,9 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
         rows = list(csv.reader(f))
     kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= last_step]
     if len(kept) != len(rows):
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(kept)
-        tmp.replace(path)
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(kept)
+        atomic_write(path, text.getvalue().encode())
 
 
 def train(
@@ -468,13 +479,8 @@ def train(
                 count, t_log = 0, now
             # 7. preview and checkpoint
             if main and config.preview_every and step % config.preview_every == 0 and model.controlnet is not None:
-                if ema is not None:
-                    ema.swap()
-                try:
+                with ema.applied() if ema is not None else contextlib.nullcontext():
                     emit({"type": "preview", "step": step, "image": _preview(model, dataset, step, output)})
-                finally:
-                    if ema is not None:
-                        ema.swap()
             if step % config.checkpoint_every == 0 or step == config.max_steps:
                 if main:
                     path = save_checkpoint(output, step, params, optimizer.optimizer, config.keep_checkpoints, ema)
