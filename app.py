@@ -394,6 +394,9 @@ class TrainingJob:
         self.preview = None
         self.step = 0
         self.max_steps = 0
+        self._base_steps = 0  # stage 1 (UNet pre-training, from scratch only): its steps come first
+        self._offset = 0
+        self._pretraining = False
         self.it_per_s = 0.0
         self.eta_s = 0.0
         self.output: str | None = None
@@ -410,7 +413,8 @@ class TrainingJob:
                 raise RuntimeError("a training run is already in progress: stop it first")
             self._stop = threading.Event()
             self.state, self.rows, self.preview, self.error = "running", [], None, ""
-            self.step, self.max_steps, self.it_per_s, self.eta_s = 0, config.max_steps, 0.0, 0.0
+            self.step, self.max_steps, self.it_per_s, self.eta_s = 0, config.base_steps + config.max_steps, 0.0, 0.0
+            self._base_steps, self._offset, self._pretraining = config.base_steps, 0, False
             self.output, self._tmp = config.output, tmp
             self.message = f"Starting: loading the data and building the model for `{config.output}`..."
             self.version += 1
@@ -454,25 +458,36 @@ class TrainingJob:
         with self._lock:
             kind = event["type"]
             if kind == "start":
+                self._pretraining = bool(self._base_steps) and event["stage"] == "base"
+            pretraining = self._pretraining
+            if kind == "start":
                 self.state = "stopping" if self._stop.is_set() else "running"
-                self.step, self.max_steps = event["step"], event["max_steps"]
-                self.message = f"Training `{event['output']}`..."
+                self._offset = 0 if pretraining else self._base_steps
+                self.step = self._offset + event["step"]
+                if not pretraining:
+                    self.max_steps = self._offset + event["max_steps"]
+                self.message = (f"Stage 1 of 2: pre-training the UNet alone in `{event['output']}`..." if pretraining
+                                else f"Training `{event['output']}`...")
             elif kind == "log":
                 rate = event["it_per_s"]  # smoothed: single steps vary a lot on a busy CPU
                 self.it_per_s = rate if not self.it_per_s else 0.8 * self.it_per_s + 0.2 * rate
-                self.step = event["step"]
+                self.step = self._offset + event["step"]
                 self.eta_s = (self.max_steps - self.step) / max(self.it_per_s, 1e-9)
-                self.rows.append({"step": event["step"], **{k: event[k] for k in LOSS_KEYS if k in event}})
+                keys = ("loss",) if pretraining else LOSS_KEYS  # stage 1 has one term
+                self.rows.append({"step": self.step, **{k: event[k] for k in keys if k in event}})
             elif kind == "preview":
                 self.preview = event["image"]
             elif kind == "checkpoint":
-                self.step = event["step"]
+                self.step = self._offset + event["step"]
+            elif kind == "end" and pretraining and not event["stopped"]:
+                pass  # stage 2 follows
             elif kind == "end":
-                self.step = event["step"]
+                self.step = self._offset + event["step"]
                 self.state = "stopped" if event["stopped"] else "finished"
                 verb = "Stopped" if event["stopped"] else "Finished"
-                self.message = (f"{verb} at step {event['step']}: the model is saved in `{event['output']}` "
-                                "and listed in the model selector.")
+                what = ("the pre-trained UNet (no ControlNet yet: it cannot generate) is saved in" if pretraining
+                        else "the model is saved in")
+                self.message = f"{verb} at step {self.step}: {what} `{event['output']}` and listed in the model selector."
             self.version += 1
 
     def snapshot(self) -> dict:
@@ -719,8 +734,10 @@ class Studio:
     def train_start(self, data_folder: str | None = None, data_zip: str | None = None,
                     base_model: str = BASE_MODELS[0], base_path: str | None = None, max_steps: int = 200,
                     batch_size: int = 4, lr: float = 1e-4, resolution: int = 256, checkpoint_every: int = 100,
-                    preview_every: int = 50, name: str | None = None, model: str | None = None) -> str:
-        """Start a training run in the background (one at a time); poll /train_status."""
+                    preview_every: int = 50, name: str | None = None, model: str | None = None,
+                    base_steps: int = 200) -> str:
+        """Start a training run in the background (one at a time); poll /train_status. From scratch ("tiny"),
+        the UNet is first pre-trained alone for `base_steps` steps, then the ControlNet is trained on it."""
         if self.training_disabled:
             raise gr.Error(self.training_disabled, title="Training disabled")
         if self.job.running:
@@ -735,8 +752,9 @@ class Studio:
             else:
                 raise DataError("no dataset: type a server folder (images/ + masks/, or prompt.json) or upload a zip")
             pairs = find_pairs(data)  # fails early, with the library's message, for a folder without masks
+            pretrain = 0
             if base_model == BASE_MODELS[0] or base_model == "tiny":
-                init = "tiny"
+                init, pretrain = "tiny", int(base_steps or 0)
             elif base_model == BASE_MODELS[1] or base_model == "current":
                 init = str(model or self.default)
             else:
@@ -747,10 +765,10 @@ class Studio:
             if output.exists():
                 output = output.with_name(f"{output.name}-{time.strftime('%H%M%S')}")
             steps = int(max_steps)
-            config = TrainConfig(data=str(data), output=str(output), model=init, objective="siamese",
+            config = TrainConfig(data=str(data), output=str(output), model=init, objective="siamese", base_steps=pretrain,
                                  resolution=int(resolution), batch_size=int(batch_size), max_steps=steps,
                                  lr=float(lr), checkpoint_every=max(1, int(checkpoint_every)),
-                                 log_every=max(1, steps // 200), preview_every=max(0, int(preview_every)),
+                                 log_every=max(1, (steps + pretrain) // 200), preview_every=max(0, int(preview_every)),
                                  name=output.name)
             config.validate()
             self.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -911,6 +929,8 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
                                                placeholder="e.g. stable-diffusion-v1-5/stable-diffusion-v1-5")
                         with gr.Row():
                             max_steps = gr.Number(200, label="Steps", precision=0, minimum=1)
+                            base_steps = gr.Number(200, label="UNet pre-training steps (from scratch)", precision=0,
+                                                   minimum=0)
                             batch_size = gr.Number(4, label="Batch size", precision=0, minimum=1)
                             lr = gr.Number(1e-4, label="Learning rate", minimum=0)
                         with gr.Row():
@@ -974,7 +994,7 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
 
         # -- wiring: training (polled with a timer, never a blocking generator)
         start_btn.click(studio.train_start, [data_folder, data_zip, base_model, base_path, max_steps, batch_size, lr,
-                                             resolution, checkpoint_every, preview_every, name, model],
+                                             resolution, checkpoint_every, preview_every, name, model, base_steps],
                         train_md, api_name="train_start")
         stop_btn.click(studio.train_stop, None, train_md, api_name="train_stop")
         status_outputs = [train_md, loss_plot, preview, model, train_seen]

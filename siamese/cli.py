@@ -16,7 +16,7 @@ def _train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train
 
     config = TrainConfig(
-        data=args.data, output=args.output, model=args.model, objective=args.objective,
+        data=args.data, output=args.output, model=args.model, objective=args.objective, base_steps=args.base_steps,
         resolution=args.resolution, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
         warmup_steps=args.warmup_steps, ema_decay=args.ema_decay, gradient_accumulation=args.gradient_accumulation,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="tiny", help="tiny, a model folder, or a hub repo id (default: tiny)")
     t.add_argument("--objective", default="siamese", choices=("siamese", "controlnet", "base"),
                    help="siamese (default), controlnet (mask-only baseline) or base (pre-train a UNet)")
+    t.add_argument("--base-steps", type=int, default=0,
+                   help="with --model tiny: pre-train the UNet alone this many steps first (OUTPUT/base), "
+                        "then the ControlNet from it (0: off)")
     t.add_argument("--resolution", type=int, default=256)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--max-steps", type=int, default=1000)

@@ -28,7 +28,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,7 @@ class TrainConfig:
     output: str
     model: str = "tiny"  # "tiny", a model folder, or a hub repo id
     objective: str = "siamese"
+    base_steps: int = 0  # with model "tiny": pre-train the UNet alone this long first (OUTPUT/base)
     resolution: int = 256
     batch_size: int = 8  # per process and micro-step
     max_steps: int = 1000
@@ -99,6 +100,12 @@ class TrainConfig:
             raise ValueError(f"EMA decay must be in [0, 1) (0 turns it off), got {self.ema_decay}")
         if not 0 <= self.holdout < 1:
             raise ValueError(f"holdout must be a fraction in [0, 1), got {self.holdout}")
+        if self.base_steps < 0:
+            raise ValueError(f"base steps must be 0 or more, got {self.base_steps}")
+        if self.base_steps and (self.model != "tiny" or self.objective == "base"):
+            raise ValueError("base steps pre-train a UNet built from scratch before its ControlNet: use them "
+                             f"with model 'tiny' and objective siamese or controlnet (got model '{self.model}', "
+                             f"objective '{self.objective}')")
         if not 0 <= self.prompt_dropout <= 1:
             raise ValueError(f"prompt dropout must be between 0 and 1, got {self.prompt_dropout}")
 
@@ -340,13 +347,28 @@ def train(
 ) -> Path:
     """Train and return the run folder, which is also a loadable model folder.
 
-    `callback` receives events: {"type": "start", ...}, {"type": "log", "step", <loss keys>, "lr", "it_per_s",
+    With `base_steps` (model "tiny"), the UNet is first pre-trained alone (objective base) in
+    OUTPUT/base, then the ControlNet is trained from it: the Siamese and ControlNet objectives keep the
+    UNet encoder frozen, which from scratch would leave it random. Both stages resume.
+    `callback` receives events: {"type": "start", "stage", ...}, {"type": "log", "step", <loss keys>, "lr", "it_per_s",
     "eta_s"}, {"type": "preview", "step", "image"}, {"type": "checkpoint", "step", "path"}, {"type": "end",
     "step", "stopped"}. Setting `stop` ends the run after the current step; it is saved first.
     """
+    config.validate()
+    if config.base_steps:
+        base = replace(config, output=str(Path(config.output) / "base"), objective="base",
+                       max_steps=config.base_steps, base_steps=0, preview_every=0)
+        base_output = _train(base, callback, stop, progress_bar)
+        if stop is not None and stop.is_set():
+            return base_output
+        config = replace(config, model=str(base_output), base_steps=0)
+    return _train(config, callback, stop, progress_bar)
+
+
+def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: threading.Event | None,
+           progress_bar: bool) -> Path:
     from accelerate import Accelerator
 
-    config.validate()
     emit = callback or (lambda event: None)
     output = Path(config.output)
     # on a machine without CUDA, accelerate finds torchrun's processes only when told it runs on the CPU
@@ -405,7 +427,7 @@ def train(
             csv.writer(f).writerow(["step", *LOSS_KEYS, "lr", "it_per_s", "elapsed_s"])
     elif main:  # resumed: drop the rows logged after the checkpoint, they are about to be redone
         _truncate_metrics(metrics_path, start)
-    emit({"type": "start", "step": start, "max_steps": config.max_steps, "num_processes": world,
+    emit({"type": "start", "stage": config.objective, "step": start, "max_steps": config.max_steps, "num_processes": world,
           "output": str(output)})
     bar = None
     if progress_bar and main:

@@ -287,7 +287,7 @@ def test_training_events_become_status_curves_and_a_model_in_the_selector(studio
     job = studio.job
     text, frame, *_ = studio.train_poll(-1)
     assert "No training run yet" in text and frame is None  # None, not an empty frame (see train_status)
-    job._on_event({"type": "start", "step": 0, "max_steps": 10, "output": "runs/app/x"})
+    job._on_event({"type": "start", "stage": "siamese", "step": 0, "max_steps": 10, "output": "runs/app/x"})
     for step in (1, 2):
         job._on_event({"type": "log", "step": step, "loss_mask": 1.0 / step, "loss_image": 0.5, "loss_consistency":
                        0.1, "loss_regularization": 0.01, "loss": 2.0, "lr": 1e-4, "it_per_s": 2.0, "eta_s": 4.0})
@@ -303,6 +303,24 @@ def test_training_events_become_status_curves_and_a_model_in_the_selector(studio
     assert status["losses"][1]["loss_mask"] == 0.5
     job._fail("boom")
     assert "Training failed: boom" in studio.train_poll(-1)[0] and studio.train_status()["error"] == "boom"
+
+
+def test_from_scratch_runs_count_both_stages(studio):
+    """A tiny-from-scratch run pre-trains the UNet first: its steps come first in the status and curves."""
+    job = studio.job
+    job._base_steps, job.max_steps = 3, 5
+    job._on_event({"type": "start", "stage": "base", "step": 0, "max_steps": 3, "output": "runs/app/x/base"})
+    assert "Stage 1 of 2" in studio.train_status()["message"]
+    job._on_event({"type": "log", "step": 3, "loss": 0.9, "lr": 1e-4, "it_per_s": 2.0, "eta_s": 0.0})
+    job._on_event({"type": "end", "step": 3, "stopped": False, "output": "runs/app/x/base"})
+    assert studio.train_status()["state"] == "running"  # stage 2 follows
+    job._on_event({"type": "start", "stage": "siamese", "step": 0, "max_steps": 2, "output": "runs/app/x"})
+    job._on_event({"type": "log", "step": 1, "loss_mask": 0.5, "loss": 1.0, "lr": 1e-4, "it_per_s": 2.0, "eta_s": 0.5})
+    status = studio.train_status()
+    assert status["step"] == 4 and status["max_steps"] == 5
+    assert [r["step"] for r in status["losses"]] == [3, 4] and "loss_mask" not in status["losses"][0]
+    job._on_event({"type": "end", "step": 2, "stopped": False, "output": "runs/app/x"})
+    assert studio.train_status()["message"].startswith("✅ Finished at step 5")
 
 
 def test_build_demo_exposes_the_stable_api(tiny_model_dir, tmp_path):

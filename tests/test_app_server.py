@@ -98,7 +98,7 @@ def test_a_short_training_run_is_polled_and_usable_at_once(client, server, mask_
     data = dataset  # conftest: 6 synthetic pairs at 80 px
     text = client.predict(data_folder=str(data), base_model=app.BASE_MODELS[0], max_steps=2, batch_size=2,
                           lr=1e-4, resolution=64, checkpoint_every=1, preview_every=2, name="api-run",
-                          api_name="/train_start")
+                          base_steps=1, api_name="/train_start")
     assert "6 image-mask pairs" in text
     with pytest.raises(AppError, match="already in progress"):
         client.predict(data_folder=str(data), api_name="/train_start")
@@ -106,10 +106,10 @@ def test_a_short_training_run_is_polled_and_usable_at_once(client, server, mask_
     while (status := client.predict(api_name="/train_status"))["state"] in ("running", "stopping"):
         assert time.time() < deadline, status
         time.sleep(1)
-    assert status["state"] == "finished" and status["step"] == 2, status
-    assert status["message"].startswith("✅ Finished at step 2")
-    assert [row["step"] for row in status["losses"]] == [1, 2]
-    assert set(app.LOSS_KEYS) <= set(status["losses"][0])
+    assert status["state"] == "finished" and status["step"] == 3, status  # 1 pre-training step + 2
+    assert status["message"].startswith("✅ Finished at step 3")
+    assert [row["step"] for row in status["losses"]] == [1, 2, 3]
+    assert set(status["losses"][0]) == {"step", "loss"} and set(app.LOSS_KEYS) <= set(status["losses"][1])
     assert status["output"].endswith("api-run") and list(Path(status["output"], "previews").glob("*.png"))
     run = server[1] / "runs" / "api-run"
     assert app.is_model_folder(run) and (run / "metrics.csv").is_file()

@@ -96,11 +96,31 @@ def test_base_objective_then_siamese(dataset, tmp_path):
     assert float(rows[-1]["loss_image"]) == 0 and float(rows[-1]["loss_mask"]) > 0
 
 
+def test_from_scratch_pretrains_the_unet_first(dataset, tmp_path):
+    """base_steps: the UNet is trained alone in OUTPUT/base, then the ControlNet on top of it (whose frozen
+    encoder is then the pre-trained one, not the random initialisation)."""
+    events = []
+    run = train(_config(dataset, tmp_path / "run", base_steps=2, max_steps=2), callback=events.append)
+    assert [(e["stage"], e["step"], e["max_steps"]) for e in events if e["type"] == "start"] == [
+        ("base", 0, 2), ("siamese", 0, 2)]
+    assert [int(r["step"]) for r in _rows(run / "base")] == [1, 2]
+    init, base, final = (load_model(p) for p in (run / "base" / "init", run / "base", run))
+    name = "down_blocks.0.resnets.0.conv1.weight"
+    w = {k: m.unet.state_dict()[name] for k, m in (("init", init), ("base", base), ("final", final))}
+    assert not torch.equal(w["init"], w["base"]) and torch.equal(w["base"], w["final"])
+    assert final.controlnet is not None and base.controlnet is None
+    # run again with resume: both stages are complete, nothing is retrained
+    again = train(_config(dataset, tmp_path / "run", base_steps=2, max_steps=2, resume="latest"))
+    assert [int(r["step"]) for r in _rows(again)] == [1, 2]
+
+
 def test_bad_config_is_refused(dataset, tmp_path):
     with pytest.raises(ValueError, match="mixed precision"):
         train(_config(dataset, tmp_path / "x", mixed_precision="fp8"))
     with pytest.raises(ValueError, match="resolution"):
         train(_config(dataset, tmp_path / "x", resolution=100))
+    with pytest.raises(ValueError, match="built from scratch"):
+        train(_config(dataset, tmp_path / "x", model=str(tmp_path), base_steps=2))
 
 
 def test_two_processes_with_torchrun(dataset, tmp_path):
