@@ -482,12 +482,13 @@ class TrainingJob:
             elif kind == "end" and pretraining and not event["stopped"]:
                 pass  # stage 2 follows
             elif kind == "end":
-                self.step = self._offset + event["step"]
+                self.step, self.output = self._offset + event["step"], event["output"]
                 self.state = "stopped" if event["stopped"] else "finished"
                 verb = "Stopped" if event["stopped"] else "Finished"
                 what = ("the pre-trained UNet (no ControlNet yet: it cannot generate) is saved in" if pretraining
                         else "the model is saved in")
-                self.message = f"{verb} at step {self.step}: {what} `{event['output']}` and listed in the model selector."
+                self.message = (f"{verb} at step {self.step}: {what} `{event['output']}` "
+                                "and listed in the model selector.")
             self.version += 1
 
     def snapshot(self) -> dict:
@@ -765,8 +766,9 @@ class Studio:
             if output.exists():
                 output = output.with_name(f"{output.name}-{time.strftime('%H%M%S')}")
             steps = int(max_steps)
-            config = TrainConfig(data=str(data), output=str(output), model=init, objective="siamese", base_steps=pretrain,
-                                 resolution=int(resolution), batch_size=int(batch_size), max_steps=steps,
+            config = TrainConfig(data=str(data), output=str(output), model=init, objective="siamese",
+                                 base_steps=pretrain, resolution=int(resolution), batch_size=int(batch_size),
+                                 max_steps=steps,
                                  lr=float(lr), checkpoint_every=max(1, int(checkpoint_every)),
                                  log_every=max(1, (steps + pretrain) // 200), preview_every=max(0, int(preview_every)),
                                  name=output.name)
