@@ -10,7 +10,9 @@ The measuring instrument is a small segmentation network (a MONAI UNet) trained 
    held-out images, on the network's encoder features and on colour/texture statistics; real train vs
    real held-out images is the reference, flat paintings the control;
 4. diversity: mean pairwise pixel L1, 1 - SSIM and feature distance between images from the same mask,
-   next to the same distances between different real images.
+   next to the same distances between different real images;
+5. mask use, by the generator alone: its noise-prediction error on the held-out pairs with their own
+   mask vs another pair's mask (0% gain: the mask is ignored).
 
     report = evaluate(EvalConfig(data="../shared/data/kvasir-seg"))
     print(format_report(report))
@@ -42,6 +44,8 @@ from . import default_model
 from .data import DataError, Pair, augment_mask, find_pairs, read_image, read_mask, resize_pair, split_pairs
 from .export import atomic_write
 from .model import SiameseModel, load_model
+from .networks import controlnet_residuals, unet_decode, unet_encode
+from .objective import q_sample
 from .sampling import MAX_SEED, Generated, SamplingParams, generate
 
 logger = logging.getLogger(__name__)
@@ -49,7 +53,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "EvalConfig", "evaluate", "format_report", "generator_data_note", "split_pairs", "build_segnet", "train_segnet", "predict_masks",
     "dice_iou", "segnet_features", "image_statistics", "kid", "flat_paintings", "pairwise_distances",
-    "STATISTICS",
+    "STATISTICS", "mask_use",
 ]
 
 # Seed offsets, so that the images of each part never share a seed.
@@ -116,6 +120,52 @@ def _to_seg(item: Generated, size: int) -> tuple[np.ndarray, np.ndarray]:
     """A generated pair -> image (R, R, 3) uint8, mask (R, R) {0, 1} at the segmentation resolution."""
     image, mask = resize_pair(item.image, (item.mask > 127).astype(np.uint8), size)
     return image, mask
+
+
+# -- mask use by the generator --------------------------------------------------------------------
+MASK_USE_TIMESTEPS = (300, 500, 700, 900)
+
+
+@torch.no_grad()
+def mask_use(model: SiameseModel, images: np.ndarray, masks: np.ndarray, prompt: str, seed: int = 0,
+             batch_size: int = 16, timesteps: Sequence[int] = MASK_USE_TIMESTEPS) -> dict:
+    """Does the generator use the mask? Its mask branch predicts the noise of real pairs, images
+    (N, R, R, 3) uint8 with masks (N, R, R) {0, 1} at the model resolution, once with each pair's own mask,
+    once with the next pair's mask and once without control; mean squared error over `timesteps` (same
+    noise for the three). gain_percent = 100 (other - own) / other: 0 when the mask is ignored."""
+    if model.controlnet is None:
+        raise ValueError("this model has no ControlNet (a base model): nothing uses a mask")
+    if len(images) < 2:
+        raise ValueError(f"mask use needs at least 2 pairs, got {len(images)}")
+    device, dtype = model.device, model.dtype
+    gen = torch.Generator("cpu").manual_seed(seed)
+    c, s = model.codec.latent_channels, model.latent_size
+    noises = torch.randn((len(timesteps), len(images), c, s, s), generator=gen)  # the same whatever the batching
+    other = np.roll(masks, 1, axis=0)
+    totals = {"own": 0.0, "other": 0.0, "none": 0.0}
+    for start in range(0, len(images), batch_size):
+        sl = slice(start, start + batch_size)
+        x = torch.from_numpy(images[sl]).permute(0, 3, 1, 2).to(device, dtype) / 127.5 - 1
+        x0 = model.codec.encode(x, gen)
+        prompt_embeds = model.encode_prompt([prompt] * len(x0))
+        hints = {k: torch.from_numpy(m[sl]).to(device, dtype).unsqueeze(1).expand(-1, 3, -1, -1)
+                 for k, m in (("own", masks), ("other", other))}
+        embeds = {k: model.controlnet.embed_hint(h) for k, h in hints.items()}
+        for tv, noise in zip(timesteps, noises[:, sl]):
+            t = torch.full((len(x0),), int(tv), device=device, dtype=torch.long)
+            noise = noise.to(device, dtype)
+            x_t = q_sample(x0, t, noise, model.alphas_cumprod.to(device))
+            enc = unet_encode(model.unet, x_t, t, prompt_embeds)
+            for k in totals:
+                control = (controlnet_residuals(model.controlnet, x_t, t, prompt_embeds, embeds[k])
+                           if k in embeds else (None, None))
+                eps = unet_decode(model.unet, enc, prompt_embeds, *control)
+                totals[k] += float((eps.float() - noise.float()).pow(2).sum())
+    count = noises.numel()
+    mse = {k: v / count for k, v in totals.items()}
+    return {**{f"mse_{k}_mask" if k != "none" else "mse_no_control": v for k, v in mse.items()},
+            "gain_percent": 100 * (mse["other"] - mse["own"]) / mse["other"], "timesteps": list(timesteps),
+            "pairs": int(len(images))}
 
 
 # -- segmentation network ----------------------------------------------------------------------------
@@ -562,7 +612,12 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
     diversity = _diversity(net, groups, test_images[kept][:16], features["train"], config)
     lap("metrics")
 
-    # 8. downstream benefit
+    # 8. mask use by the generator alone, at its own resolution
+    use_images, use_masks = _load_pairs(test_pairs, model.config.resolution)
+    usage = mask_use(model, use_images, use_masks, model.config.prompt, seed=config.seed)
+    lap("metrics")
+
+    # 9. downstream benefit
     syn = [_to_seg(item, R) for item in generated.synthetic]
     syn_images = np.stack([s[0] for s in syn]) if syn else train_images[:0]
     syn_masks = np.stack([s[1] for s in syn]) if syn else train_masks[:0]
@@ -574,7 +629,7 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
     lap("segmentation_training")
     timings["total"] = time.perf_counter() - t_start
 
-    # 9. report
+    # 10. report
     notes, gen_data = _notes(config, model_path, len(train_pairs), len(held_pairs), len(test_pairs), generated)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     settings.update(model=str(model_path), seg_channels=list(config.seg_channels),
@@ -593,6 +648,7 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
         "downstream": downstream,
         "realism": realism,
         "diversity": diversity,
+        "mask_use": usage,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "generated_images": generated.images,
         "seconds_per_image": round(generated.seconds / max(1, generated.images), 3),
@@ -702,6 +758,12 @@ def format_report(report: dict) -> str:
             d = div[key]
             lines.append(f"   {label:<34}" + "".join(f"{d[k]:>10.4f}" for k in ("pixel_l1", "one_minus_ssim",
                                                                                "feature_distance")))
+    use = report.get("mask_use")
+    if use:
+        lines += ["", f"5. Mask use: noise-prediction error of the generator on the {use['pairs']} held-out pairs, "
+                      f"t in {tuple(use['timesteps'])}",
+                  f"   own mask {use['mse_own_mask']:.5f}, another pair's mask {use['mse_other_mask']:.5f}, "
+                  f"no control {use['mse_no_control']:.5f}: the right mask lowers it by {use['gain_percent']:.2f}%"]
     t = report["timings"]
     lines += ["", f"time: {t['total']:.0f} s in all; generation {t['generation']:.0f} s "
                   f"({report['generated_images']} images, {report['seconds_per_image']:.2f} s each), "

@@ -14,7 +14,7 @@ from conftest import shared_dataset, write_dataset
 from siamese.data import DataError, find_pairs
 from siamese.evaluate import (
     STATISTICS, EvalConfig, build_segnet, dice_iou, evaluate, flat_paintings, format_report, generator_data_note, image_statistics, kid,
-    pairwise_distances, segnet_features, split_pairs, train_segnet,
+    mask_use, pairwise_distances, segnet_features, split_pairs, train_segnet,
 )
 
 
@@ -152,9 +152,32 @@ def test_evaluate_reports_every_figure_and_writes_the_output(pairs12, tiny_model
     assert json.loads((tmp_path / "out" / "report.json").read_text()) == json.loads(json.dumps(report))
     for name in ("fidelity.png", "diversity.png", "synthetic.png"):
         assert cv2.imread(str(tmp_path / "out" / name)) is not None
+    use = report["mask_use"]
+    assert use["pairs"] == 2 and min(use["mse_own_mask"], use["mse_other_mask"], use["mse_no_control"]) > 0
     text = format_report(report)
-    for heading in ("Mask fidelity", "Downstream benefit", "Realism", "Diversity", "flat painting"):
+    for heading in ("Mask fidelity", "Downstream benefit", "Realism", "Diversity", "flat painting", "Mask use"):
         assert heading in text
+
+
+def test_mask_use_is_zero_for_a_fresh_controlnet_and_not_for_a_trained_one(tiny_model):
+    """A fresh ControlNet is a no-op (zero convolutions): own mask, other mask and no control are equal. The
+    test model's (non-zero) ControlNet reacts to the mask: the three differ."""
+    from siamese.model import build_tiny
+
+    rng = np.random.default_rng(0)
+    images, masks = (np.stack(a) for a in zip(*(_ellipse_pair(rng, 64) for _ in range(4))))
+    masks = (masks > 0).astype(np.uint8)
+    fresh = build_tiny(resolution=64, prompt="p", seed=0, block_out_channels=(16, 32, 32), norm_num_groups=8)
+    fresh.add_controlnet(0)
+    use = mask_use(fresh.eval(), images, masks, "p", batch_size=3)
+    assert use["mse_own_mask"] == use["mse_other_mask"] == use["mse_no_control"] and use["gain_percent"] == 0
+    use = mask_use(tiny_model, images, masks, "a test image", batch_size=3)
+    assert use["mse_own_mask"] != use["mse_other_mask"] != use["mse_no_control"]
+    again = mask_use(tiny_model, images, masks, "a test image", batch_size=4)  # batching changes nothing
+    for k in ("mse_own_mask", "mse_other_mask", "mse_no_control"):
+        assert again[k] == pytest.approx(use[k], rel=1e-6)
+    with pytest.raises(ValueError, match="at least 2"):
+        mask_use(tiny_model, images[:1], masks[:1], "p")
 
 
 def test_evaluate_is_reproducible(pairs12, tiny_model_dir):
