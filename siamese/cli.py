@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.set_defaults(func=_sample)
 
-    e = sub.add_parser("evaluate", help="score a model on held-out real pairs (fidelity, benefit, realism, diversity)")
+    e = sub.add_parser("evaluate", help="score a model on held-out real pairs (fidelity, benefit, realism, "
+                       "diversity, mask use)")
     e.add_argument("--data", required=True, help="folder of real pairs (images/ and masks/)")
     e.add_argument("--model", default=None, help="model folder or hub repo id (default: the bundled model)")
     e.add_argument("--output", default=None, help="write report.json (and samples) here")
