@@ -473,8 +473,9 @@ class TrainingJob:
                 self.it_per_s = rate if not self.it_per_s else 0.8 * self.it_per_s + 0.2 * rate
                 self.step = self._offset + event["step"]
                 self.eta_s = (self.max_steps - self.step) / max(self.it_per_s, 1e-9)
-                keys = ("loss",) if pretraining else LOSS_KEYS  # stage 1 has one term
-                self.rows.append({"step": self.step, **{k: event[k] for k in keys if k in event}})
+                # stage 1 logs the four Siamese terms as 0 (as its metrics.csv does): a plot keeps the
+                # terms of its first frame, so every line must be there from the start
+                self.rows.append({"step": self.step, **{k: event[k] for k in LOSS_KEYS if k in event}})
             elif kind == "preview":
                 self.preview = event["image"]
             elif kind == "checkpoint":
@@ -522,6 +523,9 @@ def status_text(snap: dict) -> str:
         last = snap["rows"][-1]
         text += "\n\n" + " · ".join(f"{k} {last[k]:.4g}" for k in LOSS_KEYS if k in last)
     return text
+
+
+LOSS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#7f7f7f")
 
 
 def loss_frame(rows: list[dict]) -> pd.DataFrame:
@@ -946,8 +950,9 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
                             use_btn = gr.Button("Use in Generate")
                     with gr.Column():
                         train_md = gr.Markdown(status_text(studio.job.snapshot()), elem_id="train-status", label="Status")
-                        loss_plot = gr.LinePlot(None, x="step", y="value", color="term",
-                                                label="Losses", y_title="loss")
+                        loss_plot = gr.LinePlot(None, x="step", y="value", color="term", label="Losses",
+                                                y_title="loss", color_map=dict(zip(LOSS_KEYS, LOSS_COLORS)),
+                                                colors_in_legend=list(LOSS_KEYS))
                         preview = gr.Image(label="Preview (top: samples, bottom: their training masks)",
                                            interactive=False, format="png")
                 timer = gr.Timer(1.5)

@@ -109,7 +109,8 @@ def test_a_short_training_run_is_polled_and_usable_at_once(client, server, mask_
     assert status["state"] == "finished" and status["step"] == 3, status  # 1 pre-training step + 2
     assert status["message"].startswith("✅ Finished at step 3")
     assert [row["step"] for row in status["losses"]] == [1, 2, 3]
-    assert set(status["losses"][0]) == {"step", "loss"} and set(app.LOSS_KEYS) <= set(status["losses"][1])
+    assert all(set(app.LOSS_KEYS) <= set(row) for row in status["losses"])
+    assert status["losses"][0]["loss_mask"] == 0 and status["losses"][1]["loss_mask"] > 0  # stage 1: UNet alone
     assert status["output"].endswith("api-run") and list(Path(status["output"], "previews").glob("*.png"))
     run = server[1] / "runs" / "api-run"
     assert app.is_model_folder(run) and (run / "metrics.csv").is_file()

@@ -8,8 +8,8 @@ DATA=${1:-../shared/data/kvasir-seg}
 RUNS=${2:-runs}
 PY=${PYTHON:-python}
 $PY -m siamese train --data "$DATA" --output "$RUNS/kvasir-controlnet" --model "$RUNS/kvasir-base" \
-  --objective controlnet --resolution 256 --batch-size 8 --max-steps 500 --lr 2e-4 --warmup-steps 50 --ema-decay 0.99 \
-  --checkpoint-every 100 --log-every 20 --preview-every 100 --seed 0 --holdout 0.2 \
+  --objective controlnet --resolution 256 --batch-size 8 --max-steps 2000 --lr 2e-4 --warmup-steps 50 --ema-decay 0.99 \
+  --checkpoint-every 100 --log-every 20 --preview-every 250 --seed 0 --holdout 0.2 \
   --name kvasir-mask-only --resume latest
 for run in kvasir-siamese kvasir-controlnet; do
   $PY -m siamese evaluate --data "$DATA" --model "$RUNS/$run" --output "$RUNS/eval-$run" "${@:3}"

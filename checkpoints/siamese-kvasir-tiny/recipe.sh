@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Retrains the bundled default model from scratch on Kvasir-SEG, holding out the 20% split that
-# `python -m siamese evaluate` tests on. CPU: about 45 minutes on 2 idle cores (stage 1 ~2 it/s, stage 2
+# `python -m siamese evaluate` tests on. CPU: about 1.5 hours on 2 idle cores (stage 1 ~2 it/s, stage 2
 # ~0.6 it/s); on a busy machine set OMP_NUM_THREADS=1: oversubscribed torch threads run several times slower.
 # Both stages resume from their last checkpoint: run this script again after an interruption.
 #   usage: bash checkpoints/siamese-kvasir-tiny/recipe.sh [DATA] [RUNS]
@@ -15,8 +15,8 @@ $PY -m siamese train --data "$DATA" --output "$RUNS/kvasir-base" --model tiny --
   --checkpoint-every 200 --log-every 50 --seed $SEED --holdout 0.2 --name siamese-kvasir-tiny --resume latest
 # Stage 2: the Siamese objective; ControlNet (DHI 4-8-16-32-64) initialised from the stage-1 UNet encoder.
 $PY -m siamese train --data "$DATA" --output "$RUNS/kvasir-siamese" --model "$RUNS/kvasir-base" \
-  --objective siamese --resolution 256 --batch-size 8 --max-steps 500 --lr 2e-4 --warmup-steps 50 --ema-decay 0.99 \
-  --checkpoint-every 100 --log-every 20 --preview-every 100 --seed $SEED --holdout 0.2 --name siamese-kvasir-tiny \
+  --objective siamese --resolution 256 --batch-size 8 --max-steps 2000 --lr 2e-4 --warmup-steps 50 --ema-decay 0.99 \
+  --checkpoint-every 100 --log-every 20 --preview-every 250 --seed $SEED --holdout 0.2 --name siamese-kvasir-tiny \
   --resume latest
 # Ship: fp16 weights, no optimiser state or checkpoints.
 $PY - "$RUNS/kvasir-siamese" "$(dirname "$0")" "$RUNS/kvasir-base" <<'PY'
