@@ -395,7 +395,6 @@ class TrainingJob:
         self.step = 0
         self.max_steps = 0
         self._base_steps = 0  # stage 1 (UNet pre-training, from scratch only): its steps come first
-        self._offset = 0
         self._pretraining = False
         self.it_per_s = 0.0
         self.eta_s = 0.0
@@ -414,7 +413,7 @@ class TrainingJob:
             self._stop = threading.Event()
             self.state, self.rows, self.preview, self.error = "running", [], None, ""
             self.step, self.max_steps, self.it_per_s, self.eta_s = 0, config.base_steps + config.max_steps, 0.0, 0.0
-            self._base_steps, self._offset, self._pretraining = config.base_steps, 0, False
+            self._base_steps, self._pretraining = config.base_steps, False
             self.output, self._tmp = config.output, tmp
             self.message = f"Starting: loading the data and building the model for `{config.output}`..."
             self.version += 1
@@ -460,18 +459,18 @@ class TrainingJob:
             if kind == "start":
                 self._pretraining = bool(self._base_steps) and event["stage"] == "base"
             pretraining = self._pretraining
+            offset = 0 if pretraining else self._base_steps  # stage 2 counts on from stage 1
             if kind == "start":
                 self.state = "stopping" if self._stop.is_set() else "running"
-                self._offset = 0 if pretraining else self._base_steps
-                self.step = self._offset + event["step"]
+                self.step = offset + event["step"]
                 if not pretraining:
-                    self.max_steps = self._offset + event["max_steps"]
+                    self.max_steps = offset + event["max_steps"]
                 self.message = (f"Stage 1 of 2: pre-training the UNet alone in `{event['output']}`..." if pretraining
                                 else f"Training `{event['output']}`...")
             elif kind == "log":
                 rate = event["it_per_s"]  # smoothed: single steps vary a lot on a busy CPU
                 self.it_per_s = rate if not self.it_per_s else 0.8 * self.it_per_s + 0.2 * rate
-                self.step = self._offset + event["step"]
+                self.step = offset + event["step"]
                 self.eta_s = (self.max_steps - self.step) / max(self.it_per_s, 1e-9)
                 # stage 1 logs the four Siamese terms as 0 (as its metrics.csv does): a plot keeps the
                 # terms of its first frame, so every line must be there from the start
@@ -479,11 +478,11 @@ class TrainingJob:
             elif kind == "preview":
                 self.preview = event["image"]
             elif kind == "checkpoint":
-                self.step = self._offset + event["step"]
+                self.step = offset + event["step"]
             elif kind == "end" and pretraining and not event["stopped"]:
                 pass  # stage 2 follows
             elif kind == "end":
-                self.step, self.output = self._offset + event["step"], event["output"]
+                self.step, self.output = offset + event["step"], event["output"]
                 self.state = "stopped" if event["stopped"] else "finished"
                 verb = "Stopped" if event["stopped"] else "Finished"
                 what = ("the pre-trained UNet (no ControlNet yet: it cannot generate) is saved in" if pretraining

@@ -41,7 +41,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import default_model
-from .data import DataError, Pair, augment_mask, find_pairs, read_image, read_mask, resize_pair, split_pairs
+from .data import (DataError, Pair, augment_mask, find_pairs, mask_to_hint, read_image, read_mask, resize_pair,
+                   split_pairs)
 from .export import atomic_write
 from .model import SiameseModel, load_model
 from .networks import controlnet_residuals, unet_decode, unet_encode
@@ -142,19 +143,19 @@ def mask_use(model: SiameseModel, images: np.ndarray, masks: np.ndarray, prompt:
     c, s = model.codec.latent_channels, model.latent_size
     noises = torch.randn((len(timesteps), len(images), c, s, s), generator=gen)  # the same whatever the batching
     other = np.roll(masks, 1, axis=0)
+    alphas_cumprod = model.alphas_cumprod.to(device)
     totals = {"own": 0.0, "other": 0.0, "none": 0.0}
     for start in range(0, len(images), batch_size):
         sl = slice(start, start + batch_size)
         x = torch.from_numpy(images[sl]).permute(0, 3, 1, 2).to(device, dtype) / 127.5 - 1
         x0 = model.codec.encode(x, gen)
         prompt_embeds = model.encode_prompt([prompt] * len(x0))
-        hints = {k: torch.from_numpy(m[sl]).to(device, dtype).unsqueeze(1).expand(-1, 3, -1, -1)
-                 for k, m in (("own", masks), ("other", other))}
-        embeds = {k: model.controlnet.embed_hint(h) for k, h in hints.items()}
+        embeds = {k: model.controlnet.embed_hint(torch.stack([mask_to_hint(m) for m in ms[sl]]).to(device, dtype))
+                  for k, ms in (("own", masks), ("other", other))}
         for tv, noise in zip(timesteps, noises[:, sl]):
             t = torch.full((len(x0),), int(tv), device=device, dtype=torch.long)
             noise = noise.to(device, dtype)
-            x_t = q_sample(x0, t, noise, model.alphas_cumprod.to(device))
+            x_t = q_sample(x0, t, noise, alphas_cumprod)
             enc = unet_encode(model.unet, x_t, t, prompt_embeds)
             for k in totals:
                 control = (controlnet_residuals(model.controlnet, x_t, t, prompt_embeds, embeds[k])
