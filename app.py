@@ -34,13 +34,13 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from siamese import (  # noqa: E402
-    DataError, Generated, ModelLoadError, SamplingParams, augment_mask, default_model, export_zip, generate,
-    load_model, read_mask,
+    DataError, Generated, ModelLoadError, SamplingParams, SiameseConfig, augment_mask, default_model, export_zip,
+    generate, load_model, read_mask,
 )
 from siamese.data import binarize_mask, find_pairs  # noqa: E402
 from siamese.export import png_bytes  # noqa: E402
 from siamese.objective import LOSS_KEYS  # noqa: E402
-from siamese.sampling import MAX_SEED, SCHEDULERS, random_seed  # noqa: E402
+from siamese.sampling import MAX_CONTROL_SCALE, MAX_SEED, SCHEDULERS, random_seed  # noqa: E402
 from siamese.train import TrainConfig, train  # noqa: E402
 
 try:  # Hugging Face Spaces (ZeroGPU): present on a Space, absent locally
@@ -269,7 +269,7 @@ def model_summary(model) -> str:
     ident = model.identity()
     prompt = model.config.prompt or "(empty)"
     return (f"**{ident['name'] or 'model'}** · {model.config.resolution}×{model.config.resolution} px · "
-            f"default prompt: *{prompt}* · weights `{ident['fingerprint']}` · from `{ident['source']}`")
+            f"default prompt: *{prompt}* · recommended mask strength {model.config.control_scale:g} · weights `{ident['fingerprint']}` · from `{ident['source']}`")
 
 
 def _sample(model, mask: np.ndarray, num_images: int, seed: int, params: SamplingParams, callback, source: str):
@@ -565,13 +565,24 @@ class Studio:
         """The model selector with a fresh list of folders (the selection kept)."""
         return gr.Dropdown(choices=self.model_choices(), value=model or self.default)
 
-    def model_info(self, model: str | None) -> str:
-        """Load the selected model and describe it; a clear message (not a crash) when it cannot load."""
+    def default_control_scale(self) -> float:
+        """The default model's recommended mask strength, read from its config without loading it
+        (1 for a hub id: the slider follows the model once it loads)."""
+        folder = Path(self.default)
         try:
-            return model_summary(self.models.get(model))
+            return SiameseConfig.load(folder).control_scale if folder.is_dir() else 1.0
+        except (ModelLoadError, ValueError, TypeError, OSError):
+            return 1.0  # the model's own error shows when it loads
+
+    def model_info(self, model: str | None):
+        """Load the selected model: its description and its recommended mask strength for the slider;
+        a clear message (not a crash, the slider left alone) when it cannot load."""
+        try:
+            m = self.models.get(model)
         except ModelLoadError as e:
             gr.Warning(str(e), title="Model not loaded")
-            return f"⚠️ {md_escape(str(e))}"
+            return f"⚠️ {md_escape(str(e))}", gr.Slider()
+        return model_summary(m), gr.Slider(value=m.config.control_scale)
 
     def preload(self) -> None:
         """Load the default model in the background so the first generation starts at once."""
@@ -637,16 +648,18 @@ class Studio:
     def generate(self, mask: np.ndarray | None, prompt: str | None = None, num_images: int = 4, steps: int = 20,
                  guidance_scale: float = 3.0, seed: int | None = None, scheduler: str = "dpm++",
                  model: str | None = None, show_outline: bool = False, results: list | None = None,
-                 progress=gr.Progress()):
+                 control_scale: float | None = None, progress=gr.Progress()):
         """Generate images for one mask. Returns the gallery (PNG files with the parameters in their text),
         the session's new results and a status line. `seed` None or negative: random; image i has seed + i;
-        an empty prompt uses the model's default."""
+        an empty prompt uses the model's default; `control_scale` multiplies the ControlNet's residuals
+        (how strongly the mask acts; 1: as trained; None: the model's recommended value)."""
         if mask is None:
             raise gr.Error("no mask: draw one, upload a mask file or click an example", title="Input problem")
         try:
             m = self.models.get(model or self.default)
             params = SamplingParams(prompt=(prompt or "").strip() or None, steps=int(steps),
-                                    guidance_scale=float(guidance_scale), scheduler=str(scheduler))
+                                    guidance_scale=float(guidance_scale), scheduler=str(scheduler),
+                                    control_scale=None if control_scale is None else float(control_scale))
             base = random_seed() if seed is None or int(seed) < 0 else int(seed)
             t0 = time.perf_counter()
             progress((0, int(num_images) * int(steps)), desc="Sampling", unit="steps")
@@ -657,7 +670,8 @@ class Studio:
         shots = [self.pngs.shot(it) for it in items]
         took = time.perf_counter() - t0
         status = (f"{len(shots)} images in {took:.1f} s · seeds {shots[0].item.seed}–{shots[-1].item.seed} · "
-                  f"{params.scheduler}, {params.steps} steps, guidance {params.guidance_scale:g}. "
+                  f"{params.scheduler}, {params.steps} steps, guidance {params.guidance_scale:g}, "
+                  f"mask strength {items[0].params['control_scale']:g}. "
                   "Click an image, then Keep or Discard.")
         return self.render(shots, show_outline), shots, status
 
@@ -890,8 +904,12 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
                         with gr.Row():
                             guidance = gr.Slider(0.0, 15.0, value=DEFAULTS["guidance_scale"], step=0.5,
                                                  label="Guidance scale")
-                            scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULTS["scheduler"], label="Scheduler")
+                            control = gr.Slider(0.0, MAX_CONTROL_SCALE, value=studio.default_control_scale(), step=0.25,
+                                                label="Mask strength (control scale)",
+                                                info="multiplies the ControlNet's output; set to the model's "
+                                                     "recommended value when a model loads")
                         with gr.Row():
+                            scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULTS["scheduler"], label="Scheduler")
                             seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
                             randomize = gr.Checkbox(True, label="Randomise seed")
                         generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
@@ -960,8 +978,8 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
                 gr.Markdown(API_HELP)
 
         # -- wiring: models
-        demo.load(studio.model_info, model, model_md, api_visibility="private")
-        model.change(studio.model_info, model, model_md, api_visibility="private")
+        demo.load(studio.model_info, model, [model_md, control], api_visibility="private")
+        model.change(studio.model_info, model, [model_md, control], api_visibility="private")
         refresh.click(studio.refresh_models, model, model, api_visibility="private")
 
         # -- wiring: the canvas
@@ -976,7 +994,7 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
         generate_btn.click(studio.prepare, [editor, seed, randomize], [mask_in, seed],
                            api_visibility="private").success(
             studio.generate, [mask_in, prompt, num_images, steps, guidance, seed, scheduler, model, show_outline,
-                              results],
+                              results, control],
             [gallery, results, gen_status], api_name="generate").success(
             lambda: None, None, results_sel, api_visibility="private")
         show_outline.change(studio.render, [results, show_outline], gallery, api_visibility="private")
@@ -1017,6 +1035,7 @@ from gradio_client import Client, handle_file
 client = Client("http://127.0.0.1:7860/")
 gallery, status = client.predict(mask=handle_file("mask.png"), prompt="", num_images=4, steps=20,
                                  guidance_scale=3.0, seed=0, scheduler="dpm++", api_name="/generate")
+# control_scale=3.0 sets the mask strength (default: the default model's recommended value)
 client.predict(api_name="/keep_all")                            # keep every result of this session
 zip_path = client.predict(nnunet=True, label="polyp", api_name="/export")
 client.predict(data_folder="data/kvasir-seg", max_steps=200, api_name="/train_start")

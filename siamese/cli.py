@@ -11,6 +11,9 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+CONTROL_SCALE_HELP = ("multiplies the ControlNet residuals: how strongly the mask acts (1: as trained, 0: ignored; "
+                      "default: the model's recommended value)")
+
 
 def _train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train
@@ -52,7 +55,7 @@ def _sample(args: argparse.Namespace) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.model or default_model(), device=device)
     params = SamplingParams(prompt=args.prompt, steps=args.steps, guidance_scale=args.guidance,
-                            scheduler=args.scheduler, eta=args.eta)
+                            scheduler=args.scheduler, eta=args.eta, control_scale=args.control_scale)
     params.validate()
     base_seed = random_seed() if args.seed is None else args.seed
     out = Path(args.output)
@@ -83,6 +86,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     config = EvalConfig(
         data=args.data, model=args.model, test_fraction=args.test_fraction, seeds=args.seeds,
         seg_steps=args.seg_steps, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
+        control_scale=args.control_scale,
         resolution=args.resolution, output=args.output, seed=args.seed, max_test=args.max_test,
     )
     report = evaluate(config, progress_bar=True)
@@ -138,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float, default=9.0)
     s.add_argument("--seed", type=int, default=None, help="first seed (default: random); image i gets seed+i")
     s.add_argument("--scheduler", default="ddim", choices=SCHEDULERS)
+    s.add_argument("--control-scale", type=float, default=None, help=CONTROL_SCALE_HELP)
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
     s.add_argument("--prompt", default=None, help="default: the model's prompt")
     s.add_argument("--augment-masks", action="store_true", help="each image from a randomly augmented mask")
@@ -157,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=20)
     e.add_argument("--guidance", type=float, default=3.0)
     e.add_argument("--scheduler", default="dpm++", choices=SCHEDULERS)
+    e.add_argument("--control-scale", type=float, default=None, help=CONTROL_SCALE_HELP)
     e.add_argument("--resolution", type=int, default=128, help="segmentation network input size")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=_evaluate)

@@ -73,6 +73,7 @@ class EvalConfig:
     steps: int = 20  # sampling steps
     guidance_scale: float = 3.0
     scheduler: str = "dpm++"
+    control_scale: float | None = None  # None: the model's recommended value
     resolution: int = 128  # segmentation network input size
     output: str | Path | None = None  # write report.json and sample grids here
     seed: int = 0
@@ -104,7 +105,11 @@ class EvalConfig:
         if self.resolution % 2**levels or not 32 <= self.resolution <= 1024:
             raise ValueError(f"resolution must be between 32 and 1024 and a multiple of {2**levels}, "
                              f"got {self.resolution}")
-        SamplingParams(steps=self.steps, guidance_scale=self.guidance_scale, scheduler=self.scheduler).validate()
+        self.sampling_params().validate()
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(steps=self.steps, guidance_scale=self.guidance_scale, scheduler=self.scheduler,
+                              control_scale=self.control_scale)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -426,7 +431,7 @@ def _generate_all(
     """One image per held-out mask (`diversity_images` for the first `diversity_masks`, the first of which
     is the fidelity image), then the synthetic training set: min(#train, max_synthetic) pairs from random
     train masks, every other one augmented. Masks that cannot be generated from (empty or full) are skipped."""
-    params = SamplingParams(steps=config.steps, guidance_scale=config.guidance_scale, scheduler=config.scheduler)
+    params = config.sampling_params()
     n_syn = len(train_pairs) if config.max_synthetic == 0 else min(len(train_pairs), config.max_synthetic)
     n_div = min(config.diversity_masks, len(test_pairs))
     sources = np.random.default_rng(config.seed).choice(len(train_pairs), n_syn, replace=False)
@@ -634,7 +639,8 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
     notes, gen_data = _notes(config, model_path, len(train_pairs), len(held_pairs), len(test_pairs), generated)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     settings.update(model=str(model_path), seg_channels=list(config.seg_channels),
-                    model_resolution=model.config.resolution)
+                    model_resolution=model.config.resolution,
+                    control_scale=model.config.control_scale if config.control_scale is None else config.control_scale)
     report = {
         "model": model.identity(),
         "data": str(config.data),
@@ -719,7 +725,7 @@ def format_report(report: dict) -> str:
         f"data {report['data']}: {p['total']} pairs, {p['train']} train, {p['held_out']} held out, "
         f"{p['test']} evaluated (split seed {s['seed']})",
         f"sampling: {s['scheduler']}, {s['steps']} steps, guidance {s['guidance_scale']}, "
-        f"{s['model_resolution']}x{s['model_resolution']}",
+        f"control scale {s.get('control_scale', 1.0)}, {s['model_resolution']}x{s['model_resolution']}",
         f"segmentation network: {report['segmentation_network']}",
         "",
         "1. Mask fidelity: the real-trained network segments held-out images; Dice/IoU vs their masks",

@@ -56,6 +56,7 @@ class SiameseConfig:
     codec: dict = field(default_factory=lambda: {"type": "vae"})
     dhi_widths: tuple[int, ...] = DHI_WIDTHS
     name: str = ""
+    control_scale: float = 1.0  # recommended sampling control scale (SamplingParams.control_scale None uses it)
 
     def save(self, folder: Path) -> None:
         (folder / CONFIG_NAME).write_text(json.dumps(asdict(self), indent=2) + "\n")

@@ -146,19 +146,24 @@ def _encoder(model: nn.Module, h: Tensor, emb: Tensor, prompt_embeds: Tensor) ->
 
 
 def controlnet_residuals(
-    controlnet: DHIControlNetModel, x_t: Tensor, t: Tensor, prompt_embeds: Tensor, hint_embedding: Tensor
+    controlnet: DHIControlNetModel, x_t: Tensor, t: Tensor, prompt_embeds: Tensor, hint_embedding: Tensor,
+    conditioning_scale: float = 1.0,
 ) -> tuple[list[Tensor], Tensor]:
     """ControlNet forward from a precomputed hint embedding.
 
     x_t: (B, C, h, w) noisy latents; t: (B,) timesteps; prompt_embeds: (B, L, D);
     hint_embedding: (B, C0, h, w) from `controlnet.embed_hint`. Returns (down residuals, mid residual),
-    identical to `controlnet(x_t, t, prompt_embeds, hint)` with conditioning scale 1.
+    identical to `controlnet(x_t, t, prompt_embeds, hint, conditioning_scale=...)`: every residual is
+    multiplied by `conditioning_scale` (1 in training; a sampling knob for how strongly the mask acts).
     """
     emb = _time_embedding(controlnet, t, x_t.dtype)
     h = controlnet.conv_in(x_t) + hint_embedding
     h, skips = _encoder(controlnet, h, emb, prompt_embeds)
     down = [zero_conv(s) for s, zero_conv in zip(skips, controlnet.controlnet_down_blocks)]
-    return down, controlnet.controlnet_mid_block(h)
+    mid = controlnet.controlnet_mid_block(h)
+    if conditioning_scale != 1.0:
+        down, mid = [d * conditioning_scale for d in down], mid * conditioning_scale
+    return down, mid
 
 
 @dataclass

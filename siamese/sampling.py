@@ -33,17 +33,24 @@ __all__ = ["SCHEDULERS", "make_scheduler", "sample", "generate", "Generated", "S
 
 SCHEDULERS = ("ddim", "dpm++", "unipc")
 MAX_SEED = 2**32 - 1
+MAX_CONTROL_SCALE = 10.0
 
 
 @dataclass
 class SamplingParams:
-    """Generation settings; METHOD.md's reference: DDIM, 50 steps, eta 0, guidance 9."""
+    """Generation settings; METHOD.md's reference: DDIM, 50 steps, eta 0, guidance 9, control scale 1.
+
+    control_scale multiplies the ControlNet's residuals (diffusers' `controlnet_conditioning_scale`):
+    above 1 the mask acts more strongly, 0 ignores it; None: the model's recommended value
+    (`SiameseConfig.control_scale`, 1 unless its model card says otherwise).
+    """
 
     prompt: str | None = None  # None: the model's default prompt
     steps: int = 50
     guidance_scale: float = 9.0
     scheduler: str = "ddim"
     eta: float = 0.0
+    control_scale: float | None = None
 
     def validate(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -54,6 +61,8 @@ class SamplingParams:
             raise ValueError(f"guidance scale must be between 0 and 50, got {self.guidance_scale}")
         if not 0.0 <= float(self.eta) <= 1.0:
             raise ValueError(f"eta must be between 0 and 1, got {self.eta}")
+        if self.control_scale is not None and not 0.0 <= float(self.control_scale) <= MAX_CONTROL_SCALE:
+            raise ValueError(f"control scale must be between 0 and {MAX_CONTROL_SCALE:g}, got {self.control_scale}")
 
 
 @dataclass
@@ -93,11 +102,13 @@ def sample(
     scheduler: str = "ddim",
     eta: float = 0.0,
     callback: Callable[[int, int], None] | None = None,
+    control_scale: float = 1.0,
 ) -> Tensor:
     """Mask-Diffusion sampling. mask_hint: (B, 3, H, W) in {0, 1}; one prompt and one generator per image.
 
     Guidance: eps = eps_uncond + g (eps_cond - eps_uncond), where the unconditional branch keeps the mask
-    and has the empty prompt. Returns images (B, 3, H, W) in [0, 1], float32 on the model's device.
+    and has the empty prompt; the ControlNet's residuals are multiplied by `control_scale` in both.
+    Returns images (B, 3, H, W) in [0, 1], float32 on the model's device.
     `callback(step, steps)` is called after every denoising step.
     """
     if model.controlnet is None:
@@ -128,7 +139,7 @@ def sample(
         x = torch.cat([latents, latents]) if guided else latents
         x = sched.scale_model_input(x, t)
         tt = t.expand(x.shape[0]).to(device)
-        down, mid = controlnet_residuals(model.controlnet, x, tt, prompt_embeds, hint_emb)
+        down, mid = controlnet_residuals(model.controlnet, x, tt, prompt_embeds, hint_emb, control_scale)
         eps = unet_decode(model.unet, unet_encode(model.unet, x, tt, prompt_embeds), prompt_embeds, down, mid)
         if guided:
             eps_uncond, eps_cond = eps.chunk(2)
@@ -182,6 +193,7 @@ def generate(
         raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
     binary = prepare_mask(model, mask)
     prompt = model.config.prompt if params.prompt is None else params.prompt
+    control_scale = model.config.control_scale if params.control_scale is None else float(params.control_scale)
     hint = mask_to_hint(binary)
     seeds = [(base + i) % (MAX_SEED + 1) for i in range(num_images)]
     total = len(seeds) * params.steps
@@ -195,11 +207,12 @@ def generate(
             done = start * params.steps
             step_cb = lambda i, n, done=done, k=len(chunk): callback(done + i * k, total)  # noqa: E731
         images = sample(model, hint.expand(len(chunk), -1, -1, -1), [prompt] * len(chunk), gens, params.steps,
-                        params.guidance_scale, params.scheduler, params.eta, step_cb)
+                        params.guidance_scale, params.scheduler, params.eta, step_cb, control_scale)
         for s, img in zip(chunk, images):
             arr = (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
             meta = {"prompt": prompt, "steps": params.steps, "guidance_scale": params.guidance_scale,
-                    "scheduler": params.scheduler, "eta": params.eta, "seed": s,
+                    "scheduler": params.scheduler, "eta": params.eta, "control_scale": control_scale,
+                    "seed": s,
                     "resolution": model.config.resolution, "model": identity}
             if source:
                 meta["source_mask"] = source

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -130,8 +131,9 @@ def test_list_models_finds_default_checkpoints_and_runs(tiny_model_dir, tmp_path
 
 
 def test_model_info_describes_the_model_or_says_why_not(studio, tiny_model_dir, tmp_path):
-    assert "64×64" in studio.model_info(str(tiny_model_dir)) and "a test image" in studio.model_info(str(tiny_model_dir))
-    text = studio.model_info(str(tmp_path / "nowhere"))
+    text, slider = studio.model_info(str(tiny_model_dir))
+    assert "64×64" in text and "a test image" in text and slider.value == 1.0  # the model's recommended scale
+    text, slider = studio.model_info(str(tmp_path / "nowhere"))
     assert text.startswith("⚠️") and "nowhere" in text
 
 
@@ -172,6 +174,7 @@ def test_generate_writes_pngs_with_parameters_and_records_seeds(studio):
     (dict(mask=np.full((64, 64), 255, np.uint8)), "all white"),
     (dict(scheduler="euler"), "scheduler"),
     (dict(steps=0), "steps"),
+    (dict(control_scale=12), "control scale"),
     (dict(model="/no/such/model"), "No model folder"),
     (dict(mask=None), "no mask"),
 ])
@@ -324,11 +327,14 @@ def test_from_scratch_runs_count_both_stages(studio):
 
 
 def test_build_demo_exposes_the_stable_api(tiny_model_dir, tmp_path):
-    demo = app.build_demo(str(tiny_model_dir), runs_dir=tmp_path / "runs", checkpoints_dir=tmp_path)
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    config = json.loads((model_dir / "siamese_config.json").read_text())
+    (model_dir / "siamese_config.json").write_text(json.dumps({**config, "control_scale": 2.5}))
+    demo = app.build_demo(str(model_dir), runs_dir=tmp_path / "runs", checkpoints_dir=tmp_path)
     api = demo.get_api_info()["named_endpoints"]
     params = [p["parameter_name"] for p in api["/generate"]["parameters"]]
     assert params[:7] == ["mask", "prompt", "num_images", "steps", "guidance_scale", "seed", "scheduler"]
     assert {"/export", "/keep_all", "/train_start", "/train_stop", "/train_status"} <= set(api)
     defaults = {p["parameter_name"]: p["parameter_default"] for p in api["/generate"]["parameters"]}
     assert defaults["scheduler"] == "dpm++" and defaults["steps"] == 20 and defaults["guidance_scale"] == 3.0
-    assert defaults["num_images"] == 4
+    assert defaults["num_images"] == 4 and defaults["control_scale"] == 2.5  # the model's recommendation

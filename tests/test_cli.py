@@ -26,7 +26,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_sample_writes_pairs_and_metadata(tiny_model_dir, dataset, tmp_path):
     out = tmp_path / "out"
     code = main(["sample", "--model", str(tiny_model_dir), "--masks", str(dataset / "masks"), "--num-images", "2",
-                 "--steps", "2", "--seed", "5", "--scheduler", "unipc", "--output", str(out)])
+                 "--steps", "2", "--seed", "5", "--scheduler", "unipc", "--control-scale", "1.5", "--output", str(out)])
     assert code == 0
     lines = [json.loads(x) for x in (out / "metadata.jsonl").read_text().splitlines()]
     assert len(lines) == 12
@@ -39,7 +39,8 @@ def test_sample_writes_pairs_and_metadata(tiny_model_dir, dataset, tmp_path):
     mask = np.array(Image.open(out / first["mask"]))
     assert image.mode == "RGB" and image.size == mask.shape[::-1]
     assert set(np.unique(mask)) <= {0, 255}
-    assert "Seed: 5" in image.text["parameters"]
+    assert "Seed: 5" in image.text["parameters"] and "Control scale: 1.5" in image.text["parameters"]
+    assert first["control_scale"] == 1.5
 
 
 def test_sample_with_augmented_masks(tiny_model_dir, dataset, tmp_path):

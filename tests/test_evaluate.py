@@ -209,6 +209,7 @@ def test_bad_data_folders_raise_data_error(make, tmp_path, tiny_model_dir):
 
 
 @pytest.mark.parametrize("bad", [dict(test_fraction=1.0), dict(seeds=0), dict(resolution=50), dict(scheduler="x"),
+                                 dict(control_scale=-1.0),
                                  dict(seed=-1), dict(diversity_images=1)])
 def test_bad_settings_raise_value_error(bad, pairs12, tiny_model_dir):
     with pytest.raises(ValueError):

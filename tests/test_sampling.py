@@ -24,7 +24,7 @@ def _hint(model, n=2):
 
 
 @torch.no_grad()
-def _plain_loop(model, hint, prompts, seeds, steps, guidance, scheduler):
+def _plain_loop(model, hint, prompts, seeds, steps, guidance, scheduler, control_scale=1.0):
     """The diffusers ControlNet pipeline's loop with stock forwards (DHI run inside every call)."""
     sched = make_scheduler(scheduler, model.scheduler_config)
     sched.set_timesteps(steps)
@@ -37,20 +37,21 @@ def _plain_loop(model, hint, prompts, seeds, steps, guidance, scheduler):
     for t in sched.timesteps:
         x = sched.scale_model_input(torch.cat([latents, latents]), t)
         emb = torch.cat([uncond, cond])
-        down, mid = model.controlnet(x, t, emb, torch.cat([hint, hint]), return_dict=False)
+        down, mid = model.controlnet(x, t, emb, torch.cat([hint, hint]), conditioning_scale=control_scale,
+                                     return_dict=False)
         eps = model.unet(x, t, emb, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
         e_u, e_c = eps.chunk(2)
         latents = sched.step(e_u + guidance * (e_c - e_u), t, latents).prev_sample
     return (model.codec.decode(latents) / 2 + 0.5).clamp(0, 1)
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "dpm++", "unipc"])
-def test_same_images_as_plain_pipeline_loop(tiny_model, scheduler):
+@pytest.mark.parametrize("scheduler, control_scale", [("ddim", 1.0), ("dpm++", 1.0), ("unipc", 1.0), ("dpm++", 2.5)])
+def test_same_images_as_plain_pipeline_loop(tiny_model, scheduler, control_scale):
     hint = _hint(tiny_model)
     prompts = ["a test image"] * 2
     ours = sample(tiny_model, hint, prompts, [torch.Generator().manual_seed(s) for s in (3, 4)], steps=4,
-                  guidance_scale=5.0, scheduler=scheduler)
-    ref = _plain_loop(tiny_model, hint, prompts, (3, 4), 4, 5.0, scheduler)
+                  guidance_scale=5.0, scheduler=scheduler, control_scale=control_scale)
+    ref = _plain_loop(tiny_model, hint, prompts, (3, 4), 4, 5.0, scheduler, control_scale)
     assert ours.shape == (2, 3, 64, 64)
     assert (ours - ref).abs().max() < 1e-4
 
@@ -73,6 +74,20 @@ def test_each_image_reproduces_alone_from_its_seed(tiny_model):
     assert np.abs(batch[0].image.astype(int) - batch[1].image.astype(int)).mean() > 1  # different seeds differ
 
 
+def test_control_scale_sets_how_strongly_the_mask_acts(tiny_model):
+    other = np.zeros((64, 64), np.uint8)
+    other[40:60, 5:30] = 255
+
+    def image(mask, scale):
+        params = SamplingParams(steps=3, guidance_scale=3.0, control_scale=scale)
+        return generate(tiny_model, mask, seed=4, params=params)[0].image.astype(int)
+
+    assert np.array_equal(image(_mask(), 0.0), image(other, 0.0))  # 0: the mask is ignored
+    weak = np.abs(image(_mask(), 1.0) - image(other, 1.0)).mean()
+    strong = np.abs(image(_mask(), 3.0) - image(other, 3.0)).mean()
+    assert 0 < weak < strong
+
+
 def test_generated_pair_and_metadata(tiny_model):
     calls = []
     out = generate(tiny_model, _mask(200), num_images=2, seed=7, batch_size=1,
@@ -81,6 +96,7 @@ def test_generated_pair_and_metadata(tiny_model):
     assert g.image.shape == (64, 64, 3) and g.image.dtype == np.uint8
     assert g.mask.shape == (64, 64) and set(np.unique(g.mask)) <= {0, 255}
     assert g.params["seed"] == 7 and g.params["steps"] == 2 and g.params["scheduler"] == "ddim"
+    assert g.params["control_scale"] == 1.0
     assert g.params["prompt"] == "a test image" and g.params["model"]["fingerprint"]
     assert calls[-1] == (4, 4)
 
@@ -94,5 +110,7 @@ def test_bad_inputs(tiny_model):
         generate(tiny_model, _mask(), params=SamplingParams(scheduler="euler"))
     with pytest.raises(ValueError, match="steps"):
         generate(tiny_model, _mask(), params=SamplingParams(steps=0))
+    with pytest.raises(ValueError, match="control scale must be between 0 and 10"):
+        generate(tiny_model, _mask(), params=SamplingParams(control_scale=-1))
     with pytest.raises(ValueError, match="number of images"):
         generate(tiny_model, _mask(), num_images=0)
