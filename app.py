@@ -906,8 +906,7 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
                                                  label="Guidance scale")
                             control = gr.Slider(0.0, MAX_CONTROL_SCALE, value=studio.default_control_scale(), step=0.25,
                                                 label="Mask strength (control scale)",
-                                                info="multiplies the ControlNet's output; set to the model's "
-                                                     "recommended value when a model loads")
+                                                info="1: as trained; preset per model")
                         with gr.Row():
                             scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULTS["scheduler"], label="Scheduler")
                             seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)

@@ -84,7 +84,8 @@ def table(res: dict) -> str:
             rows.append(("speedup ours / StableDiffusionControlNetPipeline", _x(s["speedup_vs_pipeline"])))
             rows.append(("max pixel diff vs pipeline", f"{s['max_pixel_diff_vs_pipeline']:.2e}"))
         lines += _rows(f"Sampling, batch {s['batch']}, {s['resolution']}x{s['resolution']}, {s['scheduler']}, "
-                       f"{s['steps']} steps, guidance {s['guidance_scale']} ({res['sample_model']})", rows)
+                       f"{s['steps']} steps, guidance {s['guidance_scale']}, control scale {s.get('control_scale', 1.0)} "
+                       f"({res['sample_model']})", rows)
     if "sample_memory_format" in res:
         c = res["sample_memory_format"]
         rows = [(k, _s(v)) for k, v in c["seconds"].items()]
@@ -97,7 +98,8 @@ def table(res: dict) -> str:
         rows = [(f"batch {b}", f"{v:.3f} images/s") for b, v in res["images_per_second"].items()]
         rows.append((f"seconds per image (batch {a['batch']}, as the app)", _s(res["seconds_per_image_app_defaults"])))
         lines += _rows(f"Images per second, app defaults ({a['scheduler']}, {a['steps']} steps, guidance "
-                       f"{a['guidance_scale']}, {a['resolution']}x{a['resolution']}; {a['model']})", rows)
+                       f"{a['guidance_scale']}, control scale {a.get('control_scale', 1.0)}, "
+                       f"{a['resolution']}x{a['resolution']}; {a['model']})", rows)
     if "scaling" in res:
         rows = [(f"{r['resolution']}x{r['resolution']} batch {r['batch']}",
                  r["error"] if r.get("error") else f"{_s(r['step_s'])}   {_mib(r['peak_bytes'])}")

@@ -141,7 +141,7 @@ def _sample_section(results: dict, mode: dict, device: torch.device, dtype: torc
     model, which = load()
     # as the app runs it: contiguous memory format on the CPU (load_model); channels_last on CUDA
     prepare_networks(model, device, dtype, channels_last=device.type == "cuda", compile=args.compile)
-    settings = dict(SETTINGS)
+    settings = {**SETTINGS, "control_scale": model.config.control_scale}  # the app presets the model's value
     if mode["sample_steps"]:
         settings["steps"] = mode["sample_steps"]
     results["sample_model"] = which

@@ -26,7 +26,8 @@ from .workload import PROMPT, mask_hints
 __all__ = ["SETTINGS", "diffusers_loop_sample", "pipeline_sample", "compare_samplers", "images_per_second",
            "compare_memory_formats"]
 
-# The app's defaults (app.py DEFAULTS): DPM-Solver++ 2M, 20 steps, guidance 3.0, batches of 4
+# The app's defaults (app.py DEFAULTS): DPM-Solver++ 2M, 20 steps, guidance 3.0, batches of 4; the app's
+# control scale is the model's recommended one (bench/run.py adds it)
 SETTINGS = dict(scheduler="dpm++", steps=20, guidance_scale=3.0)
 
 
@@ -37,7 +38,7 @@ def _generators(n: int, seed: int) -> list[torch.Generator]:
 @torch.no_grad()
 def diffusers_loop_sample(
     model: SiameseModel, mask_hint: Tensor, prompts: list[str], generators: list[torch.Generator],
-    steps: int, guidance_scale: float, scheduler: str, eta: float = 0.0,
+    steps: int, guidance_scale: float, scheduler: str, eta: float = 0.0, control_scale: float = 1.0,
 ) -> Tensor:
     """The pipeline's denoising loop with stock forwards. Returns images (B, 3, H, W) in [0, 1]."""
     device, dtype = model.device, model.dtype
@@ -60,7 +61,7 @@ def diffusers_loop_sample(
         x = torch.cat([latents, latents]) if guided else latents
         x = sched.scale_model_input(x, t)
         down, mid = model.controlnet(x, t, encoder_hidden_states=prompt_embeds, controlnet_cond=control,
-                                     return_dict=False)
+                                     conditioning_scale=control_scale, return_dict=False)
         eps = model.unet(x, t, encoder_hidden_states=prompt_embeds, down_block_additional_residuals=down,
                          mid_block_additional_residual=mid, return_dict=False)[0]
         if guided:
@@ -93,11 +94,12 @@ def build_pipeline(model: SiameseModel, scheduler: str):
 
 @torch.no_grad()
 def pipeline_sample(pipe, model: SiameseModel, mask_hint: Tensor, prompts: list[str],
-                    generators: list[torch.Generator], steps: int, guidance_scale: float) -> Tensor:
+                    generators: list[torch.Generator], steps: int, guidance_scale: float,
+                    control_scale: float = 1.0) -> Tensor:
     R = model.config.resolution
     latents = pipe(prompt=list(prompts), image=mask_hint.to(model.device, model.dtype), height=R, width=R,
                    num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators,
-                   output_type="latent").images
+                   controlnet_conditioning_scale=control_scale, output_type="latent").images
     return (model.codec.decode(latents).float() / 2 + 0.5).clamp(0, 1)
 
 
@@ -116,7 +118,8 @@ def compare_samplers(
     if with_pipeline:
         pipe = build_pipeline(model, settings["scheduler"])
         runs["diffusers_pipeline"] = lambda: pipeline_sample(pipe, model, hint, prompts, _generators(batch, seed),
-                                                             settings["steps"], settings["guidance_scale"])
+                                                             settings["steps"], settings["guidance_scale"],
+                                                             settings.get("control_scale", 1.0))
     log(f"  warm-up {', '.join(runs)} (and image comparison)")
     images = {name: run() for name, run in runs.items()}
     log(f"  timing interleaved, {repeats} repeats")

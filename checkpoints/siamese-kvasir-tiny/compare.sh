@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The paper's comparison at equal budget: a mask-only ControlNet (loss_mask alone) trained from the same
 # stage-1 base, with the same data, steps, seed and settings as stage 2 of recipe.sh; then both scored
-# by `python -m siamese evaluate` on the same held-out split.
+# by `python -m siamese evaluate` on the same held-out split, at control scale 1 (as trained) and 2 (the
+# bundled model's recommended mask strength). Extra arguments after DATA RUNS go to every evaluation.
 #   usage: bash checkpoints/siamese-kvasir-tiny/compare.sh [DATA] [RUNS]   (after recipe.sh)
 set -euo pipefail
 DATA=${1:-../shared/data/kvasir-seg}
@@ -12,5 +13,8 @@ $PY -m siamese train --data "$DATA" --output "$RUNS/kvasir-controlnet" --model "
   --checkpoint-every 100 --log-every 20 --preview-every 250 --seed 0 --holdout 0.2 \
   --name kvasir-mask-only --resume latest
 for run in kvasir-siamese kvasir-controlnet; do
-  $PY -m siamese evaluate --data "$DATA" --model "$RUNS/$run" --output "$RUNS/eval-$run" "${@:3}"
+  for scale in 1 2; do
+    $PY -m siamese evaluate --data "$DATA" --model "$RUNS/$run" --control-scale $scale \
+      --output "$RUNS/eval-$run-cs$scale" "${@:3}"
+  done
 done
