@@ -269,7 +269,8 @@ def model_summary(model) -> str:
     ident = model.identity()
     prompt = model.config.prompt or "(empty)"
     return (f"**{ident['name'] or 'model'}** · {model.config.resolution}×{model.config.resolution} px · "
-            f"default prompt: *{prompt}* · recommended mask strength {model.config.control_scale:g} · weights `{ident['fingerprint']}` · from `{ident['source']}`")
+            f"default prompt: *{prompt}* · recommended mask strength {model.config.control_scale:g} · "
+            f"weights `{ident['fingerprint']}` · from `{ident['source']}`")
 
 
 def _sample(model, mask: np.ndarray, num_images: int, seed: int, params: SamplingParams, callback, source: str):
@@ -904,8 +905,8 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
                         with gr.Row():
                             guidance = gr.Slider(0.0, 15.0, value=DEFAULTS["guidance_scale"], step=0.5,
                                                  label="Guidance scale")
-                            control = gr.Slider(0.0, MAX_CONTROL_SCALE, value=studio.default_control_scale(), step=0.25,
-                                                label="Mask strength (control scale)",
+                            control = gr.Slider(0.0, MAX_CONTROL_SCALE, value=studio.default_control_scale(),
+                                                step=0.25, label="Mask strength (control scale)",
                                                 info="1: as trained; preset per model")
                         with gr.Row():
                             scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULTS["scheduler"], label="Scheduler")
