@@ -155,8 +155,10 @@ def test_evaluate_reports_every_figure_and_writes_the_output(pairs12, tiny_model
     use = report["mask_use"]
     assert use["pairs"] == 2 and min(use["mse_own_mask"], use["mse_other_mask"], use["mse_no_control"]) > 0
     text = format_report(report)
-    for heading in ("Mask fidelity", "Downstream benefit", "Realism", "Diversity", "flat painting", "Mask use"):
+    for heading in ("Mask fidelity", "Downstream benefit", "Realism", "Diversity", "flat painting", "Mask use",
+                    "control scale 1.0"):  # the model's recommended scale, as used
         assert heading in text
+    assert report["settings"]["control_scale"] == 1.0
 
 
 def test_mask_use_is_zero_for_a_fresh_controlnet_and_not_for_a_trained_one(tiny_model):
