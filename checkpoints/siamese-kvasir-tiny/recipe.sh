@@ -19,7 +19,8 @@ $PY -m siamese train --data "$DATA" --output "$RUNS/kvasir-siamese" --model "$RU
   --checkpoint-every 100 --log-every 20 --preview-every 250 --seed $SEED --holdout 0.2 --name siamese-kvasir-tiny \
   --resume latest
 # Ship: fp16 weights, no optimiser state or checkpoints; recommended mask strength (control scale) 2, chosen
-# by the evaluation in the model card (scales 1-4: best downstream benefit, fidelity near the real ceiling).
+# by the evaluation in the model card (scales 1-4: fidelity near, not above, the real ceiling; least loss
+# of realism).
 $PY - "$RUNS/kvasir-siamese" "$(dirname "$0")" "$RUNS/kvasir-base" <<'PY'
 import sys, torch
 from siamese import load_model
