@@ -52,11 +52,11 @@ def _sample(args: argparse.Namespace) -> None:
     from .sampling import SamplingParams, generate, random_seed
 
     masks = list_masks(args.masks)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model or default_model(), device=device)
     params = SamplingParams(prompt=args.prompt, steps=args.steps, guidance_scale=args.guidance,
                             scheduler=args.scheduler, eta=args.eta, control_scale=args.control_scale)
-    params.validate()
+    params.validate()  # before the (possibly slow) model load
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.model or default_model(), device=device)
     base_seed = random_seed() if args.seed is None else args.seed
     out = Path(args.output)
     total = 0

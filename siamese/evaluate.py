@@ -640,7 +640,7 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     settings.update(model=str(model_path), seg_channels=list(config.seg_channels),
                     model_resolution=model.config.resolution,
-                    control_scale=model.config.control_scale if config.control_scale is None else config.control_scale)
+                    control_scale=config.sampling_params().control_scale_for(model))
     report = {
         "model": model.identity(),
         "data": str(config.data),

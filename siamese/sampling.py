@@ -64,6 +64,10 @@ class SamplingParams:
         if self.control_scale is not None and not 0.0 <= float(self.control_scale) <= MAX_CONTROL_SCALE:
             raise ValueError(f"control scale must be between 0 and {MAX_CONTROL_SCALE:g}, got {self.control_scale}")
 
+    def control_scale_for(self, model: SiameseModel) -> float:
+        """The control scale used with `model`: this one, or the model's recommended value when None."""
+        return model.config.control_scale if self.control_scale is None else float(self.control_scale)
+
 
 @dataclass
 class Generated:
@@ -193,7 +197,7 @@ def generate(
         raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
     binary = prepare_mask(model, mask)
     prompt = model.config.prompt if params.prompt is None else params.prompt
-    control_scale = model.config.control_scale if params.control_scale is None else float(params.control_scale)
+    control_scale = params.control_scale_for(model)
     hint = mask_to_hint(binary)
     seeds = [(base + i) % (MAX_SEED + 1) for i in range(num_images)]
     total = len(seeds) * params.steps
