@@ -1,10 +1,13 @@
 """A faithful, naive port of the reference code's objective: the baseline for parity tests and benchmarks.
 
-Written the way the authors' code computes it: stock ControlNet and UNet forwards (the DHI runs inside
-every ControlNet call, the frozen UNet encoder runs in every UNet call), a deep copy of the ControlNet
-and of the whole UNet inside the image branch, and the regularisation term on the whole batch, masked
-afterwards. Never used for training: `siamese.objective.siamese_losses` gives the same losses and
-gradients with less work.
+Written the way the authors' code (`cldm/cldm.py`: `apply_model`, `p_losses`) computes it: stock
+ControlNet and UNet forwards (the DHI runs inside every ControlNet call, the frozen UNet encoder runs in
+every UNet call); inside the image branch a deep copy of the ControlNet, frozen, recomputes the mask
+control without a graph, and a deep copy of the whole UNet (its decoder still trainable, so its weight
+gradients are computed and thrown away) predicts the noise; the regularisation term runs on the whole
+batch, masked afterwards, whenever it counts for any sample (after 1/3 of training, some t <= 200).
+Never used for training: `siamese.objective.siamese_losses` gives the same losses and gradients with
+less work.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ def naive_siamese_losses(
     x_t = q_sample(x0, t, noise, alphas_cumprod)
     eps_mask = _eps(unet, controlnet, x_t, t, prompt_embeds, mask_hint)
 
-    # Image branch: copies of both networks; the copy's mask control stands in for sg(c_m)
-    controlnet_copy, unet_copy = copy.deepcopy(controlnet), copy.deepcopy(unet)
-    down_m, mid_m = controlnet_copy(x_t, t, prompt_embeds, mask_hint, return_dict=False)
+    # Image branch: copies of both networks; the frozen copy's mask control, computed without a graph,
+    # stands in for sg(c_m)
+    controlnet_copy, unet_copy = copy.deepcopy(controlnet).requires_grad_(False), copy.deepcopy(unet)
     down_i, mid_i = controlnet(x_t, t, prompt_embeds, image_hint, return_dict=False)
+    with torch.no_grad():
+        down_m, mid_m = controlnet_copy(x_t, t, prompt_embeds, mask_hint, return_dict=False)
     eps_image = unet_copy(
         x_t, t, prompt_embeds,
         down_block_additional_residuals=[m + progress * i for m, i in zip(down_m, down_i)],
@@ -47,11 +52,13 @@ def naive_siamese_losses(
     loss_image = mse(eps_image, noise)
     loss_consistency = mse(eps_mask, eps_image.detach())
 
-    # Regularisation on the whole batch, weighted by [progress > 1/3] * [t <= 200]
-    x0_hat = predict_x0(x_t, t, eps_image.detach(), alphas_cumprod)
-    x_t_reg = q_sample(x0_hat, t, noise, alphas_cumprod).detach()
-    weight = (t <= REG_T_MAX).float() * float(progress > REG_START)
-    loss_reg = mse(_eps(unet, controlnet, x_t_reg, t, prompt_embeds, mask_hint), noise) * weight
+    # Regularisation on the whole batch, weighted by [t <= 200], when it counts for any sample
+    weight = (t <= REG_T_MAX).float()
+    loss_reg = torch.zeros_like(loss_mask)
+    if progress > REG_START and bool(weight.any()):
+        x0_hat = predict_x0(x_t, t, eps_image.detach(), alphas_cumprod)
+        x_t_reg = q_sample(x0_hat, t, noise, alphas_cumprod).detach()
+        loss_reg = mse(_eps(unet, controlnet, x_t_reg, t, prompt_embeds, mask_hint), noise) * weight
 
     terms = {"loss_mask": loss_mask.mean(), "loss_image": loss_image.mean(),
              "loss_consistency": loss_consistency.mean(), "loss_regularization": loss_reg.mean()}

@@ -76,6 +76,34 @@ def test_parity_with_naive_reference(model64, use_backward, checkpointing):
     assert any(g_ref[n].abs().sum() > 0 for n in params if n.startswith("unet.up_blocks"))
 
 
+def test_naive_reference_runs_the_controlnet_as_the_authors_code(tiny_model, monkeypatch):
+    """The benchmark's baseline does what cldm.py does, no more: the ControlNet runs with a graph on the
+    mask hint, on the image hint and in the regularisation pass, and once more without a graph, as a frozen
+    copy, for sg(c_m); with no sample at t <= 200 the regularisation pass is skipped, and ours agrees."""
+    model = copy.deepcopy(tiny_model)
+    trainable_parameters(model, "siamese", unlock_decoder=True)
+    calls = []
+    forward = type(model.controlnet).forward
+
+    def record(self, *args, **kwargs):
+        calls.append((self is model.controlnet, torch.is_grad_enabled(),
+                      any(p.requires_grad for p in self.parameters())))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model.controlnet), "forward", record)
+    args = (model.unet, model.controlnet)
+    naive_siamese_losses(*args, progress=0.6, **_batch(model))
+    assert calls == [(True, True, True), (True, True, True), (False, False, False), (True, True, True)]
+
+    calls.clear()
+    late = _batch(model, ts=(300, 400, 600, 999))
+    ref = naive_siamese_losses(*args, progress=0.6, **late)
+    assert len(calls) == 3 and float(ref["loss_regularization"]) == 0.0
+    ours = siamese_losses(*args, progress=0.6, **late)
+    for k in LOSS_KEYS:
+        torch.testing.assert_close(ours[k].detach(), ref[k].detach(), rtol=1e-5, atol=1e-7)
+
+
 def test_consistency_zero_at_progress_zero(tiny_model):
     """At progress 0 the image branch is sg(c_m): eps_image equals eps_mask, so L_consistency = 0."""
     batch = _batch(tiny_model)
