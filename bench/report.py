@@ -57,6 +57,13 @@ def table(res: dict) -> str:
                      f"diff ours {f64['max_grad_diff']:.1e}")
     if "train_mid" in res:
         lines += _rows(f"Training step, preset mid {res['train_mid']['preset']}", _train_rows(res["train_mid"]))
+    if "train_sd15_architecture" in res:
+        a = res["train_sd15_architecture"]
+        for k in (0, 1):
+            lines += _rows(f"Training step, Stable Diffusion 1.5 architecture (random weights), gradient "
+                           f"checkpointing, {k} samples with t <= 200", _train_rows(a[f"regularised_{k}"]))
+        if "deepcopy_s" in a:
+            lines.append(f"  the naive objective's deep copies alone: {', '.join(_s(t) for t in a['deepcopy_s'])}")
     if "train_speedup_by_regularised_samples" in res:
         rows = [(f"{k} samples with t <= 200", f"ours {_s(v['step_s']['ours'])}, naive {_s(v['step_s']['naive'])}: "
                  f"{_x(v['speedup'])} (cpu time {_x(v['speedup_cpu_time'])})")
@@ -67,8 +74,10 @@ def table(res: dict) -> str:
         rows = [(k, f"{_s(v)}  {100 * p['share'][k]:.0f}%") for k, v in p["seconds"].items()]
         rows += [("sum of parts", _s(p["sum_of_parts_s"])), ("our whole step", _s(p["ours_step_s"]))]
         lines += _rows(f"Where our step's time goes (batch {p['batch']}; each part timed alone)", rows)
-    for key in [k for k in res if k.startswith("train_memory") and isinstance(res[k], dict)]:
-        m = res[key]
+    memory = {k: res[k] for k in res if k.startswith("train_memory") and isinstance(res[k], dict)}
+    if "memory" in res.get("train_sd15_architecture", {}):
+        memory["sd15 architecture, gradient checkpointing"] = res["train_sd15_architecture"]["memory"]
+    for key, m in memory.items():
         rows = [(f"peak {v}", _mib(d.get("peak_bytes")) if "error" not in d else d["error"][:110])
                 for v, d in m["variants"].items()]
         rows += [(f"ratio {k.removesuffix('_ratio')} / naive", f"{v}") for k, v in m.items() if k.endswith("_ratio")]

@@ -9,7 +9,9 @@ Sections (`--only` picks some): train (step time and gradients, ours vs naive, o
 in full mode, the mid-size one), memory (peak memory per variant, one process each), sample (our
 sampler vs the diffusers pipeline's loop), ips (images per second of the default model at the app's
 defaults), scaling (step time and memory vs resolution and batch size), profile (where our step's
-time goes, part by part), sd15 (GPU only, with --sd15).
+time goes, part by part), sd15 (GPU only, with --sd15), sd15arch (Stable Diffusion 1.5's architecture
+with random weights, ours vs naive training step and memory: runs only when named, about 15 minutes and
+18 GB on the 2-core CPU).
 """
 
 from __future__ import annotations
@@ -30,19 +32,21 @@ from .estimate import sd15_training_memory
 from .sampling import SETTINGS, compare_memory_formats, compare_samplers, images_per_second
 from .sd15 import run_sd15
 from .timing import load_average, median
-from .training import compare_steps, component_times, float64_parity, speedup_by_regularised_samples
+from .training import (
+    compare_steps, component_times, deepcopy_seconds, float64_parity, speedup_by_regularised_samples,
+)
 from .worker import measure
 from .workload import PRESETS, build_preset, default_model, parse_dtype, prepare_networks
 
 __all__ = ["main", "run_benchmarks", "build_parser", "MODES"]
 
-SECTIONS = ("train", "memory", "sample", "ips", "scaling", "profile", "sd15")
+SECTIONS = ("train", "memory", "sample", "ips", "scaling", "profile", "sd15", "sd15arch")
 TARGETS = {"train_speedup": (">=", 2.0), "train_memory_ratio": ("<=", 0.7), "sample_speedup": (">=", 1.3),
            "seconds_per_image_app_defaults": ("<=", 1.5)}
 
 # What each mode runs.
 MODES = {
-    "smoke": dict(preset="smoke", sections=SECTIONS, train_batch=2, train_repeats=1, mid=False,
+    "smoke": dict(preset="smoke", sections=SECTIONS[:-1], train_batch=2, train_repeats=1, mid=False,
                   variants=("ours", "naive"), f64_resolution=64, f64_batch=2, sample_batch=2,
                   sample_repeats=1, sample_steps=2, pipeline=True, ips_batches=(1, 2, 4), ips_repeats=1,
                   scaling=[(64, 2)], timed_steps=0, formats_experiment=True, regularised_counts=(0,), checkpointing=True),
@@ -51,7 +55,7 @@ MODES = {
                   sample_batch=4, sample_repeats=1, sample_steps=None, pipeline=False, ips_batches=(1, 4, 16),
                   ips_repeats=1, scaling=[(128, 4), (256, 4), (256, 8)], timed_steps=0, formats_experiment=False,
                   regularised_counts=(), checkpointing=False),
-    "full": dict(preset="tiny", sections=SECTIONS, train_batch=8, train_repeats=4, mid=True,
+    "full": dict(preset="tiny", sections=SECTIONS[:-1], train_batch=8, train_repeats=4, mid=True,
                  variants=("ours", "naive"), f64_resolution=128, f64_batch=4, sample_batch=4,
                  sample_repeats=2, sample_steps=None, pipeline=True, ips_batches=(1, 4, 16), ips_repeats=2,
                  scaling=[(128, 4), (256, 4), (384, 4), (256, 2), (256, 8), (256, 16)], timed_steps=2,
@@ -130,6 +134,34 @@ def _memory_section(results: dict, mode: dict, device: torch.device, amp: torch.
         results[key] = entry
         if key == "train_memory" and "ours_ratio" in entry:
             results["train_memory_ratio"] = entry["ours_ratio"]
+
+
+def _sd15_architecture_section(results: dict, mode: dict, device: torch.device, amp: torch.dtype, args) -> None:
+    """Ours vs naive on Stable Diffusion 1.5's UNet and DHI ControlNet (random weights, no download), with
+    gradient checkpointing as the reference run trains: each variant's peak memory in a fresh process
+    (first, while this process is small), then the step time at batch 2, 256x256, with 0 and 1 samples at
+    t <= 200 (probabilities 0.64 and 0.32 under t ~ U{0..999})."""
+    batch, repeats = 2, 1 if mode is not MODES["full"] else 2
+    mem = {}
+    for variant in ("ours", "naive"):
+        log(f"sd15arch: peak memory, {variant} (fresh process)")
+        mem[variant] = measure(dict(variant=variant, preset="sd15", batch=batch, device=device.type,
+                                    amp_dtype=_dtype_name(amp), threads=torch.get_num_threads(),
+                                    gradient_checkpointing=True))
+    out: dict = {"batch": batch, "gradient_checkpointing": True,
+                 "memory": {"batch": batch, "gradient_checkpointing": True, "variants": mem}}
+    if "peak_bytes" in mem["ours"] and "peak_bytes" in mem["naive"]:
+        out["memory"]["ours_ratio"] = round(mem["ours"]["peak_bytes"] / mem["naive"]["peak_bytes"], 3)
+    for k in (0, 1):
+        log(f"sd15arch: SD1.5 architecture, batch {batch}, {k} samples with t <= 200, ours vs naive")
+        model = build_preset(PRESETS["sd15"])
+        r = compare_steps(model, batch, device, repeats, ("ours", "naive"), amp,
+                          regularised=k, gradient_checkpointing=True, time_optimizer=False, log=log)
+        r["preset"] = PRESETS["sd15"].describe()
+        out[f"regularised_{k}"] = r
+    log("sd15arch: the naive objective's deep copies alone")
+    out["deepcopy_s"] = deepcopy_seconds(model)
+    results["train_sd15_architecture"] = out
 
 
 def _sample_section(results: dict, mode: dict, device: torch.device, dtype: torch.dtype, sections, args) -> None:
@@ -230,6 +262,8 @@ def run_benchmarks(args: argparse.Namespace) -> dict:
         _sample_section(results, mode, device, dtype, sections, args)
     if "scaling" in sections:
         _scaling_section(results, mode, device, dtype, args)
+    if "sd15arch" in sections:
+        _sd15_architecture_section(results, mode, device, dtype, args)
     if "sd15" in sections:
         results["sd15"] = run_sd15(args.sd15, device, dtype, mode_name != "full", args.compile, log=log)
     results["sd15_memory_estimate"] = sd15_training_memory()
@@ -254,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile every UNet/ControlNet block (both sides)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=None,
-                   help="run these sections only (default: the mode's; quick skips profile and sd15)")
+                   help="run these sections only (default: the mode's; quick skips profile and sd15; "
+                        "sd15arch runs only when named)")
     p.add_argument("--sd15", default=None, help="Stable Diffusion 1.5 folder or hub id (CUDA only)")
     p.add_argument("--out", default=None, help="also write the JSON here (default: runs/bench/<mode>.json)")
     return p

@@ -3,9 +3,10 @@
 One step = forward and backward of the objective on one batch (the optimiser step, identical for both
 and independent of the objective, is timed separately). Ours is `siamese.objective.siamese_losses`
 with `backward=` (the main graph is freed before the regularisation graph is built), as the trainer
-calls it; the baseline is `siamese.reference.naive_siamese_losses` (deep copies of the ControlNet and
-the UNet in every step, mask ControlNet recomputed, regularisation on the whole batch) and `.backward()`
-on its loss. Gradients of every trainable parameter are compared after the warm-up calls.
+calls it; the baseline is `siamese.reference.naive_siamese_losses` (as the authors' code: deep copies of
+the ControlNet and the UNet in every step, the mask ControlNet recomputed by the frozen copy without a
+graph, regularisation on the whole batch) and `.backward()` on its loss. Gradients of every trainable
+parameter are compared after the warm-up calls.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .timing import interleaved
 from .workload import TrainBatch, count_parameters, prepare_networks, train_batch
 
 __all__ = ["VARIANTS", "step_function", "gradients", "grad_diff", "compare_steps", "float64_parity",
-           "speedup_by_regularised_samples", "component_times"]
+           "speedup_by_regularised_samples", "component_times", "deepcopy_seconds"]
 
 PROGRESS = 0.6  # > 1/3: all four terms run
 VARIANTS = ("ours", "naive")
@@ -76,47 +77,55 @@ def grad_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[f
 def compare_steps(
     model: SiameseModel, batch_size: int, device: torch.device, repeats: int, variants: tuple[str, ...] = ("ours", "naive"),
     amp_dtype: torch.dtype = torch.float32, channels_last: bool = True, compile: bool = False, seed: int = 0,
-    regularised: int | None = None, log: Callable[[str], None] = lambda s: None,
+    regularised: int | None = None, gradient_checkpointing: bool = False, time_optimizer: bool = True,
+    log: Callable[[str], None] = lambda s: None,
 ) -> dict:
     """Time the variants interleaved on the same model and batch; compare each one's gradients with the
     naive one's. Returns step times (median, all repeats), speedups and gradient differences."""
-    params = prepare_networks(model, device, channels_last=channels_last, compile=compile, train=True)
+    params = prepare_networks(model, device, channels_last=channels_last, compile=compile,
+                              gradient_checkpointing=gradient_checkpointing, train=True)
     batch = train_batch(model, batch_size, seed, channels_last, regularised)
     steps = {v: step_function(v, model, batch, params, amp_dtype) for v in variants}
 
-    # warm-up call of each variant, which also gives the gradients to compare
-    grads, losses = {}, {}
-    for v, step in steps.items():
+    # warm-up call of each variant, which also gives the gradients to compare: the naive one runs last
+    # and is compared in place, so at most one copy of the gradients is kept (3.5 GB for SD1.5)
+    grads, losses, diffs = {}, {}, {}
+    for v in sorted(steps, key=lambda v: v == "naive"):
         log(f"  warm-up {v}")
-        out = step()
-        grads[v] = gradients(params)
+        out = steps[v]()
         losses[v] = {k: round(float(x.detach()), 6) for k, x in out.items()}
+        if v == "naive":
+            live = {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in params.items()}
+            diffs = {u: grad_diff(g, live) for u, g in grads.items()}
+            grads.clear()
+        elif "naive" in variants:
+            grads[v] = gradients(params)
     log(f"  timing {', '.join(variants)} interleaved, {repeats} repeats")
     timings = interleaved(steps, repeats, device)
 
-    # the optimiser step, the same for both objectives (state allocated by a first call)
-    opt = torch.optim.AdamW(list(params.values()), lr=1e-5)
-    steps["ours"]()
-    opt.step()
-    opt_timings = interleaved({"adamw": opt.step}, max(1, repeats), device)
+    opt_timings = None
+    if time_optimizer:  # the optimiser step, the same for both objectives (state allocated by a first call)
+        opt = torch.optim.AdamW(list(params.values()), lr=1e-5)
+        steps["ours"]()
+        opt.step()
+        opt_timings = interleaved({"adamw": opt.step}, max(1, repeats), device)
+        del opt
 
     result = {
         "batch": batch.describe(), "progress": PROGRESS, "repeats": repeats,
+        "gradient_checkpointing": gradient_checkpointing,
         "unet_parameters": count_parameters(model.unet), "controlnet_parameters": count_parameters(model.controlnet),
         "dhi_parameters": count_parameters(model.controlnet.controlnet_cond_embedding),
         "trainable_parameters": sum(p.numel() for p in params.values()),
         "step_s": {v: round(timings.median(v), 4) for v in variants},
-        "optimizer_step_s": round(opt_timings.median("adamw"), 4),
+        "optimizer_step_s": round(opt_timings.median("adamw"), 4) if opt_timings else None,
         "timings": timings.summary(), "losses": losses,
     }
-    for v in variants:
-        if v != "naive" and "naive" in variants:
-            diff, scale = grad_diff(grads[v], grads["naive"])
-            result[f"{v}_speedup"] = round(timings.ratio("naive", v), 3)
-            result[f"{v}_speedup_cpu_time"] = round(timings.ratio("naive", v, "cpu"), 3)
-            result[f"{v}_max_grad_diff"] = diff
-            result["max_grad_abs"] = scale
-    del opt
+    for v, (diff, scale) in diffs.items():
+        result[f"{v}_speedup"] = round(timings.ratio("naive", v), 3)
+        result[f"{v}_speedup_cpu_time"] = round(timings.ratio("naive", v, "cpu"), 3)
+        result[f"{v}_max_grad_diff"] = diff
+        result["max_grad_abs"] = scale
     return result
 
 
@@ -124,7 +133,7 @@ def speedup_by_regularised_samples(model: SiameseModel, batch_size: int, device:
                                    counts: tuple[int, ...] = (0, 1, 2), log: Callable[[str], None] = lambda s: None,
                                    ) -> dict:
     """Speedup of ours over naive when k samples of the batch have t <= 200 (the naive objective runs
-    the regularisation pass on the whole batch whatever k is; ours on the k samples)."""
+    the regularisation pass on the whole batch as soon as k >= 1; ours on the k samples)."""
     out = {}
     for k in counts:
         log(f"  {k} samples with t <= 200")
@@ -132,6 +141,20 @@ def speedup_by_regularised_samples(model: SiameseModel, batch_size: int, device:
         out[str(k)] = {"step_s": r["step_s"], "speedup": r["ours_speedup"],
                        "speedup_cpu_time": r["ours_speedup_cpu_time"], "max_grad_diff": r["ours_max_grad_diff"]}
     return out
+
+
+def deepcopy_seconds(model: SiameseModel, repeats: int = 3) -> list[float]:
+    """Wall time of the naive objective's copies (frozen ControlNet copy + UNet copy), each repeat."""
+    import copy
+    import time
+
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        copies = copy.deepcopy(model.controlnet).requires_grad_(False), copy.deepcopy(model.unet)
+        times.append(round(time.perf_counter() - t0, 3))
+        del copies
+    return times
 
 
 def float64_parity(model: SiameseModel, batch_size: int = 4, seed: int = 0) -> dict:
@@ -152,8 +175,9 @@ def component_times(model: SiameseModel, batch_size: int, device: torch.device, 
                     channels_last: bool = True, seed: int = 0) -> dict:
     """Where our step's time goes: each part of `siamese_losses` timed alone (forward + the backward it
     needs), on the same batch. The parts add up to about one step; the naive objective runs the DHI and
-    the ControlNet on 4B samples (ours: the DHI on 2B, the ControlNet on 2B + k), the UNet encoder 3B (ours: B + k)
-    and the decoder 3B with weight gradients (ours: B with, B without, k with)."""
+    the ControlNet on 3B samples with a graph and B without (ours: the DHI on 2B, the ControlNet on 2B + k),
+    the UNet encoder 3B (ours: B + k) and the decoder 3B with weight gradients (ours: B with, B without,
+    k with)."""
     from torch.func import functional_call
 
     from siamese.networks import UNetDecoder, controlnet_residuals, unet_decode, unet_encode

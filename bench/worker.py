@@ -3,17 +3,19 @@
 The CPU allocator of torch is not instrumented and tracemalloc does not see it, so each variant runs in
 its own process: build the model and batch, run one warm-up step, reset the kernel's resident-memory
 high-water mark (`/proc/self/clear_refs`), run one step, and report the high-water mark above the
-resident memory before that step. Large tensors are returned to the OS as soon as they are freed
-(glibc's mmap threshold fixed at 128 KiB for the worker), so the figure is the step's real peak: its
-activations, its graphs and the gradients it writes. Where clear_refs is not available, the growth of
-ru_maxrss over the step is used. On CUDA: `torch.cuda.max_memory_allocated` above the memory allocated
-before the step, and the absolute peak.
+resident memory before that step (garbage collected first: the naive objective's deep copies of the
+previous step would otherwise still be resident and hide the new ones). Large tensors are returned to
+the OS as soon as they are freed (glibc's mmap threshold fixed at 128 KiB for the worker), so the
+figure is the step's real peak: its activations, its graphs and the gradients it writes. Where
+clear_refs is not available, the growth of ru_maxrss over the step is used. On CUDA:
+`torch.cuda.max_memory_allocated` above the memory allocated before the step, and the absolute peak.
 
     python -m bench.worker '{"variant": "ours", "preset": "tiny", "batch": 8}'   # prints one JSON line
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -119,6 +121,7 @@ def run(spec: dict) -> dict:
     full_step()  # warm-up: lazy initialisation, oneDNN primitives, optimiser state
     for p in params.values():
         p.grad = None
+    gc.collect()  # the naive objective's deep copies are cyclic garbage: gone before the step, not counted in it
     out: dict = {"spec": s, "resolution": model.config.resolution}
     t0 = time.perf_counter()
     if device.type == "cuda":

@@ -2,8 +2,9 @@
 
 Every benchmark builds its model and inputs here, so ours and the baseline always see the same weights,
 the same batch and the same memory format. Nothing is downloaded: the presets are built from config
-(`siamese.model.build_tiny`), the bundled model is used when it exists, and Stable Diffusion 1.5 only
-when a folder or hub id is named on the command line.
+(`siamese.model.build_tiny`, or Stable Diffusion 1.5's UNet config with random weights), the bundled
+model is used when it exists, and Stable Diffusion 1.5's weights only when a folder or hub id is named
+on the command line.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from siamese.model import SiameseModel, build_tiny, load_model
+from siamese.codec import PatchCodec, PatchCodecConfig
+from siamese.model import (
+    DHI_WIDTHS, SCHEDULE, SiameseConfig, SiameseModel, build_tiny, load_model, tiny_tokenizer,
+)
 from siamese.train import trainable_parameters
 
 __all__ = [
-    "Preset", "PRESETS", "build_preset", "default_model", "activate_controlnet", "prepare_networks",
-    "TrainBatch", "train_batch", "mask_hints", "reg_timesteps", "count_parameters", "parse_dtype",
+    "Preset", "PRESETS", "build_preset", "build_sd15_architecture", "default_model", "activate_controlnet",
+    "prepare_networks", "TrainBatch", "train_batch", "mask_hints", "reg_timesteps", "count_parameters", "parse_dtype",
 ]
 
 PROMPT = "a colonoscopy image with a polyp"
@@ -29,13 +33,15 @@ REG_FRACTION = 0.2  # P(t <= 200) for t ~ U{0..999}: the share of samples the re
 
 @dataclass(frozen=True)
 class Preset:
-    """A model size for the benchmarks: UNet widths, DHI widths and the hint resolution."""
+    """A model size for the benchmarks: UNet widths, DHI widths and the hint resolution; `architecture`
+    "sd15" takes Stable Diffusion 1.5's UNet instead of the tiny one (the widths are then unused)."""
 
     name: str
     block_out_channels: tuple[int, ...] = (48, 96, 192)
     dhi_widths: tuple[int, ...] | None = None  # None: the preset's own (build_tiny's)
     norm_num_groups: int = 16
     resolution: int = 256
+    architecture: str = "tiny"
 
     def describe(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -46,6 +52,8 @@ PRESETS = {
     "tiny": Preset("tiny"),
     # the issue's orientation figure: a 16M-parameter UNet, with the DHI widths of METHOD.md
     "mid": Preset("mid", (64, 128, 256), dhi_widths=(16, 32, 64, 128, 256)),
+    # Stable Diffusion 1.5's UNet (860 M) and its DHI ControlNet, random weights: the reference architecture
+    "sd15": Preset("sd15", dhi_widths=DHI_WIDTHS, architecture="sd15"),
     # for the test suite and --smoke: seconds, not minutes; figures meaningless
     "smoke": Preset("smoke", (16, 32, 32), norm_num_groups=8, resolution=64),
 }
@@ -63,10 +71,38 @@ def count_parameters(module: torch.nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
+def build_sd15_architecture(resolution: int = 256, seed: int = 0) -> SiameseModel:
+    """Stable Diffusion 1.5's UNet (its published config, `bench.estimate.SD15_UNET`) with random weights,
+    for timing on any machine without downloading: a 4-channel linear patch codec stands in for the VAE
+    and a one-layer 768-wide text encoder for CLIP ViT-L/14 (both outside the timed training step)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .estimate import SD15_UNET
+
+    tokenizer = tiny_tokenizer()
+    codec = PatchCodec(PatchCodecConfig(channels=SD15_UNET["in_channels"]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**{**SD15_UNET, "sample_size": resolution // codec.downscale})
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=SD15_UNET["cross_attention_dim"], intermediate_size=128,
+            num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ))
+    config = SiameseConfig(resolution=resolution, codec=codec.to_dict(), dhi_widths=DHI_WIDTHS,
+                           name="bench-sd15-architecture")
+    return SiameseModel(config, unet, codec, text_encoder.eval(), tokenizer, SCHEDULE, source="sd15 architecture")
+
+
 def build_preset(preset: Preset, resolution: int | None = None, seed: int = 0) -> SiameseModel:
     """The preset's model with its DHI ControlNet, float32 on the CPU, every path active."""
-    model = build_tiny(resolution or preset.resolution, seed=seed, name=f"bench-{preset.name}",
-                       block_out_channels=preset.block_out_channels, norm_num_groups=preset.norm_num_groups)
+    if preset.architecture == "sd15":
+        model = build_sd15_architecture(resolution or preset.resolution, seed)
+    else:
+        model = build_tiny(resolution or preset.resolution, seed=seed, name=f"bench-{preset.name}",
+                           block_out_channels=preset.block_out_channels, norm_num_groups=preset.norm_num_groups)
     if preset.dhi_widths is not None:
         model.config.dhi_widths = tuple(preset.dhi_widths)
     model.add_controlnet(seed)

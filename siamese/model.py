@@ -29,7 +29,7 @@ from .networks import DHIControlNetModel, _check_supported
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SiameseConfig", "SiameseModel", "build_tiny", "load_model", "ModelLoadError", "SCHEDULE"]
+__all__ = ["SiameseConfig", "SiameseModel", "build_tiny", "load_model", "ModelLoadError", "SCHEDULE", "tiny_tokenizer"]
 
 CONFIG_NAME = "siamese_config.json"
 
@@ -193,7 +193,7 @@ class SiameseModel:
         return folder
 
 
-def _tiny_tokenizer(max_length: int = 77) -> CLIPTokenizer:
+def tiny_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     """A character-level CLIP tokenizer (printable ASCII, no merges): made here, nothing downloaded."""
     chars = [chr(i) for i in range(33, 127)]
     vocab = {c: i for i, c in enumerate(chars)}
@@ -221,7 +221,7 @@ def build_tiny(
     if resolution % 64:
         raise ValueError(f"resolution must be a multiple of 64 for the tiny preset, got {resolution}")
     codec = codec if codec is not None else PatchCodec(PatchCodecConfig())
-    tokenizer = _tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(

@@ -16,7 +16,7 @@ import torch
 from bench.estimate import sd15_training_memory
 from bench.sampling import compare_samplers
 from bench.training import compare_steps, float64_parity
-from bench.workload import PRESETS, build_preset, reg_timesteps
+from bench.workload import PRESETS, build_preset, build_sd15_architecture, reg_timesteps
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -72,6 +72,19 @@ def test_sd15_memory_estimate_from_parameter_counts():
     assert est["parameters"]["unet"] == 859_520_964  # Stable Diffusion 1.5's UNet
     assert est["parameters"]["trainable"] == est["parameters"]["controlnet"] + est["parameters"]["unet_decoder"]
     assert 8 < est["total_gib"]["adamw_8bit"] < est["total_gib"]["adamw_fp32"] < 40
+
+
+def test_sd15_architecture_preset_is_stable_diffusion_15():
+    """The sd15arch section times SD1.5's own UNet (random weights, nothing downloaded): built on the meta
+    device here, so the check costs no memory."""
+    from accelerate import init_empty_weights
+
+    preset = PRESETS["sd15"]
+    with init_empty_weights():
+        model = build_sd15_architecture(preset.resolution)
+    assert preset.architecture == "sd15" and preset.dhi_widths == (16, 32, 64, 128, 256)
+    assert sum(p.numel() for p in model.unet.parameters()) == 859_520_964
+    assert model.latent_size == 32 and model.encode_prompt(["a polyp"]).shape == (1, 77, 768)
 
 
 def test_cli_json(tmp_path):
