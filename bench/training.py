@@ -12,6 +12,8 @@ parameter are compared after the warm-up calls.
 from __future__ import annotations
 
 import contextlib
+import copy
+import time
 from collections.abc import Callable
 
 import torch
@@ -145,9 +147,6 @@ def speedup_by_regularised_samples(model: SiameseModel, batch_size: int, device:
 
 def deepcopy_seconds(model: SiameseModel, repeats: int = 3) -> list[float]:
     """Wall time of the naive objective's copies (frozen ControlNet copy + UNet copy), each repeat."""
-    import copy
-    import time
-
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -24,7 +24,8 @@ from siamese.train import trainable_parameters
 
 __all__ = [
     "Preset", "PRESETS", "build_preset", "build_sd15_architecture", "default_model", "activate_controlnet",
-    "prepare_networks", "TrainBatch", "train_batch", "mask_hints", "reg_timesteps", "count_parameters", "parse_dtype",
+    "prepare_networks", "TrainBatch", "train_batch", "mask_hints", "reg_timesteps", "count_parameters",
+    "parse_dtype",
 ]
 
 PROMPT = "a colonoscopy image with a polyp"
