@@ -18,7 +18,7 @@ from torch import Tensor
 
 from siamese.codec import PatchCodec, PatchCodecConfig
 from siamese.model import (
-    DHI_WIDTHS, SCHEDULE, SiameseConfig, SiameseModel, build_tiny, load_model, tiny_tokenizer,
+    DHI_WIDTHS, SCHEDULE, SiameseConfig, SiameseModel, build_tiny, load_model, tiny_text_encoder, tiny_tokenizer,
 )
 from siamese.train import trainable_parameters
 
@@ -77,7 +77,6 @@ def build_sd15_architecture(resolution: int = 256, seed: int = 0) -> SiameseMode
     for timing on any machine without downloading: a 4-channel linear patch codec stands in for the VAE
     and a one-layer 768-wide text encoder for CLIP ViT-L/14 (both outside the timed training step)."""
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from .estimate import SD15_UNET
 
@@ -86,15 +85,10 @@ def build_sd15_architecture(resolution: int = 256, seed: int = 0) -> SiameseMode
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**{**SD15_UNET, "sample_size": resolution // codec.downscale})
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=SD15_UNET["cross_attention_dim"], intermediate_size=128,
-            num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ))
+        text_encoder = tiny_text_encoder(tokenizer, SD15_UNET["cross_attention_dim"], num_hidden_layers=1)
     config = SiameseConfig(resolution=resolution, codec=codec.to_dict(), dhi_widths=DHI_WIDTHS,
                            name="bench-sd15-architecture")
-    return SiameseModel(config, unet, codec, text_encoder.eval(), tokenizer, SCHEDULE, source="sd15 architecture")
+    return SiameseModel(config, unet, codec, text_encoder, tokenizer, SCHEDULE, source="sd15 architecture")
 
 
 def build_preset(preset: Preset, resolution: int | None = None, seed: int = 0) -> SiameseModel:

@@ -29,7 +29,8 @@ from .networks import DHIControlNetModel, _check_supported
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SiameseConfig", "SiameseModel", "build_tiny", "load_model", "ModelLoadError", "SCHEDULE", "tiny_tokenizer"]
+__all__ = ["SiameseConfig", "SiameseModel", "build_tiny", "load_model", "ModelLoadError", "SCHEDULE", "tiny_tokenizer",
+           "tiny_text_encoder"]
 
 CONFIG_NAME = "siamese_config.json"
 
@@ -203,6 +204,16 @@ def tiny_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
 
 
+def tiny_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int = 64, num_hidden_layers: int = 2) -> CLIPTextModel:
+    """A small CLIP text encoder for `tokenizer`, random weights from the global RNG, in eval mode:
+    (B, 77) token ids -> (B, 77, hidden_size) prompt embeddings."""
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=128,
+        num_hidden_layers=num_hidden_layers, num_attention_heads=2, max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )).eval()
+
+
 def build_tiny(
     resolution: int = 256,
     prompt: str = "",
@@ -236,15 +247,10 @@ def build_tiny(
             attention_head_dim=4,
             norm_num_groups=norm_num_groups,
         )
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ))
+        text_encoder = tiny_text_encoder(tokenizer)
     config = SiameseConfig(resolution=resolution, prompt=prompt, codec=codec.to_dict(),
                            dhi_widths=(4, 8, 16, 32, 64), name=name)
-    return SiameseModel(config, unet, codec, text_encoder.eval(), tokenizer, SCHEDULE, source="tiny")
+    return SiameseModel(config, unet, codec, text_encoder, tokenizer, SCHEDULE, source="tiny")
 
 
 def _resolve(path_or_id: str | Path, cache_dir: str | Path | None = None) -> Path:
