@@ -21,6 +21,7 @@ def _train(args: argparse.Namespace) -> None:
     config = TrainConfig(
         data=args.data, output=args.output, model=args.model, objective=args.objective, base_steps=args.base_steps,
         resolution=args.resolution, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
+        zero_lr_scale=args.zero_lr_scale,
         warmup_steps=args.warmup_steps, ema_decay=args.ema_decay, gradient_accumulation=args.gradient_accumulation,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         unlock_decoder=not args.lock_decoder, use_8bit_adam=args.use_8bit_adam,
@@ -80,6 +81,24 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"wrote {total} pairs to {out} (images/, masks/, metadata.jsonl)")
 
 
+def _train_decoder(args: argparse.Namespace) -> None:
+    from .decoder import DecoderTrainConfig, add_decoder
+
+    config = DecoderTrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
+                                latent_noise=args.latent_noise, width=args.width, seed=args.seed)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.steps, desc="decoder", dynamic_ncols=True)
+
+    def progress(event: dict) -> None:
+        bar.update(event["step"] - bar.n)
+        bar.set_postfix(loss=f"{event['loss']:.4f}")
+
+    out = add_decoder(args.model, args.data, config, output=args.output, holdout=args.holdout, callback=progress)
+    bar.close()
+    print(f"learned decoder saved in {out}/codec/decoder")
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluate import EvalConfig, evaluate, format_report
 
@@ -114,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--max-steps", type=int, default=1000)
     t.add_argument("--lr", type=float, default=1e-5)
+    t.add_argument("--zero-lr-scale", type=float, default=1.0,
+                   help="lr multiplier of the ControlNet's zero-initialised layers (zero convolutions, the DHI's "
+                        "output conv), so that the mask acts after hundreds rather than thousands of steps")
     t.add_argument("--warmup-steps", type=int, default=0)
     t.add_argument("--ema-decay", type=float, default=0.0,
                    help="keep an exponential moving average of the weights (e.g. 0.999) and save it; 0: off")
@@ -149,6 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.set_defaults(func=_sample)
+
+    d = sub.add_parser("train-decoder", help="train a learned decoder for a tiny model's patch codec (sharper, "
+                       "no 8x8 block grid) and add it to the model folder")
+    d.add_argument("--model", required=True, help="model folder with a patch codec (the tiny preset)")
+    d.add_argument("--data", required=True, help="folder of real pairs (its images are used)")
+    d.add_argument("--output", default=None, help="write the model with its decoder here (default: in place)")
+    d.add_argument("--steps", type=int, default=4000)
+    d.add_argument("--batch-size", type=int, default=8)
+    d.add_argument("--crop", type=int, default=96, help="training crop size in pixels (a multiple of the patch size)")
+    d.add_argument("--lr", type=float, default=1e-3)
+    d.add_argument("--latent-noise", type=float, default=0.3,
+                   help="latents get Gaussian noise of a random std up to this, so generated latents decode cleanly")
+    d.add_argument("--width", type=int, default=48, help="channels of every decoder level")
+    d.add_argument("--holdout", type=float, default=0.2,
+                   help="fraction of pairs left out (the split `evaluate` tests on, seed 0); measured on them")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_train_decoder)
 
     e = sub.add_parser("evaluate", help="score a model on held-out real pairs (fidelity, benefit, realism, "
                        "diversity, mask use)")

@@ -25,6 +25,8 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .decoder import PatchDecoder
+
 __all__ = ["PatchCodecConfig", "PatchCodec", "VAECodec", "Codec"]
 
 
@@ -34,6 +36,7 @@ class PatchCodecConfig:
 
     patch_size: int = 8
     channels: int = 16
+    learned_decoder: bool = False  # decode with a PatchDecoder (codec/decoder/) instead of the linear inverse
 
 
 class PatchCodec(nn.Module):
@@ -42,11 +45,16 @@ class PatchCodec(nn.Module):
     latent = (basis @ (patch - mean)) / scale;  patch = basis.T @ (latent * scale) + mean, with one
     scale per channel (the standard deviation of its component). Unfitted: the first `channels` unit
     vectors, scale 0.5.
+
+    With `decoder` (a `decoder.PatchDecoder`, trained on these latents) `decode` runs it instead of the
+    linear inverse: non-linear, and its receptive field spans the patch borders, so latent errors do not
+    become 8x8 block patterns. `config.learned_decoder` records that the codec has one.
     """
 
     WEIGHTS = "codec.safetensors"
+    BUFFERS = ("mean", "basis", "scale")
 
-    def __init__(self, config: PatchCodecConfig) -> None:
+    def __init__(self, config: PatchCodecConfig, decoder: PatchDecoder | None = None) -> None:
         super().__init__()
         self.config = config
         d = 3 * config.patch_size**2
@@ -55,6 +63,9 @@ class PatchCodec(nn.Module):
         self.register_buffer("mean", torch.zeros(d))
         self.register_buffer("basis", torch.eye(d)[: config.channels].contiguous())
         self.register_buffer("scale", torch.full((config.channels,), 0.5))
+        self.decoder = None
+        if decoder is not None:
+            self.set_decoder(decoder)
 
     @property
     def latent_channels(self) -> int:
@@ -73,7 +84,23 @@ class PatchCodec(nn.Module):
         x = x - self.mean.view(1, -1, 1, 1)
         return torch.einsum("kd,bdhw->bkhw", self.basis, x) / self.scale.view(1, -1, 1, 1)
 
+    def set_decoder(self, decoder: PatchDecoder | None) -> None:
+        """Use `decoder` for decoding from now on (None: back to the linear inverse)."""
+        if decoder is not None and (decoder.config.latent_channels != self.config.channels
+                                    or decoder.upscale != self.config.patch_size):
+            raise ValueError(f"decoder for {decoder.config.latent_channels} channels x{decoder.upscale} does not fit "
+                             f"a codec of {self.config.channels} channels and {self.config.patch_size}-pixel patches")
+        self.decoder = decoder.requires_grad_(False) if decoder is not None else None
+        self.config.learned_decoder = decoder is not None
+
     def decode(self, latents: Tensor) -> Tensor:
+        """(B, C, h, w) latents -> (B, 3, h*p, w*p) images in [-1, 1] (not clamped)."""
+        if self.decoder is not None:
+            return self.decoder(latents.to(self.decoder.dtype))
+        return self.decode_linear(latents)
+
+    def decode_linear(self, latents: Tensor) -> Tensor:
+        """The exact linear inverse of `encode` on the kept components."""
         x = torch.einsum("kd,bkhw->bdhw", self.basis, latents.to(self.dtype) * self.scale.view(1, -1, 1, 1))
         return F.pixel_shuffle(x + self.mean.view(1, -1, 1, 1), self.config.patch_size)
 
@@ -98,17 +125,32 @@ class PatchCodec(nn.Module):
         return {"type": "patch", **asdict(self.config)}
 
     def save(self, folder: Path, dtype: torch.dtype | None = None) -> None:
-        """codec/codec.safetensors, always float32 (it is tiny and precision matters)."""
+        """codec/codec.safetensors, always float32 (it is tiny and precision matters); the learned decoder,
+        if any, in codec/decoder/ (config.json + safetensors, in `dtype`)."""
         (folder / "codec").mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()},
+        save_file({k: getattr(self, k).detach().float().cpu().contiguous() for k in self.BUFFERS},
                   folder / "codec" / self.WEIGHTS)
+        if self.decoder is not None:
+            _save_module(self.decoder, folder / "codec" / "decoder", dtype)
 
     @classmethod
     def load(cls, folder: Path, config: PatchCodecConfig) -> PatchCodec:
+        """Read codec/ of a model folder; a missing or damaged file is an error naming it."""
         codec = cls(config)
         path = folder / "codec" / cls.WEIGHTS
-        if path.is_file():
-            codec.load_state_dict(load_file(path))
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the patch codec's statistics (mean, basis, scale) are needed "
+                                    "to encode and decode images")
+        try:
+            weights = load_file(path)
+            codec.load_state_dict({k: weights[k] for k in cls.BUFFERS})
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise ValueError(f"{path} could not be read ({e}); expected float32 tensors {', '.join(cls.BUFFERS)}") from None
+        if config.learned_decoder:
+            decoder_dir = folder / "codec" / "decoder"
+            if not (decoder_dir / "config.json").is_file():
+                raise FileNotFoundError(f"{decoder_dir} is missing: siamese_config.json says the codec has a learned decoder")
+            codec.set_decoder(PatchDecoder.from_pretrained(decoder_dir, use_safetensors=True))
         return codec
 
 

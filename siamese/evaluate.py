@@ -12,7 +12,13 @@ The measuring instrument is a small segmentation network (a MONAI UNet) trained 
 4. diversity: mean pairwise pixel L1, 1 - SSIM and feature distance between images from the same mask,
    next to the same distances between different real images;
 5. mask use, by the generator alone: its noise-prediction error on the held-out pairs with their own
-   mask vs another pair's mask (0% gain: the mask is ignored).
+   mask vs another pair's mask (0% gain: the mask is ignored);
+6. pixels, at the model resolution: the block-edge ratio (`quality.block_edge_ratio`) of the generated
+   images, of the real held-out images (the reference, about 1) and of the codec's reconstructions of
+   them, and the codec's reconstruction PSNR.
+
+This module holds the settings, the generation and the orchestration; the segmentation network is in
+`segnet`, the image statistics in `image_metrics`, the report output in `eval_report` (all re-exported here).
 
     report = evaluate(EvalConfig(data="../shared/data/kvasir-seg"))
     print(format_report(report))
@@ -20,22 +26,15 @@ The measuring instrument is a small segmentation network (a MONAI UNet) trained 
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
-from monai.metrics import DiceMetric, MeanIoU, SSIMMetric
-from monai.networks.layers import Norm
-from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import UNet
 from torch import nn
 from tqdm.auto import tqdm
@@ -43,18 +42,22 @@ from tqdm.auto import tqdm
 from . import default_model
 from .data import (DataError, Pair, augment_mask, find_pairs, mask_to_hint, read_image, read_mask, resize_pair,
                    split_pairs)
-from .export import atomic_write
+from .eval_report import format_report, write_output
+from .image_metrics import (STATISTICS, flat_paintings, image_statistics, kid, pairwise_distances,
+                            standardiser)
 from .model import SiameseModel, load_model
 from .networks import controlnet_residuals, unet_decode, unet_encode
 from .objective import q_sample
+from .quality import block_edge_ratio, psnr
 from .sampling import MAX_SEED, Generated, SamplingParams, generate
+from .segnet import build_segnet, dice_iou, predict_masks, segnet_features, train_segnet
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "EvalConfig", "evaluate", "format_report", "generator_data_note", "split_pairs", "build_segnet", "train_segnet", "predict_masks",
     "dice_iou", "segnet_features", "image_statistics", "kid", "flat_paintings", "pairwise_distances",
-    "STATISTICS", "mask_use",
+    "STATISTICS", "mask_use", "codec_reconstructions", "pixel_quality",
 ]
 
 # Seed offsets, so that the images of each part never share a seed.
@@ -174,212 +177,39 @@ def mask_use(model: SiameseModel, images: np.ndarray, masks: np.ndarray, prompt:
             "pairs": int(len(images))}
 
 
-# -- segmentation network ----------------------------------------------------------------------------
-def build_segnet(channels: Sequence[int] = (8, 16, 32, 64, 128), seed: int = 0) -> UNet:
-    """A small MONAI UNet (3 -> 1 channels, stride 2 per level, one residual unit, batch norm), seeded.
-
-    Batch norm rather than MONAI's default instance norm: instance norm removes each image's feature
-    statistics, which the realism features (`segnet_features`) need.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return UNet(spatial_dims=2, in_channels=3, out_channels=1, channels=tuple(channels),
-                    strides=(2,) * (len(channels) - 1), num_res_units=1, norm=Norm.BATCH)
-
-
-def _to_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, R, R, 3) -> float (B, 3, R, R) in [-1, 1]."""
-    return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def _seg_lr(step: int, steps: int, lr: float, warmup: int = 20) -> float:
-    """Linear warmup, then cosine decay to 0."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-
-def train_segnet(
-    images: np.ndarray,
-    masks: np.ndarray,
-    steps: int,
-    seed: int,
-    batch_size: int = 16,
-    lr: float = 2e-3,
-    channels: Sequence[int] = (8, 16, 32, 64, 128),
-    progress_bar: bool = False,
-    desc: str = "segmentation",
-) -> UNet:
-    """Train a segmentation network on (N, R, R, 3) uint8 images and (N, R, R) {0, 1} masks.
-
-    Adam, Dice + BCE loss, random horizontal and vertical flips; batches and flips come from a generator
-    seeded with `seed`, which also seeds the weights. Returns the network in eval mode.
-    """
-    net = build_segnet(channels, seed)
-    gen = torch.Generator().manual_seed(seed)
-    x_all = torch.from_numpy(np.ascontiguousarray(images))
-    y_all = torch.from_numpy(np.ascontiguousarray(masks))[:, None]
-    loss_fn = DiceCELoss(sigmoid=True)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    net.train()
-    for step in tqdm(range(steps), desc=desc, disable=not progress_bar, leave=False):
-        # 1. learning rate
-        for group in opt.param_groups:
-            group["lr"] = _seg_lr(step, steps, lr)
-        # 2. batch with the same random flips for image and mask
-        idx = torch.randint(len(x_all), (batch_size,), generator=gen)
-        x, y = _to_input(x_all[idx]), y_all[idx].float()
-        for dim in (2, 3):
-            flip = torch.rand(batch_size, generator=gen) < 0.5
-            x[flip], y[flip] = x[flip].flip(dim), y[flip].flip(dim)
-        # 3. forward, backward, step
-        loss = loss_fn(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return net.eval()
+# -- pixels ---------------------------------------------------------------------------------------
+PIXEL_BLOCK = 8  # the codec's 8x8 patch grid, at the model resolution
 
 
 @torch.no_grad()
-def predict_masks(net: nn.Module, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """(N, R, R, 3) uint8 -> predicted masks (N, R, R) uint8 in {0, 1} (sigmoid > 0.5)."""
-    net.eval()
-    out = [net(_to_input(torch.from_numpy(images[i:i + batch_size]))) > 0 for i in range(0, len(images), batch_size)]
-    return torch.cat(out)[:, 0].numpy().astype(np.uint8)
-
-
-def dice_iou(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image Dice and IoU of (N, R, R) {0, 1} masks (MONAI metrics); two empty masks score 1."""
-    p = torch.from_numpy(np.asarray(pred, np.float32))[:, None]
-    t = torch.from_numpy(np.asarray(target, np.float32))[:, None]
-    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(p, t)
-    iou = MeanIoU(include_background=True, reduction="none", ignore_empty=False)(p, t)
-    return dice[:, 0].numpy().astype(np.float64), iou[:, 0].numpy().astype(np.float64)
-
-
-# -- realism and diversity features ---------------------------------------------------------------
-def _encoder_modules(net: UNet) -> list[nn.Module]:
-    """The down path of a MONAI UNet: one module per level, the bottom (bottleneck) last."""
-    mods, block = [], net.model
-    while isinstance(block, nn.Sequential) and len(block) == 3 and isinstance(block[1], SkipConnection):
-        mods.append(block[0])
-        block = block[1].submodule
-    mods.append(block)
-    return mods
-
-
-@torch.no_grad()
-def segnet_features(net: UNet, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """(N, R, R, 3) uint8 -> (N, D) float64: mean and std over positions of every encoder level's output."""
-    net.eval()
-    captured: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: captured.append(out)) for m in _encoder_modules(net)]
-    rows = []
-    try:
-        for i in range(0, len(images), batch_size):
-            captured.clear()
-            net(_to_input(torch.from_numpy(images[i:i + batch_size])))
-            rows.append(torch.cat([torch.cat([f.mean((2, 3)), f.std((2, 3))], 1) for f in captured], 1))
-    finally:
-        for h in hooks:
-            h.remove()
-    return torch.cat(rows).double().numpy()
-
-
-STATISTICS = ("red", "green", "blue", "red_std", "green_std", "blue_std", "saturation", "saturation_std",
-              "brightness", "brightness_std", "edge_energy", "fine_detail", "highlights", "dark")
-
-
-def image_statistics(images: np.ndarray) -> np.ndarray:
-    """(N, R, R, 3) uint8 RGB -> (N, len(STATISTICS)) colour and texture statistics.
-
-    Channel means and stds; HSV saturation and value (brightness) means and stds; edge energy (mean Sobel
-    gradient magnitude of the gray image); fine detail (mean |gray - Gaussian blur, sigma 1|, mucosa
-    texture and vessels); highlights (share of bright unsaturated pixels: V > 0.9, S < 0.25, specular
-    reflections); dark (share of pixels with V < 0.08, the black frame of endoscopy images).
-    """
-    out = np.empty((len(images), len(STATISTICS)), np.float64)
-    for i, img in enumerate(images):
-        rgb = img.astype(np.float32) / 255.0
-        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(np.float32)
-        s, v = hsv[..., 1] / 255.0, hsv[..., 2] / 255.0
-        gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-        gx, gy = cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1)
-        fine = np.abs(gray - cv2.GaussianBlur(gray, (0, 0), 1.0))
-        out[i] = [*rgb.mean((0, 1)), *rgb.std((0, 1)), s.mean(), s.std(), v.mean(), v.std(),
-                  np.sqrt(gx**2 + gy**2).mean(), fine.mean(), ((v > 0.9) & (s < 0.25)).mean(), (v < 0.08).mean()]
+def codec_reconstructions(model: SiameseModel, images: np.ndarray, seed: int = 0, batch_size: int = 16) -> np.ndarray:
+    """Images (N, R, R, 3) uint8 at the model resolution -> the codec's reconstructions, same shape and dtype:
+    encode, decode, clamp to [-1, 1]. A VAE codec samples its latents from a generator seeded with `seed`."""
+    device, dtype = model.device, model.dtype
+    gen = torch.Generator("cpu").manual_seed(seed)
+    out = np.empty_like(images)
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).to(device, dtype) / 127.5 - 1
+        y = model.codec.decode(model.codec.encode(x, gen)).float().clamp(-1, 1)
+        out[start:start + len(x)] = ((y + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return out
 
 
-def kid(x: np.ndarray, y: np.ndarray, subsets: int = 100, subset_size: int = 50, seed: int = 0) -> tuple[float, float]:
-    """Kernel Inception Distance (Binkowski et al., 2018) between feature sets x (N, D) and y (M, D).
-
-    Unbiased MMD^2 with the kernel k(a, b) = (a.b / D + 1)^3, on `subsets` random subsets of
-    min(subset_size, N, M) rows of each set. Returns (mean, std) over subsets; about 0 for samples of one
-    distribution (slightly negative for a set against itself, whose subsets share samples), larger the
-    further apart the distributions are.
-    """
-    X, Y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
-    if X.ndim != 2 or Y.ndim != 2 or X.shape[1] != Y.shape[1]:
-        raise ValueError(f"kid needs two (N, D) feature arrays of the same D, got {tuple(X.shape)} and "
-                         f"{tuple(Y.shape)}")
-    m = min(subset_size, len(X), len(Y))
-    if m < 2:
-        raise ValueError(f"kid needs at least 2 samples in each set, got {len(X)} and {len(Y)}")
-    d = X.shape[1]
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(subsets):
-        a = X[torch.from_numpy(rng.choice(len(X), m, replace=False))]
-        b = Y[torch.from_numpy(rng.choice(len(Y), m, replace=False))]
-        k_aa, k_bb, k_ab = (a @ a.T / d + 1) ** 3, (b @ b.T / d + 1) ** 3, (a @ b.T / d + 1) ** 3
-        mmd = ((k_aa.sum() - k_aa.diagonal().sum()) / (m * (m - 1))
-               + (k_bb.sum() - k_bb.diagonal().sum()) / (m * (m - 1)) - 2 * k_ab.mean())
-        values.append(mmd.item())
-    return float(np.mean(values)), float(np.std(values))
-
-
-def flat_paintings(masks: np.ndarray, train_images: np.ndarray, train_masks: np.ndarray) -> np.ndarray:
-    """Control images: each mask painted in the mean polyp and mean background colour of the train
-    images, edges softened (Gaussian, sigma R/64). (N, R, R) {0, 1} -> (N, R, R, 3) uint8."""
-    fg = train_masks.astype(bool)
-    polyp = train_images[fg].mean(0) if fg.any() else np.full(3, 200.0)
-    background = train_images[~fg].mean(0) if (~fg).any() else np.full(3, 100.0)
-    sigma = masks.shape[-1] / 64
-    out = np.empty((*masks.shape, 3), np.uint8)
-    for i, mask in enumerate(masks):
-        painted = np.where(mask[..., None].astype(bool), polyp, background).astype(np.float32)
-        out[i] = np.clip(cv2.GaussianBlur(painted, (0, 0), sigma).round(), 0, 255).astype(np.uint8)
-    return out
-
-
-def pairwise_distances(images: np.ndarray, features: np.ndarray) -> dict[str, float]:
-    """Mean over all pairs of K images (K, R, R, 3) uint8 with their (K, D) standardised features:
-    pixel L1 (in [0, 1] units), 1 - SSIM (MONAI, window 11) and feature distance (RMS over dimensions)."""
-    pairs = list(itertools.combinations(range(len(images)), 2))
-    if not pairs:
-        raise ValueError("pairwise distances need at least 2 images")
-    a_idx, b_idx = [p[0] for p in pairs], [p[1] for p in pairs]
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).double() / 255.0
-    l1 = (x[a_idx] - x[b_idx]).abs().mean((1, 2, 3))
-    ssim = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")(x[a_idx], x[b_idx]).flatten()
-    f = torch.from_numpy(features)
-    feat = (f[a_idx] - f[b_idx]).pow(2).mean(1).sqrt()
-    return {"pixel_l1": float(l1.mean()), "one_minus_ssim": float(1 - ssim.mean()),
-            "feature_distance": float(feat.mean())}
+def pixel_quality(model: SiameseModel, real: np.ndarray, generated: np.ndarray, seed: int = 0,
+                  batch_size: int = 16) -> dict:
+    """Block-edge ratio of generated and real images (N, R, R, 3) uint8 at the model resolution, and of the
+    codec's reconstructions of the real ones; the codec's reconstruction PSNR in dB."""
+    reconstructed = codec_reconstructions(model, real, seed, batch_size)
+    ratio = {name: block_edge_ratio(images, PIXEL_BLOCK)
+             for name, images in (("generated", generated), ("real", real), ("reconstructed", reconstructed))}
+    return {"block_edge_ratio": ratio, "codec_psnr_db": psnr(real, reconstructed), "block": PIXEL_BLOCK,
+            "resolution": int(real.shape[1]), "real_images": len(real), "generated_images": len(generated)}
 
 
 # -- the evaluation ------------------------------------------------------------------------------
 def _mean_std(values: Sequence[float]) -> dict:
     v = np.asarray(values, np.float64)
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "per_seed": v.tolist()}
-
-
-def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std per column; stds floored at 1% of the median std, so that a column that is
-    (nearly) constant on the reference set cannot dominate a distance."""
-    sd = x.std(0)
-    return x.mean(0), np.maximum(sd, 0.01 * np.median(sd) + 1e-12)
 
 
 def _generator_training(model_path: str | Path) -> dict | None:
@@ -486,7 +316,7 @@ def _realism(features: dict[str, np.ndarray], statistics: dict[str, np.ndarray],
     kid_kw = dict(subsets=config.kid_subsets, subset_size=config.kid_subset_size, seed=config.seed)
     result: dict = {"kid_features": {}, "kid_statistics": {}, "statistics": {}}
     for key, sets in (("kid_features", features), ("kid_statistics", statistics)):
-        mu, sd = _standardiser(sets["train"])
+        mu, sd = standardiser(sets["train"])
         for name in ("train", "generated", "flat_painting"):
             mean, std = kid((sets[name] - mu) / sd, (sets["test"] - mu) / sd, **kid_kw)
             result[key][_LABELS[name]] = {"mean": mean, "std": std}
@@ -502,7 +332,7 @@ def _diversity(net: UNet, groups: list[np.ndarray], reference: np.ndarray, train
                config: EvalConfig) -> dict:
     """Mean pairwise distances within each group of images from one mask, and between different real
     images (the reference); features standardised on the train set."""
-    mu, sd = _standardiser(train_features)
+    mu, sd = standardiser(train_features)
     result: dict = {"masks": len(groups), "images_per_mask": config.diversity_images}
     if groups:
         rows = [pairwise_distances(g, (segnet_features(net, g) - mu) / sd) for g in groups]
@@ -623,7 +453,11 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
     usage = mask_use(model, use_images, use_masks, model.config.prompt, seed=config.seed)
     lap("metrics")
 
-    # 9. downstream benefit
+    # 9. pixels, at the model resolution: the generated images as the model made them, before any resize
+    pixels = pixel_quality(model, use_images, np.stack([generated.fidelity[i].image for i in kept]), seed=config.seed)
+    lap("metrics")
+
+    # 10. downstream benefit
     syn = [_to_seg(item, R) for item in generated.synthetic]
     syn_images = np.stack([s[0] for s in syn]) if syn else train_images[:0]
     syn_masks = np.stack([s[1] for s in syn]) if syn else train_masks[:0]
@@ -635,7 +469,7 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
     lap("segmentation_training")
     timings["total"] = time.perf_counter() - t_start
 
-    # 10. report
+    # 11. report
     notes, gen_data = _notes(config, model_path, len(train_pairs), len(held_pairs), len(test_pairs), generated)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     settings.update(model=str(model_path), seg_channels=list(config.seg_channels),
@@ -656,6 +490,7 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
         "realism": realism,
         "diversity": diversity,
         "mask_use": usage,
+        "pixels": pixels,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "generated_images": generated.images,
         "seconds_per_image": round(generated.seconds / max(1, generated.images), 3),
@@ -663,117 +498,5 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
         "held_out": [p.mask.stem for p in held_pairs],  # the first pairs["test"] are the evaluated ones
     }
     if config.output is not None:
-        _write_output(Path(config.output), report, test_pairs, generated, model.config.resolution)
+        write_output(Path(config.output), report, test_pairs, generated, model.config.resolution)
     return report
-
-
-# -- output ---------------------------------------------------------------------------------------
-def _grid(rows: list[list[np.ndarray]], size: int, gap: int = 4) -> np.ndarray:
-    """Rows of RGB or {0, 255} gray images -> one RGB grid image, each tile size x size."""
-    cols = max(len(r) for r in rows)
-    grid = np.full((len(rows) * (size + gap) - gap, cols * (size + gap) - gap, 3), 255, np.uint8)
-    for r, row in enumerate(rows):
-        for c, tile in enumerate(row):
-            tile = cv2.resize(tile, (size, size), interpolation=cv2.INTER_AREA)
-            if tile.ndim == 2:
-                tile = np.repeat(tile[..., None], 3, axis=2)
-            grid[r * (size + gap):r * (size + gap) + size, c * (size + gap):c * (size + gap) + size] = tile
-    return grid
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"{path}: could not encode the image")
-    atomic_write(path, buf.tobytes())
-
-
-def _write_output(out: Path, report: dict, test_pairs: list[Pair], generated: _GeneratedSets, size: int) -> None:
-    """report.json, and sample grids: fidelity.png (mask | generated | real), diversity.png (mask | images),
-    synthetic.png (masks above their images; odd columns from augmented masks)."""
-    out.mkdir(parents=True, exist_ok=True)
-    shown = [(pair, item) for pair, item in zip(test_pairs, generated.fidelity) if item is not None][:4]
-    rows = [[item.mask, item.image, read_image(pair.image)] for pair, item in shown]
-    if rows:
-        _write_png(out / "fidelity.png", _grid(rows, size))
-    if generated.diversity:
-        rows = [[group[0].mask] + [item.image for item in group] for group in generated.diversity]
-        _write_png(out / "diversity.png", _grid(rows, size))
-    if generated.synthetic:
-        shown = generated.synthetic[:6]
-        _write_png(out / "synthetic.png", _grid([[i.mask for i in shown], [i.image for i in shown]], size))
-    atomic_write(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
-    logger.info("wrote report.json and sample grids to %s", out)
-
-
-# -- text report ----------------------------------------------------------------------------------
-def _pm(d: dict, digits: int = 3) -> str:
-    return f"{d['mean']:.{digits}f} +- {d['std']:.{digits}f}"
-
-
-def _pm_kid(d: dict) -> str:
-    std = d["std"] if d["std"] > 1e-9 * max(1.0, abs(d["mean"])) else 0.0  # one subset: rounding noise only
-    return f"{d['mean']:.4g} +- {std:.2g}"
-
-
-def format_report(report: dict) -> str:
-    """The report as a readable plain-text table."""
-    s, m, p = report["settings"], report["model"], report["pairs"]
-    fid, down, real, div = report["fidelity"], report["downstream"], report["realism"], report["diversity"]
-    lines = [
-        f"Siamese-Diffusion evaluation of {m['name'] or '(unnamed)'} [{m['fingerprint']}] ({s['model']})",
-        f"data {report['data']}: {p['total']} pairs, {p['train']} train, {p['held_out']} held out, "
-        f"{p['test']} evaluated (split seed {s['seed']})",
-        f"sampling: {s['scheduler']}, {s['steps']} steps, guidance {s['guidance_scale']}, "
-        f"control scale {s.get('control_scale', 1.0)}, {s['model_resolution']}x{s['model_resolution']}",
-        f"segmentation network: {report['segmentation_network']}",
-        "",
-        "1. Mask fidelity: the real-trained network segments held-out images; Dice/IoU vs their masks",
-        f"   {'images':<40}{'Dice':>8}{'IoU':>8}",
-    ]
-    for key, label in (("real", "real held-out (ceiling)"), ("generated", "generated from held-out masks"),
-                       ("flat_painting", "flat painting of the masks (control)")):
-        lines.append(f"   {label:<40}{fid[key]['dice']:>8.3f}{fid[key]['iou']:>8.3f}")
-    lines += [
-        "",
-        f"2. Downstream benefit: tested on {down['test_pairs']} held-out real pairs, {down['seeds']} seed(s), "
-        "mean +- std",
-        f"   {'trained on':<34}{'mDice':>16}{'mIoU':>18}",
-        f"   {'real (' + str(down['num_real']) + ')':<34}{_pm(down['real']['dice']):>16}{_pm(down['real']['iou']):>18}",
-        f"   {'real + synthetic (' + str(down['num_real']) + ' + ' + str(down['num_synthetic']) + ')':<34}"
-        f"{_pm(down['real+synthetic']['dice']):>16}{_pm(down['real+synthetic']['iou']):>18}",
-        f"   {'difference (paired by seed)':<34}{_pm(down['difference']['dice']):>16}"
-        f"{_pm(down['difference']['iou']):>18}",
-        "",
-        "3. Realism: KID against the real held-out images (lower is better; ~0 = same distribution)",
-        f"   {'images':<34}{'seg-net features':>22}{'colour/texture':>22}",
-    ]
-    for key, label in (("real_train", "real train (reference)"), ("generated", "generated"),
-                       ("flat_painting", "flat painting (control)")):
-        kids = (_pm_kid(real["kid_features"][key]), _pm_kid(real["kid_statistics"][key]))
-        lines.append(f"   {label:<34}{kids[0]:>22}{kids[1]:>22}")
-    shown = ("brightness", "saturation", "edge_energy", "fine_detail", "highlights", "dark")
-    lines += ["", f"   {'mean statistics':<22}" + "".join(f"{k:>13}" for k in shown)]
-    for key, label in (("real_test", "real held-out"), ("real_train", "real train"), ("generated", "generated"),
-                       ("flat_painting", "flat painting")):
-        lines.append(f"   {label:<22}" + "".join(f"{real['statistics'][key][k]:>13.4f}" for k in shown))
-    lines += ["", f"4. Diversity: mean pairwise distance, {div['masks']} masks x {div['images_per_mask']} images",
-              f"   {'images':<34}{'pixel L1':>10}{'1-SSIM':>10}{'features':>10}"]
-    for key, label in (("generated_same_mask", "generated, same mask"),
-                       ("real_different_images", f"real, different images ({div.get('reference_images', 0)})")):
-        if key in div:
-            d = div[key]
-            lines.append(f"   {label:<34}" + "".join(f"{d[k]:>10.4f}" for k in ("pixel_l1", "one_minus_ssim",
-                                                                               "feature_distance")))
-    use = report.get("mask_use")
-    if use:
-        lines += ["", f"5. Mask use: noise-prediction error of the generator on the {use['pairs']} held-out pairs, "
-                      f"t in {tuple(use['timesteps'])}",
-                  f"   own mask {use['mse_own_mask']:.5f}, another pair's mask {use['mse_other_mask']:.5f}, "
-                  f"no control {use['mse_no_control']:.5f}: the right mask lowers it by {use['gain_percent']:.2f}%"]
-    t = report["timings"]
-    lines += ["", f"time: {t['total']:.0f} s in all; generation {t['generation']:.0f} s "
-                  f"({report['generated_images']} images, {report['seconds_per_image']:.2f} s each), "
-                  f"segmentation training {t['segmentation_training']:.0f} s"]
-    lines += [f"note: {n}" for n in report["notes"]]
-    return "\n".join(lines)

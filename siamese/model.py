@@ -183,6 +183,7 @@ class SiameseModel:
         """Write the model folder (config JSON + safetensors for every network); returns its path."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        self.config.codec = self.codec.to_dict()
         self.config.save(folder)
         _save_module(self.unet, folder / "unet", dtype)
         if self.controlnet is not None:

@@ -62,6 +62,7 @@ class TrainConfig:
     batch_size: int = 8  # per process and micro-step
     max_steps: int = 1000
     lr: float = 1e-5
+    zero_lr_scale: float = 1.0  # lr multiplier of the ControlNet's zero-initialised layers (see zero_initialised)
     weight_decay: float = 1e-2  # AdamW's torch default
     warmup_steps: int = 0
     ema_decay: float = 0.0  # > 0: an exponential moving average of the trainable weights is what is saved
@@ -96,6 +97,8 @@ class TrainConfig:
             raise ValueError(f"learning rate must be a positive number, got {self.lr}")
         if self.resolution % 64 or not 64 <= self.resolution <= 1024:
             raise ValueError(f"resolution must be a multiple of 64 between 64 and 1024, got {self.resolution}")
+        if not self.zero_lr_scale > 0 or not math.isfinite(self.zero_lr_scale):
+            raise ValueError(f"zero-layer lr scale must be a positive number, got {self.zero_lr_scale}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"EMA decay must be in [0, 1) (0 turns it off), got {self.ema_decay}")
         if not 0 <= self.holdout < 1:
@@ -212,6 +215,29 @@ def trainable_parameters(model: SiameseModel, objective: str, unlock_decoder: bo
     return params
 
 
+ZERO_INITIALISED = ("controlnet.controlnet_down_blocks.", "controlnet.controlnet_mid_block.",
+                    "controlnet.controlnet_cond_embedding.conv_out.")
+
+
+def zero_initialised(name: str) -> bool:
+    """True for the ControlNet's zero-initialised layers: its zero convolutions and the DHI's output conv.
+
+    They start at 0 and Adam moves each weight by about lr per step, so at a small lr they stay near 0
+    for thousands of steps (a random walk of size lr * sqrt(steps)) while their gradients already point
+    the right way: the mask then acts weakly. `TrainConfig.zero_lr_scale` gives them a larger lr."""
+    return name.startswith(ZERO_INITIALISED)
+
+
+def param_groups(params: dict[str, torch.nn.Parameter], zero_lr_scale: float) -> list[dict]:
+    """AdamW groups: everything at the base lr, the zero-initialised layers at `zero_lr_scale` times it
+    (one group when the scale is 1). Each group's "lr_scale" multiplies the scheduled lr."""
+    zero = [p for n, p in params.items() if zero_initialised(n)]
+    rest = [p for n, p in params.items() if not zero_initialised(n)]
+    if zero_lr_scale == 1.0 or not zero:
+        return [{"params": rest + zero, "lr_scale": 1.0}]
+    return [{"params": rest, "lr_scale": 1.0}, {"params": zero, "lr_scale": zero_lr_scale}]
+
+
 # -- checkpoints -------------------------------------------------------------------------------
 def latest_checkpoint(output: str | Path) -> Path | None:
     """The newest complete checkpoint folder of a run, or None."""
@@ -294,14 +320,15 @@ def build_model(config: TrainConfig, dataset: PairDataset, init_dir: Path | None
     return model
 
 
-def _make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+def _make_optimizer(params: dict[str, torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(params, config.zero_lr_scale)
     if config.use_8bit_adam:
         try:
             import bitsandbytes as bnb
         except ImportError:
             raise ValueError("8-bit AdamW needs the bitsandbytes package: pip install bitsandbytes") from None
-        return bnb.optim.AdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return bnb.optim.AdamW8bit(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _preview(model: SiameseModel, dataset: PairDataset, step: int, output: Path):
@@ -398,7 +425,7 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
             if config.gradient_checkpointing:
                 m.enable_gradient_checkpointing()
     params = trainable_parameters(model, config.objective, config.unlock_decoder)
-    optimizer = accelerator.prepare(_make_optimizer(list(params.values()), config))
+    optimizer = accelerator.prepare(_make_optimizer(params, config))
     alphas_cumprod = model.alphas_cumprod.to(device)
     if main:
         output.mkdir(parents=True, exist_ok=True)
@@ -444,7 +471,7 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
             # 3. learning rate
             lr = lr_at(step, config)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             progress = step / config.max_steps
             # 4. forward / backward over the micro-batches
             for micro in range(config.gradient_accumulation):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -13,8 +14,9 @@ import torch
 from conftest import shared_dataset, write_dataset
 from siamese.data import DataError, find_pairs
 from siamese.evaluate import (
-    STATISTICS, EvalConfig, build_segnet, dice_iou, evaluate, flat_paintings, format_report, generator_data_note, image_statistics, kid,
-    mask_use, pairwise_distances, segnet_features, split_pairs, train_segnet,
+    STATISTICS, EvalConfig, build_segnet, codec_reconstructions, dice_iou, evaluate, flat_paintings, format_report,
+    generator_data_note, image_statistics, kid, mask_use, pairwise_distances, pixel_quality, segnet_features,
+    split_pairs, train_segnet,
 )
 
 
@@ -154,8 +156,14 @@ def test_evaluate_reports_every_figure_and_writes_the_output(pairs12, tiny_model
         assert cv2.imread(str(tmp_path / "out" / name)) is not None
     use = report["mask_use"]
     assert use["pairs"] == 2 and min(use["mse_own_mask"], use["mse_other_mask"], use["mse_no_control"]) > 0
+    pixels = report["pixels"]
+    assert set(pixels["block_edge_ratio"]) == {"generated", "real", "reconstructed"}
+    assert all(np.isfinite(v) and v > 0 for v in pixels["block_edge_ratio"].values())
+    assert np.isfinite(pixels["codec_psnr_db"]) and pixels["codec_psnr_db"] > 0  # the 16-channel codec is lossy
+    assert (pixels["resolution"], pixels["block"], pixels["real_images"], pixels["generated_images"]) == (64, 8, 2, 2)
     text = format_report(report)
     for heading in ("Mask fidelity", "Downstream benefit", "Realism", "Diversity", "flat painting", "Mask use",
+                    "Pixels", "block-edge ratio", "codec reconstruction PSNR",
                     "control scale 1.0"):  # the model's recommended scale, as used
         assert heading in text
     assert report["settings"]["control_scale"] == 1.0
@@ -174,12 +182,48 @@ def test_mask_use_is_zero_for_a_fresh_controlnet_and_not_for_a_trained_one(tiny_
     use = mask_use(fresh.eval(), images, masks, "p", batch_size=3)
     assert use["mse_own_mask"] == use["mse_other_mask"] == use["mse_no_control"] and use["gain_percent"] == 0
     use = mask_use(tiny_model, images, masks, "a test image", batch_size=3)
-    assert use["mse_own_mask"] != use["mse_other_mask"] != use["mse_no_control"]
+    own, other, none = use["mse_own_mask"], use["mse_other_mask"], use["mse_no_control"]
+    assert own != other and own != none and other != none
     again = mask_use(tiny_model, images, masks, "a test image", batch_size=4)  # batching changes nothing
     for k in ("mse_own_mask", "mse_other_mask", "mse_no_control"):
         assert again[k] == pytest.approx(use[k], rel=1e-6)
     with pytest.raises(ValueError, match="at least 2"):
         mask_use(tiny_model, images[:1], masks[:1], "p")
+
+
+class _ShiftCodec:
+    """A codec whose latents are the images and whose decoding adds `shift` (in [-1, 1] units)."""
+
+    def __init__(self, shift: float) -> None:
+        self.shift = shift
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return images.clone()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents + self.shift
+
+
+def _codec_model(shift: float) -> SimpleNamespace:
+    return SimpleNamespace(codec=_ShiftCodec(shift), device=torch.device("cpu"), dtype=torch.float32)
+
+
+def test_codec_reconstructions_convert_to_uint8_and_pixel_quality_reports_every_figure():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 200, (5, 32, 32, 3)).astype(np.uint8)
+    exact = codec_reconstructions(_codec_model(0.0), images, batch_size=2)  # 2 + 2 + 1: a partial last batch
+    assert exact.dtype == np.uint8 and np.array_equal(exact, images)
+    shifted = codec_reconstructions(_codec_model(0.1), images, batch_size=3)  # +0.1 = +12.75 -> +13
+    assert np.array_equal(shifted, images + 13)
+    assert np.array_equal(codec_reconstructions(_codec_model(2.0), images), np.full_like(images, 255))  # clamped
+    generated = np.repeat(np.repeat(rng.uniform(0, 255, (2, 4, 4, 3)), 8, 1), 8, 2).astype(np.uint8)
+    q = pixel_quality(_codec_model(0.1), images, generated)
+    assert q["codec_psnr_db"] == pytest.approx(10 * np.log10(255**2 / 13**2))
+    assert q["block_edge_ratio"]["reconstructed"] == pytest.approx(q["block_edge_ratio"]["real"])  # a shift: same
+    assert q["block_edge_ratio"]["real"] == pytest.approx(1.0, abs=0.1)  # noise has no grid
+    assert q["block_edge_ratio"]["generated"] > 1e6  # constant 8x8 blocks
+    assert pixel_quality(_codec_model(0.0), images, generated)["codec_psnr_db"] == float("inf")
+    assert (q["resolution"], q["block"], q["real_images"], q["generated_images"]) == (32, 8, 5, 2)
 
 
 def test_evaluate_is_reproducible(pairs12, tiny_model_dir):

@@ -4,6 +4,7 @@ and two processes under torchrun."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from siamese.model import load_model
-from siamese.train import TrainConfig, batch_indices, latest_checkpoint, train
+from siamese.train import TrainConfig, batch_indices, latest_checkpoint, param_groups, train, trainable_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,10 +57,11 @@ def test_short_run_gives_a_loadable_model_and_logs(dataset, tmp_path):
     assert not list(out.rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
-def test_resume_continues_exactly(dataset, tmp_path, ema_decay):
+@pytest.mark.parametrize("ema_decay, zero_lr_scale", [(0.0, 1.0), (0.9, 10.0)])
+def test_resume_continues_exactly(dataset, tmp_path, ema_decay, zero_lr_scale):
     """4 steps straight == 2 steps, interrupted, then resumed to 4: same losses, same weights (and the
-    same weight average, which is what the model folder holds)."""
+    same weight average, which is what the model folder holds; and the zero layers' own learning rate)."""
+    _config = functools.partial(globals()["_config"], zero_lr_scale=zero_lr_scale)
     straight = train(_config(dataset, tmp_path / "a", ema_decay=ema_decay))
     stop = threading.Event()
 
@@ -114,7 +116,31 @@ def test_from_scratch_pretrains_the_unet_first(dataset, tmp_path):
     assert [int(r["step"]) for r in _rows(again)] == [1, 2]
 
 
+def test_zero_initialised_layers_get_their_own_learning_rate(dataset, tmp_path, tiny_model):
+    """zero_lr_scale multiplies the lr of the ControlNet's zero convolutions and the DHI's output conv only:
+    after one Adam step from zero, each zero-conv weight has moved by lr * scale (Adam's first step is
+    lr * sign(grad)), while every other trainable weight moved by at most lr."""
+    params = trainable_parameters(tiny_model, "siamese", unlock_decoder=True)
+    groups = param_groups(params, 10.0)
+    zero_names = {n for n, p in params.items() if any(p is q for q in groups[1]["params"])}
+    assert zero_names and all(n.startswith(("controlnet.controlnet_down_blocks.", "controlnet.controlnet_mid_block.",
+                                            "controlnet.controlnet_cond_embedding.conv_out.")) for n in zero_names)
+    assert "controlnet.controlnet_cond_embedding.conv_out.weight" in zero_names
+    assert not any("unet." in n or "conv_in" in n for n in zero_names)
+    assert len(param_groups(params, 1.0)) == 1
+    moved = {}
+    for scale in (1.0, 10.0):
+        run = train(_config(dataset, tmp_path / f"s{scale}", max_steps=1, zero_lr_scale=scale, lr=1e-3))
+        moved[scale] = load_model(run).controlnet.controlnet_down_blocks[0].weight.abs().max().item()
+        state = json.loads((latest_checkpoint(run) / "state.json").read_text())
+        assert [g["lr"] for g in state["optimizer"]["param_groups"]] == ([1e-3] if scale == 1 else [1e-3, 1e-2])
+    assert moved[1.0] == pytest.approx(1e-3, rel=0.02)
+    assert moved[10.0] == pytest.approx(1e-2, rel=0.02)
+
+
 def test_bad_config_is_refused(dataset, tmp_path):
+    with pytest.raises(ValueError, match="zero-layer lr scale"):
+        train(_config(dataset, tmp_path / "x", zero_lr_scale=0))
     with pytest.raises(ValueError, match="mixed precision"):
         train(_config(dataset, tmp_path / "x", mixed_precision="fp8"))
     with pytest.raises(ValueError, match="resolution"):

@@ -1,0 +1,47 @@
+"""Pixel-level image quality: what a person sees at a glance (block artefacts, reconstruction error).
+
+- `block_edge_ratio`: mean absolute gradient across the borders of the 8x8 patch grid divided by the
+  mean absolute gradient inside the patches. Real photographs have no grid: about 1 (Kvasir-SEG 0.99).
+  A codec that decodes patch by patch, linearly, turns every latent error into an 8x8 pattern with
+  steps at the borders: well above 1 (the linear PCA codec's reconstructions 1.74, its samples 3.4).
+- `psnr`: peak signal-to-noise ratio of reconstructions, images in [0, 255].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["block_edge_ratio", "psnr"]
+
+
+def block_edge_ratio(images: np.ndarray, block: int = 8) -> float:
+    """images (N, H, W, 3) or (H, W, 3), uint8 or float -> gradient across / inside the `block` grid.
+
+    Horizontal and vertical neighbour differences are pooled: a difference between columns j and j+1
+    lies on a border when (j + 1) is a multiple of `block` (likewise for rows)."""
+    x = np.asarray(images, dtype=np.float64)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or min(x.shape[1:3]) < 2 * block:
+        raise ValueError(f"block_edge_ratio needs images (N, H, W, C) of at least {2 * block} pixels, got {x.shape}")
+    across = inside = 0.0
+    n_across = n_inside = 0
+    for axis in (1, 2):
+        d = np.abs(np.diff(x, axis=axis))  # d[..., j, ...] = x[j + 1] - x[j]
+        on_border = (np.arange(d.shape[axis]) + 1) % block == 0
+        border = np.take(d, np.flatnonzero(on_border), axis=axis)
+        interior = np.take(d, np.flatnonzero(~on_border), axis=axis)
+        across += border.sum()
+        inside += interior.sum()
+        n_across += border.size
+        n_inside += interior.size
+    return float((across / n_across) / max(inside / n_inside, 1e-12))
+
+
+def psnr(reference: np.ndarray, reconstruction: np.ndarray, peak: float = 255.0) -> float:
+    """PSNR in dB over all pixels of two equally shaped arrays (values in [0, peak])."""
+    a, b = np.asarray(reference, np.float64), np.asarray(reconstruction, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"psnr needs arrays of one shape, got {a.shape} and {b.shape}")
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))
