@@ -88,14 +88,19 @@ def _train_decoder(args: argparse.Namespace) -> None:
                                 latent_noise=args.latent_noise, width=args.width, seed=args.seed)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.steps, desc="decoder", dynamic_ncols=True)
+    bars = []  # made at the first event: errors in the settings or the data come before any progress bar
 
     def progress(event: dict) -> None:
-        bar.update(event["step"] - bar.n)
-        bar.set_postfix(loss=f"{event['loss']:.4f}")
+        if not bars:
+            bars.append(tqdm(total=config.steps, desc="decoder", dynamic_ncols=True))
+        bars[0].update(event["step"] - bars[0].n)
+        bars[0].set_postfix(loss=f"{event['loss']:.4f}")
 
-    out = add_decoder(args.model, args.data, config, output=args.output, holdout=args.holdout, callback=progress)
-    bar.close()
+    try:
+        out = add_decoder(args.model, args.data, config, output=args.output, holdout=args.holdout, callback=progress)
+    finally:
+        for bar in bars:
+            bar.close()
     print(f"learned decoder saved in {out}/codec/decoder")
 
 

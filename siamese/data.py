@@ -134,6 +134,11 @@ def find_pairs(root: str | Path) -> list[Pair]:
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise DataError(f"{root / 'prompt.json'} line {n}: expected "
                                 f'{{"source": mask, "target": image, "prompt": text}} ({e})') from None
+            for key in ("source", "target"):  # a dataset names its own files only
+                entry = Path(item[key])
+                if entry.is_absolute() or ".." in entry.parts:
+                    raise DataError(f"{root / 'prompt.json'} line {n}: the {key} '{item[key]}' must be a path inside "
+                                    "the dataset folder (relative, without '..')")
         missing = [p for p in pairs if not p.image.is_file() or not p.mask.is_file()]
         if missing:
             raise DataError(f"{root / 'prompt.json'}: {len(missing)} entries name missing files, "

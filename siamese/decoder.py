@@ -36,12 +36,12 @@ class PatchDecoder(ModelMixin, ConfigMixin):
     """Latents (B, C, h, w) -> images (B, 3, h * 2**(L-1), w * 2**(L-1)) in [-1, 1], L = len(num_blocks).
 
     `num_blocks[i]` residual blocks at level i (level 0 at latent resolution), all levels
-    `width` channels wide (DecoderTiny's layout); the defaults upsample x8 with 0.44 M parameters and
+    `width` channels wide (DecoderTiny's layout); the defaults upsample x8 with 0.38 M parameters and
     keep the costly full-resolution level to one convolution.
     """
 
     @register_to_config
-    def __init__(self, latent_channels: int = 16, width: int = 48, num_blocks: tuple[int, ...] = (2, 2, 1, 0)) -> None:
+    def __init__(self, latent_channels: int = 16, width: int = 48, num_blocks: tuple[int, ...] = (3, 1, 1, 0)) -> None:
         super().__init__()
         self.decoder = DecoderTiny(
             in_channels=latent_channels, out_channels=3, num_blocks=tuple(num_blocks),
@@ -68,7 +68,7 @@ class DecoderTrainConfig:
     weight_decay: float = 1e-4
     latent_noise: float = 0.3  # each sample's latents get N(0, s^2) noise, s ~ U(0, latent_noise)
     width: int = 48
-    num_blocks: tuple[int, ...] = (2, 2, 1, 0)
+    num_blocks: tuple[int, ...] = (3, 1, 1, 0)
     seed: int = 0
     log_every: int = 100
 
@@ -178,6 +178,7 @@ def add_decoder(
     codec = model.codec
     if not hasattr(codec, "decode_linear"):
         raise ValueError(f"{model_path} decodes with a VAE; a learned decoder is for the patch codec (tiny preset)")
+    config.validate(codec.config.patch_size)  # before the data is read
     pairs = find_pairs(data)
     train_pairs, held = split_pairs(pairs, holdout, holdout_seed) if holdout > 0 else (pairs, pairs[:0])
     res = model.config.resolution

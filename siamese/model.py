@@ -294,10 +294,10 @@ def load_model(
             raise ModelLoadError(f"{folder} has no {sub}/ folder; expected a model folder written by "
                                  "`python -m siamese train` or a diffusers Stable Diffusion folder")
     config = SiameseConfig.load(folder)
-    kw = dict(torch_dtype=dtype)
+    kw = dict(torch_dtype=dtype, use_safetensors=True)  # never a pickled .bin: unpickling can run code
     try:
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", **kw)
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype).eval()
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype, use_safetensors=True).eval()
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
         controlnet = (DHIControlNetModel.from_pretrained(folder / "controlnet", **kw)
                       if (folder / "controlnet").is_dir() else None)

@@ -8,8 +8,11 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import tempfile
 import zipfile
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import gradio as gr
@@ -18,15 +21,23 @@ import pytest
 from PIL import Image
 
 import app
-from siamese import DataError
+from conftest import write_dataset
+from siamese import DataError, ModelLoadError
+from siamese.objective import LOSS_KEYS
+from studio import datasets, masks
+from studio.models import ModelCatalog, ModelNotOffered
+from studio.settings import Settings, training_disabled_reason
+from studio.training import BASE_MODELS
+from studio.state import Studio
 
 
 @pytest.fixture()
-def studio(tiny_model_dir, tmp_path) -> app.Studio:
-    return app.Studio(str(tiny_model_dir), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs")
+def studio(tiny_model_dir, tmp_path) -> Studio:
+    return Studio(str(tiny_model_dir), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
+                  settings=Settings(data_root=tmp_path))
 
 
-def layer_with_disk(size=app.CANVAS, center=(200, 240), radius=60) -> np.ndarray:
+def layer_with_disk(size=masks.CANVAS, center=(200, 240), radius=60) -> np.ndarray:
     layer = np.zeros((size, size, 4), np.uint8)
     cv2.circle(layer, center, radius, (255, 255, 255, 255), -1)
     return layer
@@ -38,11 +49,11 @@ def editor(layers, background=None) -> dict:
 
 # -- masks ----------------------------------------------------------------------------------------
 def test_mask_from_editor_uses_painted_layer_pixels_only():
-    bg = np.full((app.CANVAS, app.CANVAS, 4), 255, np.uint8)  # a white reference image is not the mask
-    faint = np.zeros((app.CANVAS, app.CANVAS, 4), np.uint8)
+    bg = np.full((masks.CANVAS, masks.CANVAS, 4), 255, np.uint8)  # a white reference image is not the mask
+    faint = np.zeros((masks.CANVAS, masks.CANVAS, 4), np.uint8)
     faint[:50, :50] = (255, 255, 255, 60)  # nearly transparent: not painted
-    mask = app.mask_from_editor(editor([layer_with_disk(), faint], bg))
-    assert mask.shape == (app.CANVAS, app.CANVAS) and set(np.unique(mask)) == {0, 1}
+    mask = masks.mask_from_editor(editor([layer_with_disk(), faint], bg))
+    assert mask.shape == (masks.CANVAS, masks.CANVAS) and set(np.unique(mask)) == {0, 1}
     assert mask[240, 200] == 1 and mask[10, 10] == 0 and mask[500, 500] == 0
     assert abs(mask.sum() - np.pi * 60**2) < 0.05 * np.pi * 60**2
 
@@ -50,32 +61,32 @@ def test_mask_from_editor_uses_painted_layer_pixels_only():
 @pytest.mark.parametrize("value", [None, editor([]), editor([np.zeros((64, 64, 4), np.uint8)])])
 def test_mask_from_editor_refuses_an_empty_canvas(value):
     with pytest.raises(DataError, match="empty"):
-        app.mask_from_editor(value)
+        masks.mask_from_editor(value)
 
 
 def test_editor_value_round_trips_a_mask_over_a_reference():
     mask = np.zeros((64, 64), np.uint8)
     mask[16:40, 20:44] = 1
     reference = np.full((100, 150, 3), 90, np.uint8)
-    value = app.editor_value(mask, reference)
-    assert value["background"].shape == (app.CANVAS, app.CANVAS, 3) and value["background"].max() == 90
-    assert len(value["layers"]) == 1 and value["layers"][0].shape == (app.CANVAS, app.CANVAS, 4)
-    back = cv2.resize(app.mask_from_editor(value), (64, 64), interpolation=cv2.INTER_NEAREST)
+    value = masks.editor_value(mask, reference)
+    assert value["background"].shape == (masks.CANVAS, masks.CANVAS, 3) and value["background"].max() == 90
+    assert len(value["layers"]) == 1 and value["layers"][0].shape == (masks.CANVAS, masks.CANVAS, 4)
+    back = cv2.resize(masks.mask_from_editor(value), (64, 64), interpolation=cv2.INTER_NEAREST)
     np.testing.assert_array_equal(back, mask)
-    assert app.editor_value(None)["layers"] == [] and app.editor_value(None)["background"].max() == 0
+    assert masks.editor_value(None)["layers"] == [] and masks.editor_value(None)["background"].max() == 0
 
 
 def test_example_and_procedural_masks_are_binary_lesions(tmp_path):
-    paths = app.draw_example_masks(tmp_path)
+    paths = masks.draw_example_masks(tmp_path)
     assert len(paths) >= 5
     for p in paths:
         m = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
         assert set(np.unique(m)) == {0, 255} and 0.005 < (m > 0).mean() < 0.5
     rng = np.random.default_rng(0)
     for _ in range(5):
-        m = app.procedural_mask(rng)
+        m = masks.procedural_mask(rng)
         assert m.dtype == np.uint8 and set(np.unique(m)) == {0, 1} and 0.005 < m.mean() < 0.6
-    assert app.example_masks(), "the repository ships example masks in assets/masks"
+    assert masks.example_masks(), "the repository ships example masks in assets/masks"
 
 
 def test_read_mask_upload_binarises_and_refuses_bad_files(tmp_path):
@@ -84,50 +95,51 @@ def test_read_mask_upload_binarises_and_refuses_bad_files(tmp_path):
     arr[20:50, 20:50] = 200
     arr[60:70, 60:70] = 100  # below the threshold
     cv2.imwrite(str(good), arr)
-    m = app.read_mask_upload(good)
+    m = masks.read_mask_upload(good)
     assert m.sum() == 30 * 30 and set(np.unique(m)) == {0, 1}
 
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     with pytest.raises(DataError, match="not a readable image"):
-        app.read_mask_upload(text)
+        masks.read_mask_upload(text)
     white = tmp_path / "white.png"
     cv2.imwrite(str(white), np.full((8, 8), 255, np.uint8))
     with pytest.raises(DataError, match="all white"):
-        app.read_mask_upload(white)
+        masks.read_mask_upload(white)
     black = tmp_path / "black.png"
     cv2.imwrite(str(black), np.zeros((8, 8), np.uint8))
     with pytest.raises(DataError, match="empty"):
-        app.read_mask_upload(black)
+        masks.read_mask_upload(black)
     huge = tmp_path / "huge.png"
     with open(huge, "wb") as f:
-        f.truncate(app.MAX_MASK_FILE_BYTES + 1)
+        f.truncate(masks.MAX_MASK_FILE_BYTES + 1)
     with pytest.raises(DataError, match="at most"):
-        app.read_mask_upload(huge)
+        masks.read_mask_upload(huge)
 
 
 def test_outline_draws_on_the_mask_border_only():
     image = np.zeros((64, 64, 3), np.uint8)
     mask = np.zeros((64, 64), np.uint8)
     mask[20:40, 20:40] = 255
-    out = app.outline(image, mask)
+    out = masks.outline(image, mask)
     green = out[..., 1] > 0
     assert green[20, 30] and green[39, 30] and not green[30, 30] and not green[5, 5]
     assert image.max() == 0, "the original image is not changed"
 
 
 # -- models ---------------------------------------------------------------------------------------
-def test_list_models_finds_default_checkpoints_and_runs(tiny_model_dir, tmp_path):
-    ckpt, runs = tmp_path / "checkpoints", tmp_path / "runs"
-    for folder in (ckpt / "a", runs / "b"):
+def test_model_choices_are_the_default_checkpoints_and_runs_by_public_id(tiny_model_dir, tmp_path):
+    ckpt, runs, root = tmp_path / "checkpoints", tmp_path / "runs", tmp_path / "models"
+    for folder in (ckpt / "a", runs / "b", root / "c"):
         (folder / "unet").mkdir(parents=True)
         (folder / "text_encoder").mkdir()
     (ckpt / "not-a-model").mkdir()
-    choices = app.list_models(str(tiny_model_dir), ckpt, runs)
+    choices = ModelCatalog(str(tiny_model_dir), ckpt, runs).choices()
     values = [v for _, v in choices]
-    assert values == [str(tiny_model_dir), str(ckpt / "a"), str(runs / "b")]
+    assert values == ["tiny", "checkpoints/a", "runs/app/b"]  # ids, never server paths
     assert "default" in choices[0][0] and "checkpoints" in choices[1][0] and "trained here" in choices[2][0]
-    assert "not available" in app.list_models(str(tmp_path / "missing"), ckpt, runs)[0][0]
+    assert "not available" in ModelCatalog(str(tmp_path / "missing"), ckpt, runs).choices()[0][0]
+    assert [v for _, v in ModelCatalog(str(tiny_model_dir), ckpt, runs, models_root=root).choices()][-1] == "models/c"
 
 
 def test_model_info_describes_the_model_or_says_why_not(studio, tiny_model_dir, tmp_path):
@@ -160,6 +172,8 @@ def test_generate_writes_pngs_with_parameters_and_records_seeds(studio):
     assert "Seed: 11" in png.text["parameters"] and "Steps: 2" in png.text["parameters"]
     assert png.text["parameters"].startswith("a test image")  # empty prompt: the model's default
     assert json.loads(png.text["siamese"])["scheduler"] == "dpm++"
+    assert json.loads(png.text["siamese"])["model"]["source"] == "tiny"  # the model's id, not its server folder
+    assert str(studio.catalog.default) not in png.text["siamese"] and str(studio.catalog.default) not in status
     item = results[0].item
     assert item.mask.shape == item.image.shape[:2] and set(np.unique(item.mask)) == {0, 255}
     # the outline view changes the shown files, not the kept pairs
@@ -175,7 +189,7 @@ def test_generate_writes_pngs_with_parameters_and_records_seeds(studio):
     (dict(scheduler="euler"), "scheduler"),
     (dict(steps=0), "steps"),
     (dict(control_scale=12), "control scale"),
-    (dict(model="/no/such/model"), "No model folder"),
+    (dict(model="/no/such/model"), "not a model this server offers"),
     (dict(mask=None), "no mask"),
 ])
 def test_generate_bad_input_is_a_clear_error(studio, kwargs, message):
@@ -254,20 +268,20 @@ def test_safe_extract_zip_finds_the_dataset_and_refuses_unsafe_archives(tmp_path
     png = cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes()
     ok = write_zip(tmp_path / "ok.zip", {"kvasir/images/a.png": png, "kvasir/masks/a.png": png,
                                          "__MACOSX/kvasir/._a.png": b"x"})
-    root = app.safe_extract_zip(ok, tmp_path / "out")
+    root = datasets.safe_extract_zip(ok, tmp_path / "out")
     assert root.name == "kvasir" and (root / "masks" / "a.png").is_file()
     assert not (tmp_path / "out" / "__MACOSX").exists()
     for i, (entries, link) in enumerate([({"../evil.png": png}, None), ({"/abs/evil.png": png}, None),
                                          ({"images/a.png": png}, "masks/a.png")]):
         with pytest.raises(DataError, match="unsafe"):
-            app.safe_extract_zip(write_zip(tmp_path / f"bad{i}.zip", entries, link), tmp_path / f"bad{i}")
+            datasets.safe_extract_zip(write_zip(tmp_path / f"bad{i}.zip", entries, link), tmp_path / f"bad{i}")
     with pytest.raises(DataError, match="at most"):
-        app.safe_extract_zip(ok, tmp_path / "small", max_bytes=10)
+        datasets.safe_extract_zip(ok, tmp_path / "small", max_bytes=10)
     with pytest.raises(DataError, match="no dataset"):
-        app.safe_extract_zip(write_zip(tmp_path / "empty.zip", {"readme.txt": b"hi"}), tmp_path / "e")
+        datasets.safe_extract_zip(write_zip(tmp_path / "empty.zip", {"readme.txt": b"hi"}), tmp_path / "e")
     (tmp_path / "fake.zip").write_text("not a zip")
     with pytest.raises(DataError, match="not a readable zip"):
-        app.safe_extract_zip(tmp_path / "fake.zip", tmp_path / "f")
+        datasets.safe_extract_zip(tmp_path / "fake.zip", tmp_path / "f")
 
 
 def test_train_start_refuses_bad_datasets_and_when_disabled(studio, tmp_path, monkeypatch):
@@ -277,10 +291,10 @@ def test_train_start_refuses_bad_datasets_and_when_disabled(studio, tmp_path, mo
     with pytest.raises(gr.Error, match="no dataset"):
         studio.train_start()
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    assert "ZeroGPU" in app.training_disabled_reason()
+    assert "ZeroGPU" in training_disabled_reason()
     monkeypatch.delenv("SPACES_ZERO_GPU")
     monkeypatch.setenv("SIAMESE_DISABLE_TRAINING", "1")
-    disabled = app.Studio(studio.default, runs_dir=tmp_path / "r")
+    disabled = Studio(studio.default, runs_dir=tmp_path / "r")
     with pytest.raises(gr.Error, match="disabled"):
         disabled.train_start(data_folder=str(tmp_path))
     assert not studio.job.running
@@ -288,19 +302,22 @@ def test_train_start_refuses_bad_datasets_and_when_disabled(studio, tmp_path, mo
 
 def test_training_events_become_status_curves_and_a_model_in_the_selector(studio):
     job = studio.job
-    text, frame, *_ = studio.train_poll(-1)
+    text, frame, *_, timer = studio.train_poll(-1)
     assert "No training run yet" in text and frame is None  # None, not an empty frame (see train_status)
+    assert not timer.active and studio.train_poll(0)[-1].active is False  # idle: no polling, changed or not
     job._on_event({"type": "start", "stage": "siamese", "step": 0, "max_steps": 10, "output": "runs/app/x"})
     for step in (1, 2):
         job._on_event({"type": "log", "step": step, "loss_mask": 1.0 / step, "loss_image": 0.5, "loss_consistency":
                        0.1, "loss_regularization": 0.01, "loss": 2.0, "lr": 1e-4, "it_per_s": 2.0, "eta_s": 4.0})
-    text, frame, preview, dropdown, version = studio.train_poll(-1)
+    text, frame, preview, dropdown, version, timer = studio.train_poll(-1)
+    assert timer.active, "the page polls while a run is active"
     assert "2 / 10" in text and "2.00 it/s" in text and "loss_mask 0.5" in text
-    assert len(frame) == 10 and set(frame["term"]) == set(app.LOSS_KEYS) and frame["value"].dtype == float
+    assert len(frame) == 10 and set(frame["term"]) == set(LOSS_KEYS) and frame["value"].dtype == float
     assert studio.train_poll(version)[0] == gr.skip()  # nothing new: nothing re-sent
     job._on_event({"type": "end", "step": 2, "stopped": True, "output": "runs/app/x"})
-    text, *_ = studio.train_poll(version)
+    text, *_, timer = studio.train_poll(version)
     assert text.startswith("⏹️ Stopped at step 2") and "model selector" in text
+    assert not timer.active, "the page stops polling when the run ends"
     status = studio.train_status()
     assert status["state"] == "stopped" and status["step"] == 2 and len(status["losses"]) == 2
     assert status["losses"][1]["loss_mask"] == 0.5
@@ -338,3 +355,145 @@ def test_build_demo_exposes_the_stable_api(tiny_model_dir, tmp_path):
     defaults = {p["parameter_name"]: p["parameter_default"] for p in api["/generate"]["parameters"]}
     assert defaults["scheduler"] == "dpm++" and defaults["steps"] == 20 and defaults["guidance_scale"] == 3.0
     assert defaults["num_images"] == 4 and defaults["control_scale"] == 2.5  # the model's recommendation
+    assert defaults["model"] == "checkpoints/model" and str(tmp_path) not in json.dumps(api)  # ids, no paths
+    timers = [b for b in demo.blocks.values() if isinstance(b, gr.Timer)]
+    assert timers and not any(t.active for t in timers), "an idle page must not poll the server"
+
+
+# -- what visitors may reach ----------------------------------------------------------------------
+def test_only_models_the_server_offers_load(studio, tiny_model_dir, tmp_path):
+    """/generate and the Train tab load the default model, checkpoints/, runs/app/ and the models root only;
+    anything else is refused with one message, whether it exists or not, that shows no server path."""
+    mask = studio.prepare(editor([layer_with_disk()]), 0, False)[0]
+    outside = shutil.copytree(tiny_model_dir, tmp_path / "elsewhere" / "model")  # a real model, not offered
+
+    def refusal(value) -> str:
+        with pytest.raises(gr.Error, match="not a model this server offers") as info:
+            studio.generate(mask, "", 1, 1, 3.0, 0, "ddim", value, False, [])
+        assert str(tmp_path) not in str(info.value) and "hub ids are not allowed" in str(info.value)
+        return str(info.value)
+
+    there, absent = refusal(str(outside)), refusal(str(tmp_path / "nowhere" / "model"))
+    assert there.replace("elsewhere", "X") == absent.replace("nowhere", "X"), "no hint whether the folder exists"
+    for value in ("/etc", "../elsewhere/model", "runs/app/../elsewhere/model", "someone/model", "runs/app/x/../.."):
+        refusal(value)
+    write_dataset(tmp_path / "data")
+    with pytest.raises(gr.Error, match="not a model this server offers"):  # the Train tab's "current model"
+        studio.train_start(data_folder="data", base_model=BASE_MODELS[1], model=str(outside))
+    with pytest.raises(gr.Error, match="not a model this server offers"):  # ...and its base model folder
+        studio.train_start(data_folder="data", base_model=BASE_MODELS[2], base_path=str(outside))
+    assert not studio.job.running
+
+    run = shutil.copytree(tiny_model_dir, tmp_path / "runs" / "b")  # a run trained here: offered
+    for value in ("runs/app/b", str(run), "tiny", str(tiny_model_dir), None):
+        assert len(studio.generate(mask, "", 1, 1, 3.0, 0, "ddim", value, False, [])[1]) == 1, value
+    root = tmp_path / "models-root"
+    shutil.copytree(tiny_model_dir, root / "sd" / "m")
+    with_root = Studio(str(tiny_model_dir), tmp_path / "checkpoints", tmp_path / "runs",
+                       settings=Settings(data_root=tmp_path, models_root=root))
+    assert with_root.models.get("models/sd/m").source == "models/sd/m"
+    assert with_root.models.get(str(root / "sd" / "m")).source == "models/sd/m"
+    with pytest.raises(ModelLoadError, match="No model folder at 'models/sd/none'"):  # a missing one: no paths
+        with_root.models.get("models/sd/none")
+
+
+def test_hub_ids_only_when_allowed_and_never_a_server_folder(tiny_model_dir, tmp_path, monkeypatch):
+    catalog = ModelCatalog(str(tiny_model_dir), tmp_path / "c", tmp_path / "r")
+    with pytest.raises(ModelNotOffered, match="hub ids are not allowed"):
+        catalog.resolve("someone/model")
+    allowed = ModelCatalog(str(tiny_model_dir), tmp_path / "c", tmp_path / "r", allow_hub=True)
+    assert allowed.resolve("someone/model").hub and allowed.resolve("someone/model").public == "someone/model"
+    assert ModelCatalog("owner/default", tmp_path / "c", tmp_path / "r").resolve("owner/default").hub  # the default
+    # a hub id that is also a relative server folder is fetched from the hub (here: offline, not cached)
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_model_dir, tmp_path / "someone" / "model")
+    studio = Studio(str(tiny_model_dir), tmp_path / "c", tmp_path / "r",
+                    settings=Settings(data_root=tmp_path, allow_hub=True))
+    with pytest.raises(ModelLoadError, match="not in the server's cache"):
+        studio.models.get("someone/model")
+
+
+@pytest.fixture()
+def no_training(studio, monkeypatch) -> list:
+    """train_start up to the start of the run: the job records its config instead of training."""
+    started = []
+
+    def start(config, tmp=None, prepare=None):
+        started.append(config)
+        if tmp is not None:
+            tmp.cleanup()
+    monkeypatch.setattr(studio.job, "start", start)
+    return started
+
+
+def test_dataset_folders_stay_inside_the_data_root(tiny_model_dir, tmp_path, monkeypatch):
+    root, outside = tmp_path / "data-root", tmp_path / "outside"
+    write_dataset(root / "kvasir")
+    write_dataset(outside)
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    studio = Studio(str(tiny_model_dir), runs_dir=tmp_path / "runs", settings=Settings(data_root=root))
+    started = []
+    monkeypatch.setattr(studio.job, "start", lambda config, tmp=None, prepare=None: started.append(config))
+    messages = set()
+    for typed in (str(outside), "../outside", "link", "/etc", "/no/such/folder", "kvasir/../../outside", "/"):
+        with pytest.raises(gr.Error, match="must be inside the server's data folder") as info:
+            studio.train_start(data_folder=typed)
+        messages.add(str(info.value))
+    assert len(messages) == 1 and str(tmp_path) not in messages.pop()  # the same, whatever exists
+    assert not started
+    for typed in ("kvasir", str(root / "kvasir"), " kvasir/ "):
+        reply = studio.train_start(data_folder=typed)
+        assert "6 image-mask pairs from `kvasir`" in reply and str(tmp_path) not in reply
+    assert [c.data for c in started] == [str(root / "kvasir")] * 3
+    with pytest.raises(gr.Error, match="missing: no such folder") as info:  # inside the root: said plainly
+        studio.train_start(data_folder="missing")
+    assert str(root) not in str(info.value)
+
+
+def png_zip(path: Path, extra: dict[str, bytes] | None = None) -> Path:
+    """A deflated dataset zip with one pair, plus `extra` entries."""
+    png = cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in {"d/images/a.png": png, "d/masks/a.png": png, **(extra or {})}.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_an_uploaded_zip_is_unpacked_in_a_server_folder_and_never_shown(studio, no_training, tmp_path):
+    reply = studio.train_start(data_zip=str(png_zip(tmp_path / "upload.zip")))
+    assert "1 image-mask pairs from the uploaded upload.zip" in reply
+    assert tempfile.gettempdir() not in reply and str(tmp_path) not in reply
+    assert no_training and Path(no_training[0].data).name == "d"
+
+
+def test_zip_bombs_and_full_disks_are_refused(tiny_model_dir, tmp_path, monkeypatch):
+    """A dataset zip may unpack to 4x the upload limit, and only if the disk keeps room to spare."""
+    assert Settings(data_root=tmp_path).max_unpacked_bytes == 4 * 500 * 2**20
+    monkeypatch.setenv("SIAMESE_MAX_UPLOAD", "1mb")
+    settings = Settings.from_env()
+    assert settings.max_unpacked_bytes == 4 * 2**20 and app.launch_options(settings)["max_file_size"] == "1mb"
+    studio = Studio(str(tiny_model_dir), runs_dir=tmp_path / "runs", settings=replace(settings, data_root=tmp_path))
+    monkeypatch.setattr(studio.job, "start", lambda config, tmp=None, prepare=None: tmp.cleanup())
+    bomb = png_zip(tmp_path / "bomb.zip", {"d/images/b.png": bytes(8 * 2**20)})  # 8 MB of zeros
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(gr.Error, match="unpacks to 8 MB; at most 4 MB"):
+        studio.train_start(data_zip=str(bomb))
+    studio.train_start(data_zip=str(png_zip(tmp_path / "small.zip")))  # a small one passes
+    monkeypatch.setattr(datasets.shutil, "disk_usage", lambda p: SimpleNamespace(total=2**40, used=2**40, free=2**20))
+    with pytest.raises(gr.Error, match="free disk space"):
+        studio.train_start(data_zip=str(png_zip(tmp_path / "small.zip")))
+    with pytest.raises(ValueError, match="SIAMESE_MAX_UPLOAD"):
+        Settings.from_env({"SIAMESE_MAX_UPLOAD": "lots"})
+
+
+def test_server_paths_are_redacted_from_messages(studio, tmp_path):
+    redact = studio.redact
+    assert redact(f"{tmp_path}/runs/x: failed") == "runs/app/x: failed"
+    assert redact(f"{tmp_path}/data/a.png: not a readable image") == "data/a.png: not a readable image"
+    assert redact("Error no file named model.safetensors in /root/.cache/hub/x/unet.") == \
+        "Error no file named model.safetensors in …/unet."
+    assert redact("see https://huggingface.co/a/b and images/X.jpg / masks/X.png") == \
+        "see https://huggingface.co/a/b and images/X.jpg / masks/X.png"

@@ -18,6 +18,9 @@ import pytest
 from PIL import Image
 
 import app
+from siamese import default_model
+from studio.models import is_model_folder
+from studio.settings import ROOT, RUNS_DIR, Settings
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -34,8 +37,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(model: str, root: Path) -> tuple[object, str]:
-    demo = app.build_demo(model, runs_dir=root / "runs", checkpoints_dir=root / "checkpoints")
+def launch(model: str, root: Path, data_root: Path | None = None) -> tuple[object, str]:
+    demo = app.build_demo(model, runs_dir=root / "runs", checkpoints_dir=root / "checkpoints",
+                          settings=Settings(data_root=data_root or root))
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                         **app.launch_options())
@@ -52,8 +56,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    """The app with conftest's tiny 64 px model."""
-    demo, url = launch(str(tiny_model_dir), tmp_path_factory.mktemp("browser"))
+    """The app with conftest's tiny 64 px model; its data folder holds every test's tmp_path."""
+    demo, url = launch(str(tiny_model_dir), tmp_path_factory.mktemp("browser"), tmp_path_factory.getbasetemp())
     yield url
     demo.close()
 
@@ -119,12 +123,49 @@ def test_draw_generate_keep_export_unzip(browser, server, tmp_path):
     page.close()
 
 
+def queue_joins(page) -> list[str]:
+    """Every event the page sends to the server from now on (each poll is one)."""
+    joins: list[str] = []
+    page.on("request", lambda r: joins.append(r.url) if r.method == "POST" and "queue/join" in r.url else None)
+    return joins
+
+
+def test_the_page_polls_only_while_a_run_is_active(browser, server, dataset, tmp_path_factory):
+    """No polling on an idle page; Start switches polling on (the run is followed to its end), the end off."""
+    page, _ = open_app(browser, server)
+    page.get_by_role("tab", name="Train").click()  # where the timer lives (a tab's content mounts when opened)
+    page.wait_for_timeout(3000)  # the page's load events
+    joins = queue_joins(page)
+    page.wait_for_timeout(4000)  # the old timer ticked every 1.5 s
+    assert joins == [], f"an idle page polled the server: {joins}"
+
+    page.get_by_label("Dataset folder on the server").fill(str(dataset.relative_to(tmp_path_factory.getbasetemp())))
+    page.get_by_label("Steps", exact=True).fill("2")
+    page.get_by_label("UNet pre-training steps (from scratch)").fill("1")
+    page.get_by_label("Batch size").fill("2")
+    page.get_by_label("Resolution").click()
+    page.get_by_role("option", name="64", exact=True).click()
+    page.get_by_label("Checkpoint every").fill("1")
+    page.get_by_label("Preview every (0: never)").fill("0")
+    page.get_by_label("Run name (saved in runs/app/NAME)").fill("browser-run")
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_function("() => /Finished|failed/.test(document.querySelector('#train-status').innerText)",
+                           timeout=150_000, polling=500)
+    status = page.locator("#train-status").inner_text()
+    assert "Finished at step 3" in status and "runs/app/browser-run" in status, status
+    page.wait_for_timeout(1000)
+    joins.clear()
+    page.wait_for_timeout(4000)
+    assert joins == [], f"the page kept polling after the run ended: {joins}"
+    page.close()
+
+
 def best_model() -> str:
     """For screenshots: $SIAMESE_MODEL or the bundled model, else the newest run trained in the app."""
-    model = os.environ.get("SIAMESE_MODEL") or app.default_model()
-    if app.is_model_folder(Path(model)):
+    model = os.environ.get("SIAMESE_MODEL") or default_model()
+    if is_model_folder(Path(model)):
         return model
-    runs = sorted((p for p in app.RUNS_DIR.glob("*") if app.is_model_folder(p)), key=lambda p: p.stat().st_mtime)
+    runs = sorted((p for p in RUNS_DIR.glob("*") if is_model_folder(p)), key=lambda p: p.stat().st_mtime)
     if not runs:
         pytest.skip("no trained model for the screenshots (the bundled one, $SIAMESE_MODEL or runs/app/*)")
     return str(runs[-1])
@@ -133,10 +174,10 @@ def best_model() -> str:
 @pytest.mark.skipif(not os.environ.get("SIAMESE_APP_SCREENSHOTS"), reason="set SIAMESE_APP_SCREENSHOTS=1 to "
                     "write docs/screenshots/ (slow: a real model on CPU)")
 def test_screenshots(browser, tmp_path):
-    out = app.ROOT / "docs" / "screenshots"
+    out = ROOT / "docs" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
-    data = os.environ.get("SIAMESE_APP_SCREENSHOT_DATA") or str(app.ROOT.parent / "shared" / "data" / "kvasir-seg")
-    demo, url = launch(best_model(), tmp_path)
+    data = os.environ.get("SIAMESE_APP_SCREENSHOT_DATA") or str(ROOT.parent / "shared" / "data" / "kvasir-seg")
+    demo, url = launch(best_model(), tmp_path, Path(data).resolve().parent)
     try:
         page, _ = open_app(browser, url)
         page.set_viewport_size({"width": 1400, "height": 1300})

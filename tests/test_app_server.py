@@ -9,7 +9,6 @@ import json
 import socket
 import time
 import zipfile
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,6 +16,10 @@ import pytest
 from PIL import Image
 
 import app
+from siamese.objective import LOSS_KEYS
+from studio.models import is_model_folder
+from studio.settings import Settings
+from studio.training import BASE_MODELS
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -31,9 +34,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    """The app on a free port with conftest's tiny 64 px model; yields (url, root folder)."""
+    """The app on a free port with conftest's tiny 64 px model; yields (url, root folder). Its data folder holds
+    every test's tmp_path (conftest's `dataset`)."""
     root = tmp_path_factory.mktemp("server")
-    demo = app.build_demo(str(tiny_model_dir), runs_dir=root / "runs", checkpoints_dir=root / "checkpoints")
+    demo = app.build_demo(str(tiny_model_dir), runs_dir=root / "runs", checkpoints_dir=root / "checkpoints",
+                          settings=Settings(data_root=tmp_path_factory.getbasetemp()))
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                         **app.launch_options())
@@ -94,12 +99,23 @@ def test_bad_input_is_a_message_not_a_crash(client, tmp_path):
     assert status["state"] == "idle" and "No training run yet" in status["message"]
 
 
+def test_the_api_reaches_only_what_the_server_offers(client, mask_file, tiny_model_dir):
+    """No model outside the offered ones, no dataset outside the data folder, and no server path in the replies."""
+    for model in ("/etc", str(tiny_model_dir.parent), "someone/model"):
+        with pytest.raises(AppError, match="not a model this server offers") as info:
+            client.predict(mask=handle_file(mask_file), num_images=1, steps=1, model=model, api_name="/generate")
+        assert str(tiny_model_dir.parent) not in str(info.value)
+    for folder in ("/etc", "/root", "../..", "/no/such/folder"):
+        with pytest.raises(AppError, match="must be inside the server's data folder"):
+            client.predict(data_folder=folder, api_name="/train_start")
+
+
 def test_a_short_training_run_is_polled_and_usable_at_once(client, server, mask_file, dataset):
     data = dataset  # conftest: 6 synthetic pairs at 80 px
-    text = client.predict(data_folder=str(data), base_model=app.BASE_MODELS[0], max_steps=2, batch_size=2,
+    text = client.predict(data_folder=str(data), base_model=BASE_MODELS[0], max_steps=2, batch_size=2,
                           lr=1e-4, resolution=64, checkpoint_every=1, preview_every=2, name="api-run",
                           base_steps=1, api_name="/train_start")
-    assert "6 image-mask pairs" in text
+    assert "6 image-mask pairs" in text and str(data.parent) not in text and str(server[1]) not in text
     with pytest.raises(AppError, match="already in progress"):
         client.predict(data_folder=str(data), api_name="/train_start")
     deadline = time.time() + 150
@@ -109,13 +125,13 @@ def test_a_short_training_run_is_polled_and_usable_at_once(client, server, mask_
     assert status["state"] == "finished" and status["step"] == 3, status  # 1 pre-training step + 2
     assert status["message"].startswith("✅ Finished at step 3")
     assert [row["step"] for row in status["losses"]] == [1, 2, 3]
-    assert all(set(app.LOSS_KEYS) <= set(row) for row in status["losses"])
+    assert all(set(LOSS_KEYS) <= set(row) for row in status["losses"])
     assert status["losses"][0]["loss_mask"] == 0 and status["losses"][1]["loss_mask"] > 0  # stage 1: UNet alone
-    assert status["output"].endswith("api-run") and list(Path(status["output"], "previews").glob("*.png"))
+    assert status["output"] == "runs/app/api-run"  # the run's model id, not its server folder
     run = server[1] / "runs" / "api-run"
-    assert app.is_model_folder(run) and (run / "metrics.csv").is_file()
+    assert is_model_folder(run) and (run / "metrics.csv").is_file() and list((run / "previews").glob("*.png"))
     # the finished run generates at once
-    gallery, _ = client.predict(mask=handle_file(mask_file), num_images=1, steps=2, seed=1, model=str(run),
+    gallery, _ = client.predict(mask=handle_file(mask_file), num_images=1, steps=2, seed=1, model=status["output"],
                                 api_name="/generate")
     assert len(gallery) == 1
     assert "No training run is in progress" not in client.predict(api_name="/train_stop")

@@ -98,3 +98,23 @@ def test_bundled_model_folder_is_small_and_documented():
     card = (folder / "README.md").read_text()
     assert "Kvasir-SEG" in card and "research and education" in card.lower() and "recipe.sh" in card
     assert json.loads((folder / "siamese_config.json").read_text())["control_scale"] == 2.0
+
+
+def test_train_decoder_adds_a_learned_decoder_to_a_model_folder(tiny_model_dir, dataset, tmp_path):
+    """train-decoder writes codec/decoder/ with its held-out figures; the folder loads and samples with it;
+    a bad setting is one line and exit 2, before anything is written."""
+    out = tmp_path / "with-decoder"
+    code = main(["train-decoder", "--model", str(tiny_model_dir), "--data", str(dataset), "--output", str(out),
+                 "--steps", "3", "--crop", "32", "--width", "8", "--holdout", "0.34"])
+    assert code == 0
+    record = json.loads((out / "codec" / "decoder" / "train_config.json").read_text())
+    assert record["steps"] == 3 and record["held_out"]["images"] == 2
+    assert set(record["held_out"]["psnr_db"]) == {"linear", "learned"}
+    assert json.loads((out / "siamese_config.json").read_text())["codec"]["learned_decoder"] is True
+    assert main(["sample", "--model", str(out), "--masks", str(dataset / "masks" / "case00.png"), "--steps", "1",
+                 "--seed", "0", "--output", str(tmp_path / "s")]) == 0
+    bad = _run("train-decoder", "--model", str(tiny_model_dir), "--data", str(dataset), "--output",
+               str(tmp_path / "bad"), "--crop", "30")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == "error: decoder crop must be a multiple of the patch size 8, got 30"
+    assert not (tmp_path / "bad").exists()

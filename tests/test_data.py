@@ -44,6 +44,20 @@ def test_bad_folders_say_what_is_expected(tmp_path):
         find_pairs(tmp_path / "bad")
 
 
+@pytest.mark.parametrize("entry", ["../outside/secret.png", "/etc/passwd", "masks/../../outside/secret.png"])
+def test_prompt_json_entries_stay_inside_the_dataset(tmp_path, entry):
+    """prompt.json may only name files inside its folder: a '..' or absolute entry is refused by name,
+    even when the file it names exists."""
+    root = write_dataset(tmp_path / "d", n=1)
+    write_dataset(tmp_path / "outside", n=1)
+    (tmp_path / "outside" / "secret.png").write_bytes((root / "masks" / "case00.png").read_bytes())
+    for key in ("source", "target"):
+        item = {"source": "masks/case00.png", "target": "images/case00.jpg", "prompt": "p", key: entry}
+        (root / "prompt.json").write_text(json.dumps(item) + "\n")
+        with pytest.raises(DataError, match=f"line 1: .*'{entry}'.*inside"):
+            find_pairs(root)
+
+
 def test_unreadable_image_is_a_clear_error(tmp_path):
     bad = tmp_path / "x.png"
     bad.write_text("not an image")

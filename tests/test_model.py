@@ -71,3 +71,21 @@ def test_bad_paths_are_clear(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(ModelLoadError, match="is a file"):
         load_model(tmp_path / "file.txt")
+
+
+@pytest.mark.parametrize("sub, weights, pickled", [
+    ("unet", "diffusion_pytorch_model", "diffusion_pytorch_model.bin"),
+    ("controlnet", "diffusion_pytorch_model", "diffusion_pytorch_model.bin"),
+    ("text_encoder", "model", "pytorch_model.bin"),
+])
+def test_pickled_weights_are_never_loaded(tiny_model_dir, tmp_path, sub, weights, pickled):
+    """Only safetensors are read: a folder whose weights are a pickled .bin (which can run code when
+    unpickled) is refused, not loaded."""
+    from safetensors.torch import load_file
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    tensors = folder / sub / f"{weights}.safetensors"
+    torch.save(load_file(tensors), folder / sub / pickled)
+    tensors.unlink()
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        load_model(folder)
