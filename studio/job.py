@@ -1,0 +1,183 @@
+"""The background training run (one at a time) and what the page shows of it: status text and loss curves.
+
+The job keeps server paths to itself: every message it writes goes through `public` (a Redactor), which shows
+the run folder as `runs/app/NAME`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from collections.abc import Callable
+
+import pandas as pd
+
+from siamese import DataError, ModelLoadError
+from siamese.objective import LOSS_KEYS
+from siamese.train import TrainConfig, train
+
+from .messages import md_escape
+
+logger = logging.getLogger(__name__)
+
+ACTIVE_STATES = ("running", "stopping")  # the page polls only while a run is in one of these
+
+
+class TrainingJob:
+    """One training run at a time, in a background thread; the page polls `snapshot()`."""
+
+    def __init__(self, public: Callable[[str], str] = str) -> None:
+        self.public = public  # server paths -> what visitors may see
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.version = 0  # bumped on every change the page shows
+        self.state = "idle"  # idle | running | stopping | finished | stopped | failed
+        self.message = "No training run yet."
+        self.rows: list[dict] = []
+        self.preview = None
+        self.step = 0
+        self.max_steps = 0
+        self._base_steps = 0  # stage 1 (UNet pre-training, from scratch only): its steps come first
+        self._pretraining = False
+        self.it_per_s = 0.0
+        self.eta_s = 0.0
+        self.output: str | None = None
+        self.error = ""
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, config: TrainConfig, tmp: tempfile.TemporaryDirectory | None = None,
+              prepare: Callable[[TrainConfig], TrainConfig] | None = None) -> None:
+        """Run `train(config)` in a thread; `prepare` (e.g. fetching a hub base model) runs there first, and
+        `tmp` (an unpacked upload) is removed when the run ends."""
+        with self._lock:
+            if self.running:
+                raise RuntimeError("a training run is already in progress: stop it first")
+            self._stop = threading.Event()
+            self.state, self.rows, self.preview, self.error = "running", [], None, ""
+            self.step, self.max_steps, self.it_per_s, self.eta_s = 0, config.base_steps + config.max_steps, 0.0, 0.0
+            self._base_steps, self._pretraining = config.base_steps, False
+            self.output, self._tmp = config.output, tmp
+            where = self.public(config.output)
+            self.message = f"Starting: loading the data and building the model for `{where}`..."
+            self.version += 1
+            self._thread = threading.Thread(target=self._run, args=(config, prepare), name="siamese-train",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> bool:
+        with self._lock:
+            if not self.running:
+                return False
+            self._stop.set()
+            self.state = "stopping"
+            self.message = f"Stopping after step {self.step + 1}; the model is saved first..."
+            self.version += 1
+            return True
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self, config: TrainConfig, prepare: Callable[[TrainConfig], TrainConfig] | None) -> None:
+        try:
+            train(prepare(config) if prepare else config, callback=self._on_event, stop=self._stop)
+        except (DataError, ModelLoadError, ValueError) as e:
+            self._fail(str(e))
+        except Exception as e:  # noqa: BLE001 - a failed run must not take the server down
+            logger.exception("training failed")
+            self._fail(f"{type(e).__name__}: {e}")
+        finally:
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
+
+    def _fail(self, text: str) -> None:
+        with self._lock:
+            text = self.public(text)
+            self.state, self.error = "failed", text
+            self.message = f"Training failed: {md_escape(text)}"
+            self.version += 1
+
+    def _on_event(self, event: dict) -> None:
+        with self._lock:
+            kind = event["type"]
+            if kind == "start":
+                self._pretraining = bool(self._base_steps) and event["stage"] == "base"
+            pretraining = self._pretraining
+            offset = 0 if pretraining else self._base_steps  # stage 2 counts on from stage 1
+            if kind == "start":
+                self.state = "stopping" if self._stop.is_set() else "running"
+                self.step = offset + event["step"]
+                if not pretraining:
+                    self.max_steps = offset + event["max_steps"]
+                where = self.public(event["output"])
+                self.message = (f"Stage 1 of 2: pre-training the UNet alone in `{where}`..." if pretraining
+                                else f"Training `{where}`...")
+            elif kind == "log":
+                rate = event["it_per_s"]  # smoothed: single steps vary a lot on a busy CPU
+                self.it_per_s = rate if not self.it_per_s else 0.8 * self.it_per_s + 0.2 * rate
+                self.step = offset + event["step"]
+                self.eta_s = (self.max_steps - self.step) / max(self.it_per_s, 1e-9)
+                # stage 1 logs the four Siamese terms as 0 (as its metrics.csv does): a plot keeps the
+                # terms of its first frame, so every line must be there from the start
+                self.rows.append({"step": self.step, **{k: event[k] for k in LOSS_KEYS if k in event}})
+            elif kind == "preview":
+                self.preview = event["image"]
+            elif kind == "checkpoint":
+                self.step = offset + event["step"]
+            elif kind == "end" and pretraining and not event["stopped"]:
+                pass  # stage 2 follows
+            elif kind == "end":
+                self.step, self.output = offset + event["step"], event["output"]
+                self.state = "stopped" if event["stopped"] else "finished"
+                verb = "Stopped" if event["stopped"] else "Finished"
+                what = ("the pre-trained UNet (no ControlNet yet: it cannot generate) is saved in" if pretraining
+                        else "the model is saved in")
+                self.message = (f"{verb} at step {self.step}: {what} `{self.public(event['output'])}` "
+                                "and listed in the model selector.")
+            self.version += 1
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return dict(version=self.version, state=self.state, message=self.message, rows=list(self.rows),
+                        preview=self.preview, step=self.step, max_steps=self.max_steps, it_per_s=self.it_per_s,
+                        eta_s=self.eta_s, output=self.output, error=self.error)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def status_text(snap: dict) -> str:
+    icon = {"idle": "", "running": "⏳ ", "stopping": "⏳ ", "finished": "✅ ", "stopped": "⏹️ ",
+            "failed": "❌ "}[snap["state"]]
+    text = icon + snap["message"]
+    if snap["state"] in ACTIVE_STATES and snap["max_steps"]:
+        text += f"\n\nStep **{snap['step']} / {snap['max_steps']}**"
+        if snap["it_per_s"]:
+            text += f" · {snap['it_per_s']:.2f} it/s · ETA {_duration(snap['eta_s'])}"
+    if snap["rows"]:
+        last = snap["rows"][-1]
+        text += "\n\n" + " · ".join(f"{k} {last[k]:.4g}" for k in LOSS_KEYS if k in last)
+    return text
+
+
+LOSS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#7f7f7f")
+
+
+def loss_frame(rows: list[dict]) -> pd.DataFrame:
+    """Loss rows -> long format (step, value, term) for the line plot."""
+    records = [(r["step"], float(r[k]), k) for r in rows for k in LOSS_KEYS if k in r]
+    steps, values, terms = zip(*records) if records else ((), (), ())
+    # typed even when empty, so the plot's axes are numeric from the start
+    return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "value": pd.Series(values, dtype="float64"),
+                         "term": pd.Series(terms, dtype="str")})

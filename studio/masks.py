@@ -1,0 +1,141 @@
+"""The mask canvas: example and random masks, the drawn mask, uploaded mask files, outlines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from siamese import DataError, read_mask
+from siamese.data import binarize_mask
+
+from .settings import EXAMPLES_DIR
+
+CANVAS = 512  # drawing canvas (square); masks are resized to the model resolution by the library
+MAX_MASK_FILE_BYTES = 20 * 2**20
+
+
+def procedural_mask(rng: np.random.Generator, size: int = 256) -> np.ndarray:
+    """A random lesion-like shape: 1-2 smooth blobs (star-shaped polygons with low-frequency radii)."""
+    mask = np.zeros((size, size), np.uint8)
+    for _ in range(1 if rng.random() < 0.8 else 2):
+        center = rng.uniform(0.3, 0.7, 2) * size
+        radius = rng.uniform(0.1, 0.26) * size
+        angles = np.linspace(0, 2 * np.pi, 96, endpoint=False)
+        wobble = sum(rng.uniform(0, a) * np.cos(k * angles + rng.uniform(0, 2 * np.pi))
+                     for k, a in ((2, 0.15), (3, 0.1), (4, 0.05)))
+        stretch = rng.uniform(0.7, 1.3)
+        xs = center[0] + radius * (1 + wobble) * np.cos(angles) * stretch
+        ys = center[1] + radius * (1 + wobble) * np.sin(angles) / stretch
+        cv2.fillPoly(mask, [np.stack([xs, ys], 1).round().astype(np.int32)], 1)
+    return mask
+
+
+def draw_example_masks(folder: Path, size: int = 256) -> list[Path]:
+    """The example masks of `assets/masks/`: drawn shapes (ellipses, blobs), white lesion on black."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shapes: dict[str, np.ndarray] = {}
+    m = np.zeros((size, size), np.uint8)
+    cv2.ellipse(m, (128, 120), (46, 40), 0, 0, 360, 255, -1)
+    shapes["round"] = m
+    m = np.zeros((size, size), np.uint8)
+    cv2.ellipse(m, (120, 140), (85, 50), 25, 0, 360, 255, -1)
+    shapes["oval-large"] = m
+    m = np.zeros((size, size), np.uint8)
+    cv2.ellipse(m, (80, 90), (30, 26), 0, 0, 360, 255, -1)
+    cv2.ellipse(m, (176, 170), (22, 20), 0, 0, 360, 255, -1)
+    shapes["two-small"] = m
+    m = np.zeros((size, size), np.uint8)
+    cv2.ellipse(m, (200, 60), (34, 28), -30, 0, 360, 255, -1)
+    shapes["corner"] = m
+    for name, seed in (("blob-lobulated", 3), ("blob-irregular", 11)):
+        shapes[name] = procedural_mask(np.random.default_rng(seed), size) * 255
+    paths = []
+    for name, arr in shapes.items():
+        path = folder / f"{name}.png"
+        cv2.imwrite(str(path), arr)
+        paths.append(path)
+    return paths
+
+
+def example_masks(folder: Path = EXAMPLES_DIR) -> list[Path]:
+    paths = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    return paths or draw_example_masks(folder)
+
+
+def painted(layer: np.ndarray) -> np.ndarray:
+    """A canvas layer -> (H, W) {0, 1}: painted (alpha > 127) and bright; a layer without alpha: bright."""
+    return binarize_mask(np.asarray(layer))
+
+
+def mask_from_editor(value: dict | None) -> np.ndarray:
+    """The mask drawn in the ImageEditor: the union of its painted layer pixels, (H, W) {0, 1}.
+
+    The background is only a backdrop (black, or a reference image) and never part of the mask.
+    """
+    layers = [np.asarray(x) for x in (value or {}).get("layers") or [] if x is not None]
+    if not layers:
+        raise DataError("the canvas is empty: pick the Brush and draw the lesion in white, upload a mask "
+                        "file, or click an example mask")
+    h, w = layers[0].shape[:2]
+    mask = np.zeros((h, w), np.uint8)
+    for layer in layers:
+        if layer.shape[:2] != (h, w):
+            layer = cv2.resize(layer, (w, h), interpolation=cv2.INTER_NEAREST)
+        mask |= painted(layer)
+    if not mask.any():
+        raise DataError("the mask is empty: pick the Brush and draw the lesion in white (or upload a mask)")
+    return mask
+
+
+def _backdrop(background: np.ndarray | None) -> np.ndarray:
+    """The editor background as (CANVAS, CANVAS, 3) uint8: black when there is none."""
+    if background is None:
+        return np.zeros((CANVAS, CANVAS, 3), np.uint8)
+    bg = np.asarray(background)
+    if bg.ndim == 2:
+        bg = np.repeat(bg[..., None], 3, 2)
+    bg = bg[..., :3].astype(np.uint8)
+    if bg.shape[:2] != (CANVAS, CANVAS):
+        bg = cv2.resize(bg, (CANVAS, CANVAS), interpolation=cv2.INTER_AREA)
+    return bg
+
+
+def editor_value(mask01: np.ndarray | None, background: np.ndarray | None = None) -> dict:
+    """An ImageEditor value: backdrop (black or reference) with the mask as one white RGBA layer."""
+    bg = _backdrop(background)
+    layers = []
+    composite = bg.copy()
+    if mask01 is not None:
+        m = cv2.resize(np.asarray(mask01, np.uint8), (CANVAS, CANVAS), interpolation=cv2.INTER_NEAREST) > 0
+        layer = np.zeros((CANVAS, CANVAS, 4), np.uint8)
+        layer[m] = 255
+        layers.append(layer)
+        composite[m] = 255
+    return {"background": bg, "layers": layers, "composite": composite}
+
+
+def read_mask_upload(path: str | Path | None) -> np.ndarray:
+    """An uploaded mask file -> (H, W) {0, 1}, with a clear message for non-images and huge files."""
+    if not path:
+        raise DataError("no file was uploaded")
+    path = Path(path)
+    size = path.stat().st_size if path.is_file() else 0
+    if size > MAX_MASK_FILE_BYTES:
+        raise DataError(f"{path.name} is {size / 2**20:.0f} MB; a mask file may be at most "
+                        f"{MAX_MASK_FILE_BYTES // 2**20} MB")
+    mask = read_mask(path)
+    if not mask.any():
+        raise DataError(f"{path.name}: the mask is empty (no white pixels above 127)")
+    if mask.all():
+        raise DataError(f"{path.name}: the mask is all white; it needs some black background")
+    return mask
+
+
+def outline(image: np.ndarray, mask: np.ndarray, color=(0, 255, 0)) -> np.ndarray:
+    """The image with the mask's outline drawn over it (1-2 px, scaled to the image size)."""
+    contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    out = np.ascontiguousarray(image.copy())
+    cv2.drawContours(out, contours, -1, color, max(1, image.shape[0] // 160), lineType=cv2.LINE_AA)
+    return out

@@ -1,0 +1,94 @@
+"""What the operator configures, read from the environment once per server, and the app's own folders.
+
+    SIAMESE_MODEL              the default model: a folder or a hub id (else the bundled one)
+    SIAMESE_MODELS_ROOT        a folder whose model folders may also be loaded, as `models/PATH` (unset: none)
+    SIAMESE_ALLOW_HUB=1        hub ids (owner/name) may be loaded and downloaded (unset: only a default hub id)
+    SIAMESE_DATA_ROOT          the only folder training datasets are read from (default: the working directory)
+    SIAMESE_DISABLE_TRAINING=1 no training (always off on ZeroGPU Spaces)
+    SIAMESE_MAX_UPLOAD         the largest upload (default 500mb); a dataset zip may unpack to 4x this
+    SIAMESE_DEVICE, SIAMESE_DTYPE   where and in which precision models run (default: cuda if present, float32)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES_DIR = ROOT / "assets" / "masks"
+CHECKPOINTS_DIR = ROOT / "checkpoints"
+RUNS_DIR = ROOT / "runs" / "app"
+
+DEFAULT_MAX_UPLOAD = "500mb"
+ZIP_EXPANSION = 4  # a dataset zip may unpack to at most this many times the upload limit
+_UNITS = {"b": 1, "kb": 2**10, "mb": 2**20, "gb": 2**30, "tb": 2**40}  # as Gradio reads max_file_size
+
+
+def _on(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes")
+
+
+def parse_size(text: str | int) -> int:
+    """"500mb" -> bytes, with Gradio's units (b, kb, mb, gb, tb; 1024-based)."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"(\d+)\s*([kmgt]?b)", str(text).strip().lower())
+    if not match:
+        raise ValueError(f"SIAMESE_MAX_UPLOAD must be a size such as 500mb or 2gb, got '{text}'")
+    return int(match[1]) * _UNITS[match[2]]
+
+
+def training_disabled_reason(environ: Mapping[str, str] | None = None) -> str | None:
+    """Why training is off here, or None: an explicit switch, or a ZeroGPU Space (no long GPU jobs)."""
+    env = os.environ if environ is None else environ
+    if _on(env.get("SIAMESE_DISABLE_TRAINING")):
+        return "Training is disabled on this server (SIAMESE_DISABLE_TRAINING=1). Run the app locally to train."
+    if env.get("SPACES_ZERO_GPU"):
+        return ("Training is disabled on ZeroGPU Spaces: GPU time comes in short slices, too short for a "
+                "training run. Duplicate the Space on a dedicated GPU, or run the app locally to train.")
+    return None
+
+
+def device_and_dtype(environ: Mapping[str, str] | None = None) -> tuple[str, torch.dtype]:
+    """cuda when present (a GPU Space), else cpu; float32 unless SIAMESE_DTYPE=float16|bfloat16."""
+    env = os.environ if environ is None else environ
+    device = env.get("SIAMESE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(env.get("SIAMESE_DTYPE", ""), torch.float32)
+    return device, dtype
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The server's access settings. `Settings.from_env()` reads them; tests build them directly."""
+
+    data_root: Path  # training datasets are read from folders inside it only
+    models_root: Path | None = None  # model folders inside it may be loaded; None: none
+    allow_hub: bool = False  # hub ids may be loaded (the default model may be one regardless)
+    max_upload: str = DEFAULT_MAX_UPLOAD  # Gradio refuses bigger uploads
+    training_disabled: str | None = None  # why, or None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        models_root = (env.get("SIAMESE_MODELS_ROOT") or "").strip()
+        settings = cls(data_root=Path(env.get("SIAMESE_DATA_ROOT") or Path.cwd()).expanduser().resolve(),
+                       models_root=Path(models_root).expanduser().resolve() if models_root else None,
+                       allow_hub=_on(env.get("SIAMESE_ALLOW_HUB")),
+                       max_upload=env.get("SIAMESE_MAX_UPLOAD") or DEFAULT_MAX_UPLOAD,
+                       training_disabled=training_disabled_reason(env))
+        parse_size(settings.max_upload)  # a bad value fails at start, not at the first upload
+        return settings
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return parse_size(self.max_upload)
+
+    @property
+    def max_unpacked_bytes(self) -> int:
+        """The most a dataset zip may unpack to: ZIP_EXPANSION times the upload limit."""
+        return ZIP_EXPANSION * self.max_upload_bytes
