@@ -126,12 +126,16 @@ class PatchCodec(nn.Module):
 
     def save(self, folder: Path, dtype: torch.dtype | None = None) -> None:
         """codec/codec.safetensors, always float32 (it is tiny and precision matters); the learned decoder,
-        if any, in codec/decoder/ (config.json + safetensors, in `dtype`)."""
+        if any, in codec/decoder/ (config.json + safetensors, float32 too)."""
         (folder / "codec").mkdir(parents=True, exist_ok=True)
         save_file({k: getattr(self, k).detach().float().cpu().contiguous() for k in self.BUFFERS},
                   folder / "codec" / self.WEIGHTS)
         if self.decoder is not None:
-            _save_module(self.decoder, folder / "codec" / "decoder", dtype)
+            self.save_decoder(folder / "codec" / "decoder")
+
+    def save_decoder(self, folder: Path) -> None:
+        """The learned decoder's config.json + safetensors in `folder`, float32 (0.4 M parameters)."""
+        _save_module(self.decoder, folder, torch.float32)
 
     @classmethod
     def load(cls, folder: Path, config: PatchCodecConfig) -> PatchCodec:

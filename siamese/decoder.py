@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -174,6 +175,8 @@ def add_decoder(
     from .model import load_model
     from .quality import block_edge_ratio, psnr
 
+    if output is None and not Path(model_path).is_dir():
+        raise ValueError(f"'{model_path}' is not a local model folder: name an --output folder for the model with its decoder")
     model = load_model(model_path, device=device)
     codec = model.codec
     if not hasattr(codec, "decode_linear"):
@@ -201,20 +204,33 @@ def add_decoder(
         }
         logger.info("held-out: %s", record["held_out"])
     codec.set_decoder(decoder)
-    out = Path(output or model_path)
-    model.save_pretrained(out, dtype=torch.float16 if _is_half(model_path) else None)
-    (out / "codec" / "decoder" / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
+    if output is not None and not _same_folder(output, model_path):
+        out = model.save_pretrained(output, dtype=torch.float16 if _is_half(model_path) else None)
+        (out / "codec" / "decoder" / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
+        return out
+    # in place: the decoder folder appears whole (written beside, then renamed), then the config names it
+    out = Path(model_path)
+    final, tmp = out / "codec" / "decoder", out / "codec" / "decoder.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    codec.save_decoder(tmp)
+    (tmp / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    model.config.codec = codec.to_dict()
+    model.config.save(out)
     return out
 
 
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def _is_half(model_path: str) -> bool:
-    """Whether the folder's UNet weights are stored in float16 (a shipped folder stays float16)."""
-    cfg = Path(model_path) / "unet" / "config.json"
+    """Whether the folder's UNet weights are stored in float16 (a copy of a shipped folder stays float16)."""
     from safetensors import safe_open
 
-    files = list((Path(model_path) / "unet").glob("*.safetensors")) if cfg.is_file() else []
+    files = sorted((Path(model_path) / "unet").glob("*.safetensors"))
     if not files:
         return False
     with safe_open(files[0], "pt") as f:
-        first = next(iter(f.keys()))
-        return f.get_slice(first).get_dtype() == "F16"
+        return f.get_slice(next(iter(f.keys()))).get_dtype() == "F16"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,19 +61,61 @@ class SiameseConfig:
     control_scale: float = 1.0  # recommended sampling control scale (SamplingParams.control_scale None uses it)
 
     def save(self, folder: Path) -> None:
-        (folder / CONFIG_NAME).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        """siamese_config.json, written atomically (a temporary file renamed over it)."""
+        tmp = folder / f".{CONFIG_NAME}.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(tmp, folder / CONFIG_NAME)
 
     @classmethod
     def load(cls, folder: Path) -> SiameseConfig:
+        """Read siamese_config.json (a folder without one is a plain Stable Diffusion folder); a malformed file or
+        a value of the wrong type is a ModelLoadError naming the file and the key."""
         path = folder / CONFIG_NAME
         if not path.exists():  # a plain Stable Diffusion folder
             return cls(name=folder.name)
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ModelLoadError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except json.JSONDecodeError as e:
+            raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
+        except OSError as e:
+            raise ModelLoadError(f"{path}: cannot be read ({e.strerror})") from None
+        if not isinstance(data, dict):
+            raise ModelLoadError(f"{path}: expected a JSON object of settings, got {type(data).__name__}")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ModelLoadError(f"{path}: unknown keys {sorted(unknown)}")
+        for key, value in data.items():
+            expected = _config_problem(key, value)
+            if expected:
+                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+                raise ModelLoadError(f"{path}: '{key}' must be {expected}, got {shown}")
         data["dhi_widths"] = tuple(data.get("dhi_widths", DHI_WIDTHS))
         return cls(**data)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _config_problem(key: str, value) -> str | None:
+    """What a siamese_config.json value must be, or None when it is fine."""
+    if key == "resolution":
+        ok = _is_int(value) and value % 8 == 0 and 8 <= value <= 4096
+        return None if ok else "a whole number of pixels, a multiple of 8 between 8 and 4096"
+    if key in ("prompt", "name"):
+        return None if isinstance(value, str) else "text"
+    if key == "codec":
+        return None if isinstance(value, dict) and isinstance(value.get("type", "vae"), str) else \
+            'an object such as {"type": "vae"}'
+    if key == "dhi_widths":
+        ok = isinstance(value, list) and value and all(_is_int(w) and w > 0 for w in value)
+        return None if ok else "a list of positive whole numbers (channel widths)"
+    if key == "control_scale":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        return None if ok else "a number, 0 or more"
+    return None
 
 
 class SiameseModel:

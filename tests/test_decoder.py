@@ -83,3 +83,20 @@ def test_decoder_that_does_not_fit_the_codec_is_refused():
         DecoderTrainConfig(num_blocks=(1, 1, 1)).validate(8)
     with pytest.raises(ValueError, match="multiple of the patch size"):
         DecoderTrainConfig(crop=60).validate(8)
+
+
+def test_add_decoder_in_place_writes_the_decoder_whole_then_the_config(tiny_model_dir, dataset, tmp_path):
+    from siamese.decoder import add_decoder
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    before = load_model(folder)
+    out = add_decoder(str(folder), str(dataset), DecoderTrainConfig(steps=2, crop=32, width=8), holdout=0.34)
+    assert out == folder and not (folder / "codec" / "decoder.tmp").exists()
+    assert json.loads((folder / "codec" / "decoder" / "train_config.json").read_text())["held_out"]["images"] == 2
+    after = load_model(folder)
+    assert after.codec.decoder is not None and after.codec.decoder.dtype == torch.float32
+    for (n, p), (_, q) in zip(before.unet.state_dict().items(), after.unet.state_dict().items()):
+        assert torch.equal(p, q), n  # nothing else in the folder was rewritten
+    with pytest.raises(ValueError, match="not a local model folder"):
+        add_decoder("owner/name", str(dataset), DecoderTrainConfig(steps=1))
