@@ -48,31 +48,41 @@ def _sample(args: argparse.Namespace) -> None:
 
     from . import default_model
     from .data import augment_mask, list_masks, read_mask
-    from .export import write_pairs
+    from .export import check_writable, write_pairs
     from .model import load_model
-    from .sampling import SamplingParams, generate, random_seed
+    from .sampling import MAX_SEED, SamplingParams, generate, prepare_mask, random_seed, validate_request
 
-    masks = list_masks(args.masks)
+    # 1. every setting, every mask file and the output folder, before the (possibly slow) model load
     params = SamplingParams(prompt=args.prompt, steps=args.steps, guidance_scale=args.guidance,
                             scheduler=args.scheduler, eta=args.eta, control_scale=args.control_scale)
-    params.validate()  # before the (possibly slow) model load
+    params.validate()
+    validate_request(args.num_images, args.seed, args.batch_size)
+    paths = list_masks(args.masks)
+    masks = [read_mask(path) for path in paths]
+    out = Path(args.output)
+    check_writable(out)
+    # 2. the model, and every mask at its resolution (an empty or full mask is refused before any sampling)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.model or default_model(), device=device)
+    for path, mask in zip(paths, masks):
+        try:
+            prepare_mask(model, mask)
+        except ValueError as e:
+            raise type(e)(f"{path}: {e}") from None
+    # 3. sample, mask by mask; image i of mask m has seed base + m * num_images + i
     base_seed = random_seed() if args.seed is None else args.seed
-    out = Path(args.output)
     total = 0
     from tqdm.auto import tqdm
 
-    for m, path in enumerate(tqdm(masks, desc="masks", disable=len(masks) < 2)):
-        mask = read_mask(path)
-        seed = base_seed + m * args.num_images
+    for m, (path, mask) in enumerate(tqdm(list(zip(paths, masks)), desc="masks", disable=len(paths) < 2)):
+        seed = (base_seed + m * args.num_images) % (MAX_SEED + 1)
         if args.augment_masks:
             items = []
             for i in range(args.num_images):
                 aug = augment_mask(mask, np.random.default_rng(seed + i))
-                item = generate(model, aug, 1, seed + i, params, source=str(path))[0]
+                item = generate(model, aug, 1, (seed + i) % (MAX_SEED + 1), params, source=str(path))[0]
                 item.params["augmented_mask"] = True
-                items.extend([item])
+                items.append(item)
         else:
             items = generate(model, mask, args.num_images, seed, params, batch_size=args.batch_size,
                              source=str(path))
@@ -117,11 +127,19 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(format_report(report))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors ending as every error of the CLI does: a last line `error: ...`, exit code 2."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .sampling import SCHEDULERS
 
-    parser = argparse.ArgumentParser(prog="python -m siamese", description="Siamese-Diffusion: image-mask "
-                                     "pair synthesis for medical segmentation.")
+    parser = _Parser(prog="python -m siamese", description="Siamese-Diffusion: image-mask "
+                     "pair synthesis for medical segmentation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -223,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.func(args)
-    except (DataError, ModelLoadError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (DataError, ModelLoadError, ValueError, OSError) as e:  # one line: what was wrong
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -4,20 +4,36 @@ Two dataset layouts are read:
 - a folder with `images/` and `masks/`, matched by file stem (any common image format);
 - the reference layout: `prompt.json` with one JSON object per line,
   `{"source": mask path, "target": image path, "prompt": text}` (paths relative to the folder).
-Masks are binarised at > 127; images and masks are resized to the model resolution (area for images,
-nearest for masks).
+Images and masks are resized to the model resolution (area for images, nearest for masks).
+
+Masks, one rule for files and arrays (`binarize_mask`; the CLI, the app and training all use it): a pixel is
+foreground where its gray level is above half the mask's full scale, which is 255 for 8-bit masks (so > 127),
+65535 for 16-bit ones, 1 for floating point ones and True for booleans; an integer mask that holds only the
+values 0 and 1 is a label mask (full scale 1: the 1s are foreground), whatever its bit depth. Other integer
+arrays are on the 8-bit scale. A colour mask counts by its gray level; where it has an alpha channel (a drawn
+canvas layer, a PNG with transparency), only pixels more than half opaque can be foreground.
+
+Every image and mask file is checked against `MAX_PIXELS` (width x height) from its header, before anything
+is decoded.
+
+Dataset checks (`find_pairs`, `PairDataset`): two files with the same name in one folder (`a.png` and
+`a.jpg`), an image and mask of different sizes, and a dataset whose masks are all empty are errors naming
+the files; images without a mask (and masks without an image) are skipped with a warning, and so are empty
+masks among non-empty ones (images without a lesion can be wanted).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 logger = logging.getLogger(__name__)
@@ -25,10 +41,12 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DataError", "Pair", "PairDataset", "find_pairs", "read_image", "read_mask", "binarize_mask",
     "resize_pair", "augment_mask", "split_pairs", "list_masks", "default_prompt", "mask_to_hint", "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-MAX_PIXELS = 64_000_000  # refuse decompression bombs
+MAX_PIXELS = 64_000_000  # the largest image or mask read (width x height), checked in the header before decoding
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
 class DataError(ValueError):
@@ -42,53 +60,91 @@ class Pair:
     prompt: str | None = None
 
 
-def _decode(path: Path, flags: int) -> np.ndarray:
-    path = Path(path)
+def _header(path: Path) -> bool:
+    """Check the file's header: a readable image of at most MAX_PIXELS pixels. Nothing is decoded (PIL reads
+    the size lazily). Returns whether the image has an alpha channel."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    arr = cv2.imdecode(data, flags) if data.size else None
+    too_large = f"at most {MAX_PIXELS:,} pixels (width x height) are read"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                (w, h), alpha = im.size, im.mode in _ALPHA_MODES or "transparency" in im.info
+    except Image.DecompressionBombError:
+        raise DataError(f"{path}: the image is too large: {too_large}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise DataError(f"{path}: not a readable image (expected PNG, JPEG, BMP, TIFF or WebP)") from None
+    if w * h > MAX_PIXELS:
+        raise DataError(f"{path}: the image is {w}x{h} pixels, too large: {too_large}")
+    return alpha
+
+
+def _decode(path: Path, flags: int) -> np.ndarray:
+    arr = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), flags)
     if arr is None:
         raise DataError(f"{path}: not a readable image (expected PNG, JPEG, BMP, TIFF or WebP)")
-    if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
-        raise DataError(f"{path}: image of {arr.shape[1]}x{arr.shape[0]} pixels is too large")
     return arr
 
 
 def read_image(path: str | Path) -> np.ndarray:
     """An image file -> (H, W, 3) uint8 RGB."""
-    arr = _decode(Path(path), cv2.IMREAD_COLOR)
-    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+    path = Path(path)
+    _header(path)
+    return cv2.cvtColor(_decode(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _full_scale(values: np.ndarray) -> float:
+    """The value of a fully white pixel: 1 for a label mask (integers 0 and 1 only) and for floating point,
+    65535 for 16-bit, else 255."""
+    if np.issubdtype(values.dtype, np.integer) and values.size and values.min() >= 0 and values.max() <= 1:
+        return 1.0
+    if np.issubdtype(values.dtype, np.floating):
+        return 1.0
+    return 65535.0 if values.dtype == np.uint16 else 255.0
 
 
 def binarize_mask(arr: np.ndarray) -> np.ndarray:
-    """Any mask array ((H, W), (H, W, 3) or (H, W, 4), uint8) -> (H, W) uint8 in {0, 1}, threshold > 127.
+    """Any mask array -> (H, W) uint8 in {0, 1}: (H, W), (H, W, 1), gray + alpha (H, W, 2), RGB (H, W, 3) or
+    RGBA (H, W, 4); 8-bit, 16-bit, other integers, floating point or boolean.
 
-    With an alpha channel (a drawn canvas layer), a pixel counts where it is painted (alpha > 127)
-    and bright; colour images are converted to grayscale first. A uint8 array that holds only 0 and 1
-    is already binary and is returned as is.
+    The one rule (module docstring): foreground where the gray level is above half the full scale (8-bit: > 127,
+    16-bit: > 32767, floating point: > 0.5; label masks of 0 and 1: the 1s), and, with an alpha channel, where
+    the pixel is more than half opaque.
     """
     arr = np.asarray(arr)
-    if arr.ndim == 2 and arr.dtype == np.uint8 and arr.max(initial=0) <= 1:
-        return arr.copy()
-    if arr.dtype != np.uint8:
-        if arr.dtype == bool:
-            arr = arr.astype(np.uint8) * 255
-        else:
-            arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        gray = cv2.cvtColor(arr[..., :3], cv2.COLOR_RGB2GRAY)
-        return ((gray > 127) & (arr[..., 3] > 127)).astype(np.uint8)
-    if arr.ndim == 3:
-        arr = cv2.cvtColor(arr[..., :3], cv2.COLOR_RGB2GRAY)
-    if arr.ndim != 2:
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise DataError(f"a mask must be an array of numbers, got {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] in (1, 3):
+        color, alpha = arr, None
+    elif arr.ndim == 3 and arr.shape[2] in (2, 4):
+        color, alpha = arr[..., :-1], arr[..., -1]
+    elif arr.ndim == 2:
+        color, alpha = arr, None
+    else:
         raise DataError(f"a mask must be a 2-D grayscale or colour image, got an array of shape {arr.shape}")
-    return (arr > 127).astype(np.uint8)
+    scale = _full_scale(color)
+    if color.ndim == 3:  # ITU-R 601 luma, as cv2's RGB2GRAY
+        color = color[..., 0] if color.shape[2] == 1 else color.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    mask = color > scale / 2
+    if alpha is not None:
+        mask &= alpha > _full_scale(alpha) / 2
+    return mask.astype(np.uint8)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """A mask file -> (H, W) uint8 in {0, 1} (grayscale > 127)."""
-    return binarize_mask(_decode(Path(path), cv2.IMREAD_GRAYSCALE))
+    """A mask file -> (H, W) uint8 in {0, 1}, by `binarize_mask`'s rule: its gray levels at their own bit depth
+    (8-bit, 16-bit or floating point), and its transparency when it has an alpha channel."""
+    path = Path(path)
+    if _header(path):  # all channels, colour order RGB(A)
+        arr = _decode(path, cv2.IMREAD_UNCHANGED)
+        if arr.ndim == 3 and arr.shape[2] in (3, 4):
+            arr = arr[..., [2, 1, 0, 3][:arr.shape[2]]]
+    else:
+        arr = _decode(path, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+    return binarize_mask(arr)
 
 
 def resize_pair(image: np.ndarray | None, mask: np.ndarray, size: int) -> tuple[np.ndarray | None, np.ndarray]:
@@ -115,7 +171,45 @@ def default_prompt(root: str | Path) -> str:
 
 
 def _files_by_stem(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+    """The image files of a folder by file stem; two files with one stem (a.png, a.jpg) are an error."""
+    files: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            if p.stem in files:
+                raise DataError(f"{folder}: {files[p.stem].name} and {p.name} have the same name; files are matched "
+                                "by name, so keep one of them")
+            files[p.stem] = p
+    return files
+
+
+def _prompt_json(root: Path) -> list[Pair]:
+    path = root / "prompt.json"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    pairs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            pairs.append(Pair(root / item["target"], root / item["source"], item.get("prompt")))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise DataError(f"{path} line {n}: expected "
+                            f'{{"source": mask, "target": image, "prompt": text}} ({e})') from None
+        for key in ("source", "target"):  # a dataset names its own files only
+            entry = Path(item[key])
+            if entry.is_absolute() or ".." in entry.parts:
+                raise DataError(f"{path} line {n}: the {key} '{item[key]}' must be a path inside "
+                                "the dataset folder (relative, without '..')")
+        if not isinstance(item.get("prompt", ""), (str, type(None))):
+            raise DataError(f"{path} line {n}: the prompt must be text, got {item['prompt']!r}")
+    missing = [p for p in pairs if not p.image.is_file() or not p.mask.is_file()]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} entries name missing files, "
+                        f"e.g. {missing[0].image} / {missing[0].mask}")
+    return pairs
 
 
 def find_pairs(root: str | Path) -> list[Pair]:
@@ -124,25 +218,7 @@ def find_pairs(root: str | Path) -> list[Pair]:
     if not root.is_dir():
         raise DataError(f"{root}: no such folder (expected a folder with images/ and masks/, or prompt.json)")
     if (root / "prompt.json").is_file():
-        pairs = []
-        for n, line in enumerate((root / "prompt.json").read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                pairs.append(Pair(root / item["target"], root / item["source"], item.get("prompt")))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{root / 'prompt.json'} line {n}: expected "
-                                f'{{"source": mask, "target": image, "prompt": text}} ({e})') from None
-            for key in ("source", "target"):  # a dataset names its own files only
-                entry = Path(item[key])
-                if entry.is_absolute() or ".." in entry.parts:
-                    raise DataError(f"{root / 'prompt.json'} line {n}: the {key} '{item[key]}' must be a path inside "
-                                    "the dataset folder (relative, without '..')")
-        missing = [p for p in pairs if not p.image.is_file() or not p.mask.is_file()]
-        if missing:
-            raise DataError(f"{root / 'prompt.json'}: {len(missing)} entries name missing files, "
-                            f"e.g. {missing[0].image} / {missing[0].mask}")
+        pairs = _prompt_json(root)
     else:
         for sub in ("images", "masks"):
             if not (root / sub).is_dir():
@@ -150,9 +226,14 @@ def find_pairs(root: str | Path) -> list[Pair]:
                                 "file names, or a prompt.json)")
         images, masks = _files_by_stem(root / "images"), _files_by_stem(root / "masks")
         pairs = [Pair(images[s], masks[s]) for s in images if s in masks]
-        unmatched = len(images) - len(pairs)
-        if unmatched:
-            logger.warning("%s: %d images have no mask of the same name and are skipped", root, unmatched)
+        no_mask = [images[s].name for s in images if s not in masks]
+        no_image = [masks[s].name for s in masks if s not in images]
+        if no_mask:
+            logger.warning("%s: %d images have no mask of the same name and are skipped, e.g. images/%s", root,
+                           len(no_mask), no_mask[0])
+        if no_image:
+            logger.warning("%s: %d masks have no image of the same name and are skipped, e.g. masks/%s", root,
+                           len(no_image), no_image[0])
     if not pairs:
         raise DataError(f"{root}: no image-mask pairs found (images/X.jpg needs masks/X.png)")
     return pairs
@@ -164,7 +245,7 @@ def list_masks(path: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = list(_files_by_stem(path).values())  # outputs are named by stem: one file per stem
         if files:
             return files
         raise DataError(f"{path}: no mask images in this folder")
@@ -200,8 +281,21 @@ class PairDataset(torch.utils.data.Dataset):
         self.prompt = prompt or default_prompt(self.root)
         self.images = np.empty((len(self.pairs), resolution, resolution, 3), np.uint8)
         self.masks = np.empty((len(self.pairs), resolution, resolution), np.uint8)
+        empty = []
         for i, pair in enumerate(self.pairs):
-            self.images[i], self.masks[i] = resize_pair(read_image(pair.image), read_mask(pair.mask), resolution)
+            image, mask = read_image(pair.image), read_mask(pair.mask)
+            if image.shape[:2] != mask.shape:
+                raise DataError(f"{pair.image} is {image.shape[1]}x{image.shape[0]} pixels but its mask {pair.mask} "
+                                f"is {mask.shape[1]}x{mask.shape[0]}: an image and its mask must have the same size")
+            if not mask.any():
+                empty.append(pair.mask)
+            self.images[i], self.masks[i] = resize_pair(image, mask, resolution)
+        if len(empty) == len(self.pairs):
+            raise DataError(f"{self.root}: all {len(empty)} masks are empty (no foreground pixel, e.g. {empty[0]}); "
+                            "a mask marks the lesion in white (> 127 for 8-bit masks, 1 in a 0/1 label mask)")
+        if empty:
+            logger.warning("%s: %d of %d masks are empty (images without a lesion), e.g. %s", self.root, len(empty),
+                           len(self.pairs), empty[0])
         logger.info("loaded %d pairs from %s at %dx%d", len(self), self.root, resolution, resolution)
 
     def __len__(self) -> int:

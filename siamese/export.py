@@ -22,7 +22,7 @@ from .sampling import Generated
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["png_bytes", "parameters_text", "write_pairs", "export_zip", "pair_name", "atomic_write"]
+__all__ = ["png_bytes", "parameters_text", "write_pairs", "export_zip", "pair_name", "atomic_write", "check_writable"]
 
 
 def parameters_text(params: dict) -> str:
@@ -70,8 +70,30 @@ def _metadata_line(name: str, item: Generated) -> str:
     return json.dumps({"image": f"images/{name}.png", "mask": f"masks/{name}.png", **item.params}, sort_keys=True)
 
 
+def check_writable(folder: str | Path) -> None:
+    """Raise ValueError unless `folder` is, or can be created as, a folder this process may write in. Nothing is
+    left behind: the test file goes in the nearest existing folder and is removed at once."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"cannot write to {folder}: it is a file, not a folder")
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot write to {folder}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write to {folder}: a file cannot be created in {existing} "
+                         f"({e.strerror or e})") from None
+
+
 def write_pairs(items: Sequence[Generated], folder: str | Path, names: Sequence[str] | None = None) -> list[str]:
-    """Write `images/NAME.png`, `masks/NAME.png` (0/255) and append to `metadata.jsonl`; returns the names."""
+    """Write `images/NAME.png`, `masks/NAME.png` (0/255) and their lines of `metadata.jsonl`; returns the names.
+
+    `metadata.jsonl` keeps one line per pair: lines of earlier calls for other names stay, a name written again
+    replaces its line (the file is rewritten atomically)."""
     folder = Path(folder)
     names = list(names) if names is not None else [pair_name(i, it) for i, it in enumerate(items)]
     lines = []
@@ -79,9 +101,26 @@ def write_pairs(items: Sequence[Generated], folder: str | Path, names: Sequence[
         atomic_write(folder / "images" / f"{name}.png", png_bytes(item.image, item.params))
         atomic_write(folder / "masks" / f"{name}.png", png_bytes(item.mask))
         lines.append(_metadata_line(name, item))
-    with open(folder / "metadata.jsonl", "a") as f:
-        f.write("".join(line + "\n" for line in lines))
+    meta = folder / "metadata.jsonl"
+    replaced = {f"images/{name}.png" for name in names}
+    kept = [line for line in _read_lines(meta) if _metadata_image(line) not in replaced]
+    atomic_write(meta, "".join(line + "\n" for line in kept + lines).encode("utf-8", "surrogateescape"))
     return names
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    return [line for line in path.read_bytes().decode("utf-8", "surrogateescape").splitlines() if line.strip()]
+
+
+def _metadata_image(line: str) -> str | None:
+    """The image a metadata.jsonl line describes (None for a line that is not one of ours)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record.get("image") if isinstance(record, dict) else None
 
 
 README_TEXT = """Synthetic image-mask pairs made with Siamese-Diffusion Studio.

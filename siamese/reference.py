@@ -8,6 +8,12 @@ gradients are computed and thrown away) predicts the noise; the regularisation t
 batch, masked afterwards, whenever it counts for any sample (after 1/3 of training, some t <= 200).
 Never used for training: `siamese.objective.siamese_losses` gives the same losses and gradients with
 less work.
+
+It shares nothing with the module it checks: its constants are METHOD.md's and its diffusion arithmetic is
+written here, as the reference code's `ldm/models/diffusion/ddpm.py` writes it (`q_sample` from the
+precomputed sqrt(abar) and sqrt(1 - abar) tables, `predict_start_from_noise` from sqrt(1/abar) and
+sqrt(1/abar - 1), the loss as `mse_loss(reduction="none")` averaged over C, H, W), so that an error in
+`siamese.objective` shows as a parity failure instead of being copied into its own reference.
 """
 
 from __future__ import annotations
@@ -15,11 +21,40 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .objective import REG_START, REG_T_MAX, mse, predict_x0, q_sample
+__all__ = ["naive_siamese_losses", "q_sample", "predict_x0", "mse", "REG_T_MAX", "REG_START"]
 
-__all__ = ["naive_siamese_losses"]
+# METHOD.md: L_reg "only when progress > 1/3, and only for samples with t <= 200"
+REG_T_MAX = 200
+REG_START = 1 / 3
+
+
+def _extract(table: Tensor, t: Tensor, x: Tensor) -> Tensor:
+    """ldm's extract_into_tensor: table[t] shaped (B, 1, 1, 1) to broadcast over x."""
+    return table.to(x.device).gather(-1, t.to(x.device)).to(x.dtype).reshape(t.shape[0], *((1,) * (x.dim() - 1)))
+
+
+def q_sample(x0: Tensor, t: Tensor, noise: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise (ldm DDPM.q_sample)."""
+    sqrt_alphas_cumprod = torch.sqrt(alphas_cumprod)
+    sqrt_one_minus_alphas_cumprod = torch.sqrt(1.0 - alphas_cumprod)
+    return _extract(sqrt_alphas_cumprod, t, x0) * x0 + _extract(sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+
+def predict_x0(x_t: Tensor, t: Tensor, eps: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """x0 = sqrt(1 / abar_t) x_t - sqrt(1 / abar_t - 1) eps (ldm DDPM.predict_start_from_noise)."""
+    sqrt_recip_alphas_cumprod = torch.sqrt(1.0 / alphas_cumprod)
+    sqrt_recipm1_alphas_cumprod = torch.sqrt(1.0 / alphas_cumprod - 1)
+    return _extract(sqrt_recip_alphas_cumprod, t, x_t) * x_t - _extract(sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+
+
+def mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-sample mean squared error over C, H, W (ldm get_loss with mean=False, then mean over [1, 2, 3]),
+    in at least float32."""
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    return F.mse_loss(pred.to(dtype), target.to(dtype), reduction="none").mean(dim=[1, 2, 3])
 
 
 def _eps(unet, controlnet, x_t, t, prompt_embeds, hint) -> Tensor:

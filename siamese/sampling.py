@@ -29,10 +29,12 @@ from .networks import controlnet_residuals, unet_decode, unet_encode
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCHEDULERS", "make_scheduler", "sample", "generate", "Generated", "SamplingParams", "random_seed"]
+__all__ = ["SCHEDULERS", "make_scheduler", "sample", "generate", "Generated", "SamplingParams", "random_seed",
+           "validate_request", "prepare_mask"]
 
 SCHEDULERS = ("ddim", "dpm++", "unipc")
 MAX_SEED = 2**32 - 1
+MAX_IMAGES = 64  # per generate() call (per mask)
 MAX_CONTROL_SCALE = 10.0
 
 
@@ -53,6 +55,8 @@ class SamplingParams:
     control_scale: float | None = None
 
     def validate(self) -> None:
+        if self.prompt is not None and not isinstance(self.prompt, str):
+            raise ValueError(f"prompt must be text, got {type(self.prompt).__name__} {self.prompt!r}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got '{self.scheduler}'")
         if not 1 <= int(self.steps) <= 1000:
@@ -81,6 +85,16 @@ class Generated:
 
 def random_seed() -> int:
     return random.SystemRandom().randint(0, MAX_SEED)
+
+
+def validate_request(num_images: int, seed: int | None, batch_size: int) -> None:
+    """The checks of `generate`'s counts, for callers that check before loading a model (the CLI)."""
+    if not 1 <= num_images <= MAX_IMAGES:
+        raise ValueError(f"number of images must be between 1 and {MAX_IMAGES}, got {num_images}")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
+    if not batch_size >= 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
 
 
 def make_scheduler(name: str, scheduler_config: dict, eta: float = 0.0):
@@ -190,11 +204,8 @@ def generate(
     """
     params = params or SamplingParams()
     params.validate()
-    if not 1 <= num_images <= 64:
-        raise ValueError(f"number of images must be between 1 and 64, got {num_images}")
+    validate_request(num_images, seed, batch_size)
     base = random_seed() if seed is None else int(seed)
-    if not 0 <= base <= MAX_SEED:
-        raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
     binary = prepare_mask(model, mask)
     prompt = model.config.prompt if params.prompt is None else params.prompt
     control_scale = params.control_scale_for(model)

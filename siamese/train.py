@@ -2,15 +2,23 @@
 
 Run folder (`output`):
     train_config.json          TrainConfig + num_processes + effective batch size
+    init/                      the tiny preset's starting model, for resuming (written atomically; rebuilt
+                               from the settings when missing or damaged)
     metrics.csv                every loss term, lr and it/s, every `log_every` steps
-    checkpoints/step-XXXXXXX/  trainable weights, optimiser state, step, EMA of the weights when on
-                               (written atomically; last K kept)
+    checkpoints/step-XXXXXXX/  trainable weights, optimiser state, step, EMA of the weights when on, the
+                               partial sums of the next metrics row (written atomically; last K kept)
     previews/step-XXXXXXX.png  sampled from fixed training masks every `preview_every` steps
     siamese_config.json unet/ controlnet/ ...   the trained model folder (at the end, or when stopped;
                                the EMA weights when `ema_decay` > 0)
 
 Batches, timesteps, noise, flips and prompt dropout are pure functions of (seed, step, micro-step,
-process), so a resumed run continues exactly where the interrupted one was.
+process), so a resumed run continues exactly where the interrupted one was, whenever it was killed: every
+file is written to a temporary name and renamed, and metrics.csv rows after the checkpoint are dropped and
+redone.
+
+Progress: a log event every `log_every` steps (a metrics.csv row), and besides after the first step of a
+process and after every step that ends LIVE_LOG_SECONDS or more after the previous event, so that a long run
+shows its losses within seconds whatever `log_every`.
 
 Objectives: `siamese` (METHOD.md), `controlnet` (loss_mask alone: the paper's baseline) and `base`
 (text-to-image pre-training of a whole UNet from scratch, the first stage of the tiny preset).
@@ -24,6 +32,7 @@ import io
 import json
 import logging
 import math
+import re
 import shutil
 import threading
 import time
@@ -37,8 +46,8 @@ from safetensors.torch import load_file, save_file
 
 from .codec import PatchCodec
 from .data import PairDataset, find_pairs, split_pairs
-from .export import atomic_write
-from .model import SiameseModel, build_tiny, load_model
+from .export import atomic_write, check_writable
+from .model import ModelLoadError, SiameseModel, build_tiny, load_model
 from .objective import LOSS_KEYS, base_losses, controlnet_losses, siamese_losses
 
 logger = logging.getLogger(__name__)
@@ -47,6 +56,8 @@ __all__ = ["TrainConfig", "train", "TrainingStopped", "latest_checkpoint", "trai
 
 OBJECTIVES = ("siamese", "controlnet", "base")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+MAX_SEED = 2**32 - 1
+LIVE_LOG_SECONDS = 10.0  # log events this far apart at most (or one per step), besides the metrics rows
 
 
 @dataclass
@@ -85,38 +96,56 @@ class TrainConfig:
     name: str = ""
 
     def validate(self) -> None:
+        """Every setting, with a message naming it; called before anything is read or written."""
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got '{self.objective}'")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed precision must be one of {', '.join(MIXED_PRECISION)}, "
                              f"got '{self.mixed_precision}'")
-        for name in ("batch_size", "max_steps", "gradient_accumulation", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ValueError(f"learning rate must be a positive number, got {self.lr}")
-        if self.resolution % 64 or not 64 <= self.resolution <= 1024:
+        for name in ("data", "output", "model", "name"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be text, got {getattr(self, name)!r}")
+        if self.prompt is not None and not isinstance(self.prompt, str):
+            raise ValueError(f"prompt must be text, got {self.prompt!r}")
+        for name, low, high in (("batch_size", 1, None), ("max_steps", 1, None), ("gradient_accumulation", 1, None),
+                                ("checkpoint_every", 1, None), ("log_every", 1, None), ("keep_checkpoints", 1, None),
+                                ("base_steps", 0, None), ("warmup_steps", 0, None), ("preview_every", 0, None),
+                                ("seed", 0, MAX_SEED), ("holdout_seed", 0, MAX_SEED), ("resolution", 64, 1024)):
+            value = getattr(self, name)
+            if not _whole(value) or value < low or (high is not None and value > high):
+                limits = f"between {low} and {high}" if high is not None else f"{low} or more"
+                raise ValueError(f"{name.replace('_', ' ')} must be a whole number {limits}, got {value!r}")
+        if self.resolution % 64:
             raise ValueError(f"resolution must be a multiple of 64 between 64 and 1024, got {self.resolution}")
-        if not self.zero_lr_scale > 0 or not math.isfinite(self.zero_lr_scale):
-            raise ValueError(f"zero-layer lr scale must be a positive number, got {self.zero_lr_scale}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"EMA decay must be in [0, 1) (0 turns it off), got {self.ema_decay}")
-        if not 0 <= self.holdout < 1:
-            raise ValueError(f"holdout must be a fraction in [0, 1), got {self.holdout}")
-        if self.base_steps < 0:
-            raise ValueError(f"base steps must be 0 or more, got {self.base_steps}")
+        for name, what in (("lr", "learning rate"), ("zero_lr_scale", "zero-layer lr scale")):
+            if not _real(getattr(self, name)) or not getattr(self, name) > 0:
+                raise ValueError(f"{what} must be a positive number, got {getattr(self, name)!r}")
+        if not _real(self.weight_decay) or not self.weight_decay >= 0:
+            raise ValueError(f"weight decay must be a number, 0 or more, got {self.weight_decay!r}")
+        if not _real(self.ema_decay) or not 0 <= self.ema_decay < 1:
+            raise ValueError(f"EMA decay must be in [0, 1) (0 turns it off), got {self.ema_decay!r}")
+        if not _real(self.holdout) or not 0 <= self.holdout < 1:
+            raise ValueError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
+        if not _real(self.prompt_dropout) or not 0 <= self.prompt_dropout <= 1:
+            raise ValueError(f"prompt dropout must be between 0 and 1, got {self.prompt_dropout!r}")
         if self.base_steps and (self.model != "tiny" or self.objective == "base"):
             raise ValueError("base steps pre-train a UNet built from scratch before its ControlNet: use them "
                              f"with model 'tiny' and objective siamese or controlnet (got model '{self.model}', "
                              f"objective '{self.objective}')")
-        if not 0 <= self.prompt_dropout <= 1:
-            raise ValueError(f"prompt dropout must be between 0 and 1, got {self.prompt_dropout}")
 
     @classmethod
     def from_json(cls, path: str | Path) -> TrainConfig:
         data = json.loads(Path(path).read_text())
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class TrainingStopped(Exception):
@@ -239,10 +268,14 @@ def param_groups(params: dict[str, torch.nn.Parameter], zero_lr_scale: float) ->
 
 
 # -- checkpoints -------------------------------------------------------------------------------
+def _checkpoint_folders(folder: Path) -> list[Path]:
+    """checkpoints/step-XXXXXXX folders, oldest first (not the .tmp folders of an interrupted write)."""
+    return sorted(p for p in folder.glob("step-*") if re.fullmatch(r"step-\d{7}", p.name)) if folder.is_dir() else []
+
+
 def latest_checkpoint(output: str | Path) -> Path | None:
     """The newest complete checkpoint folder of a run, or None."""
-    folder = Path(output) / "checkpoints"
-    done = sorted(p for p in folder.glob("step-*") if (p / "state.json").is_file()) if folder.is_dir() else []
+    done = [p for p in _checkpoint_folders(Path(output) / "checkpoints") if (p / "state.json").is_file()]
     return done[-1] if done else None
 
 
@@ -256,8 +289,10 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 
 def save_checkpoint(output: Path, step: int, params: dict[str, torch.nn.Parameter],
-                    optimizer: torch.optim.Optimizer, keep: int, ema: EMA | None = None) -> Path:
-    """Write checkpoints/step-XXXXXXX atomically (temp folder, then rename) and keep the last `keep`."""
+                    optimizer: torch.optim.Optimizer, keep: int, ema: EMA | None = None,
+                    metrics: dict | None = None) -> Path:
+    """Write checkpoints/step-XXXXXXX atomically (temp folder, then rename) and keep the last `keep`.
+    `metrics`: the partial sums of the next metrics.csv row, so that a resumed run writes the same rows."""
     folder = output / "checkpoints" / f"step-{step:07d}"
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -265,16 +300,21 @@ def save_checkpoint(output: Path, step: int, params: dict[str, torch.nn.Paramete
     save_file({n: p.detach().float().cpu().contiguous() for n, p in params.items()}, tmp / "trainable.safetensors")
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
     save_file({k: v.cpu().contiguous() for k, v in opt_tensors.items()}, tmp / "optimizer.safetensors")
-    state = {"step": step, "optimizer": opt_meta,
+    state = {"step": step, "optimizer": opt_meta, "metrics": metrics,
              "rng": "batches, timesteps and noise are derived from (seed, step): nothing else to restore"}
     if ema is not None:
         ema.save(tmp)
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
-    for old in sorted(p for p in folder.parent.glob("step-*") if not p.name.endswith(".tmp"))[:-keep]:
+    for old in _checkpoint_folders(folder.parent)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def checkpoint_metrics(folder: Path) -> dict | None:
+    """The partial metrics sums saved with a checkpoint (None for checkpoints of older versions)."""
+    return json.loads((folder / "state.json").read_text()).get("metrics")
 
 
 def load_checkpoint(folder: Path, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> int:
@@ -298,10 +338,30 @@ def load_checkpoint(folder: Path, params: dict[str, torch.nn.Parameter], optimiz
 
 
 # -- model -------------------------------------------------------------------------------------
-def build_model(config: TrainConfig, dataset: PairDataset, init_dir: Path | None = None) -> SiameseModel:
+def load_init(init_dir: Path) -> SiameseModel | None:
+    """The starting model saved in a run's init/, or None when it is missing or damaged (a run killed while
+    versions before atomic writes wrote it): the caller rebuilds it, which gives the same model."""
+    if not (init_dir / "siamese_config.json").exists():
+        return None
+    try:
+        return load_model(init_dir)
+    except ModelLoadError as e:
+        logger.warning("%s is damaged (%s): rebuilding the starting model from the run's settings", init_dir, e)
+        return None
+
+
+def save_folder_atomically(model: SiameseModel, folder: Path) -> Path:
+    """`model.save_pretrained(folder)` through FOLDER.tmp and a rename: the folder is complete or absent."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def build_model(config: TrainConfig, dataset: PairDataset) -> SiameseModel:
     """The model a run starts from: a tiny preset (codec statistics fitted on the data) or a loaded folder."""
-    if init_dir is not None and (init_dir / "siamese_config.json").exists():
-        return load_model(init_dir)  # a resumed run restarts from the exact same initial model
     if config.model == "tiny":
         images = torch.from_numpy(dataset.images[:256]).permute(0, 3, 1, 2).float() / 127.5 - 1
         model = build_tiny(config.resolution, dataset.prompt, PatchCodec.fit(images),
@@ -378,10 +438,14 @@ def train(
     OUTPUT/base, then the ControlNet is trained from it: the Siamese and ControlNet objectives keep the
     UNet encoder frozen, which from scratch would leave it random. Both stages resume.
     `callback` receives events: {"type": "start", "stage", ...}, {"type": "log", "step", <loss keys>, "lr", "it_per_s",
-    "eta_s"}, {"type": "preview", "step", "image"}, {"type": "checkpoint", "step", "path"}, {"type": "end",
-    "step", "stopped"}. Setting `stop` ends the run after the current step; it is saved first.
+    "eta_s", "row"}, {"type": "preview", "step", "image"}, {"type": "checkpoint", "step", "path"}, {"type": "end",
+    "step", "stopped"}. A log event with "row" True is a metrics.csv row (every `log_every` steps and the last:
+    the mean over the steps since the previous row); the others (after the first step of the process, then
+    LIVE_LOG_SECONDS or more apart) give the mean since the previous log event. Setting `stop` ends the run after the
+    current step; it is saved first. Settings and the output folder are checked before anything is written.
     """
     config.validate()
+    check_writable(config.output)
     if config.base_steps:
         base = replace(config, output=str(Path(config.output) / "base"), objective="base",
                        max_steps=config.base_steps, base_steps=0, preview_every=0)
@@ -404,11 +468,6 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
     main = accelerator.is_main_process
 
     # 1. data and model
-    pairs = find_pairs(config.data)
-    if config.holdout > 0:
-        pairs, held = split_pairs(pairs, config.holdout, config.holdout_seed)
-        logger.info("holding out %d pairs (split seed %d); training on %d", len(held), config.holdout_seed, len(pairs))
-    dataset = PairDataset(config.data, config.resolution, config.prompt, pairs)
     resume_from = None
     if config.resume:
         resume_from = latest_checkpoint(output) if config.resume == "latest" else Path(config.resume)
@@ -416,7 +475,16 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
             raise ValueError(f"{config.resume} is not a checkpoint folder (expected state.json inside)")
         if resume_from is None:
             logger.info("no checkpoint in %s: starting from step 0", output)
-    model = build_model(config, dataset, output / "init" if resume_from else None)
+    pairs = find_pairs(config.data)
+    if config.holdout > 0:
+        pairs, held = split_pairs(pairs, config.holdout, config.holdout_seed)
+        logger.info("holding out %d pairs (split seed %d); training on %d", len(held), config.holdout_seed, len(pairs))
+    dataset = PairDataset(config.data, config.resolution, config.prompt, pairs)
+    init_dir = output / "init"
+    model = load_init(init_dir) if resume_from is not None else None  # the exact starting point of the run
+    write_init = model is None and config.model == "tiny"  # fresh, or the init/ of a killed run was incomplete
+    if model is None:
+        model = build_model(config, dataset)
     device = accelerator.device
     model.to(device)
     for m in (model.unet, model.controlnet):
@@ -429,17 +497,21 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
     alphas_cumprod = model.alphas_cumprod.to(device)
     if main:
         output.mkdir(parents=True, exist_ok=True)
-        if config.model == "tiny" and not (output / "init" / "siamese_config.json").exists():
-            model.save_pretrained(output / "init")  # the exact starting point, for resuming
+        if write_init:
+            save_folder_atomically(model, init_dir)  # the exact starting point, for resuming
         effective = config.batch_size * config.gradient_accumulation * world
         record = {**asdict(config), "num_processes": world, "effective_batch_size": effective,
                   "trainable_parameters": sum(p.numel() for p in params.values()), "num_pairs": len(dataset)}
-        (output / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write(output / "train_config.json", (json.dumps(record, indent=2) + "\n").encode())
 
     # 2. resume
     start = 0
+    sums, count = {k: 0.0 for k in LOSS_KEYS}, 0  # the next metrics.csv row: sums of the per-step losses
     if resume_from is not None:
         start = load_checkpoint(resume_from, params, optimizer.optimizer)
+        saved = checkpoint_metrics(resume_from)
+        if saved:
+            sums, count = {k: float(saved["sums"].get(k, 0.0)) for k in LOSS_KEYS}, int(saved["count"])
         logger.info("resumed from %s at step %d", resume_from, start)
     ema = EMA(params) if config.ema_decay > 0 else None
     if ema is not None and resume_from is not None and not ema.load(resume_from):
@@ -462,8 +534,9 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
         bar = tqdm(total=config.max_steps, initial=start, desc="train", dynamic_ncols=True)
 
     objective = {"siamese": siamese_losses, "controlnet": controlnet_losses, "base": base_losses}[config.objective]
-    sums = {k: 0.0 for k in LOSS_KEYS}
-    count, t_log, t0 = 0, time.perf_counter(), time.perf_counter()
+    live, live_count = {k: 0.0 for k in LOSS_KEYS}, 0  # the next log event's sums
+    t0 = t_row = t_event = time.perf_counter()
+    timed_row = 0  # steps of this process since t_row (a resumed row's first steps ran in another process)
     step = start
     stopped = False
     try:
@@ -474,6 +547,7 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
                 group["lr"] = lr * group["lr_scale"]
             progress = step / config.max_steps
             # 4. forward / backward over the micro-batches
+            step_losses = {k: 0.0 for k in LOSS_KEYS}
             for micro in range(config.gradient_accumulation):
                 gen = batch_generator(config.seed, step, micro, rank)
                 position = ((step * config.gradient_accumulation + micro) * world + rank) * config.batch_size
@@ -495,7 +569,7 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
                     )
                 for k in LOSS_KEYS:
                     if k in losses:
-                        sums[k] += float(losses[k]) / config.gradient_accumulation
+                        step_losses[k] += float(losses[k]) / config.gradient_accumulation
             # 5. average gradients over processes, step
             if world > 1:
                 for p in params.values():
@@ -508,31 +582,42 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
             if ema is not None:
                 ema.update(ema_decay_at(step, config.ema_decay))
             step += 1
-            count += 1
+            for k in LOSS_KEYS:
+                sums[k] += step_losses[k]
+                live[k] += step_losses[k]
+            count, live_count, timed_row = count + 1, live_count + 1, timed_row + 1
             if bar is not None:
                 bar.update(1)
-            # 6. log
-            if step % config.log_every == 0 or step == config.max_steps:
-                now = time.perf_counter()
-                it_per_s = count / max(now - t_log, 1e-9)
-                row = {k: sums[k] / count for k in LOSS_KEYS}
-                if main:
+            # 6. log: a metrics.csv row every log_every steps (and the last); a live event besides at the first
+            #    step of this process and every LIVE_LOG_SECONDS
+            now = time.perf_counter()
+            is_row = step % config.log_every == 0 or step == config.max_steps
+            if is_row or step == start + 1 or now - t_event >= LIVE_LOG_SECONDS:
+                if is_row:
+                    values = {k: sums[k] / count for k in LOSS_KEYS}
+                    it_per_s = timed_row / max(now - t_row, 1e-9)
+                else:
+                    values = {k: live[k] / live_count for k in LOSS_KEYS}
+                    it_per_s = live_count / max(now - t_event, 1e-9)
+                if main and is_row:
                     with open(metrics_path, "a", newline="") as f:
-                        csv.writer(f).writerow([step, *(f"{row[k]:.6g}" for k in LOSS_KEYS), f"{lr:.3g}",
+                        csv.writer(f).writerow([step, *(f"{values[k]:.6g}" for k in LOSS_KEYS), f"{lr:.3g}",
                                                 f"{it_per_s:.4g}", f"{now - t0:.1f}"])
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{row['loss']:.4f}")
-                emit({"type": "log", "step": step, **row, "lr": lr, "it_per_s": it_per_s,
-                      "eta_s": (config.max_steps - step) / max(it_per_s, 1e-9)})
-                sums = {k: 0.0 for k in LOSS_KEYS}
-                count, t_log = 0, now
+                if bar is not None:
+                    bar.set_postfix(loss=f"{values['loss']:.4f}")
+                emit({"type": "log", "step": step, **values, "lr": lr, "it_per_s": it_per_s,
+                      "eta_s": (config.max_steps - step) / max(it_per_s, 1e-9), "row": is_row})
+                live, live_count, t_event = {k: 0.0 for k in LOSS_KEYS}, 0, now
+                if is_row:
+                    sums, count, timed_row, t_row = {k: 0.0 for k in LOSS_KEYS}, 0, 0, now
             # 7. preview and checkpoint
             if main and config.preview_every and step % config.preview_every == 0 and model.controlnet is not None:
                 with ema.applied() if ema is not None else contextlib.nullcontext():
                     emit({"type": "preview", "step": step, "image": _preview(model, dataset, step, output)})
             if step % config.checkpoint_every == 0 or step == config.max_steps:
                 if main:
-                    path = save_checkpoint(output, step, params, optimizer.optimizer, config.keep_checkpoints, ema)
+                    path = save_checkpoint(output, step, params, optimizer.optimizer, config.keep_checkpoints, ema,
+                                           {"sums": sums, "count": count})
                     emit({"type": "checkpoint", "step": step, "path": str(path)})
                 accelerator.wait_for_everyone()
             if stop is not None and stop.is_set():
@@ -544,7 +629,8 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
     # 8. save: a checkpoint to resume from (when stopped) and the model folder itself
     if main:
         if stopped and step % config.checkpoint_every:
-            save_checkpoint(output, step, params, optimizer.optimizer, config.keep_checkpoints, ema)
+            save_checkpoint(output, step, params, optimizer.optimizer, config.keep_checkpoints, ema,
+                            {"sums": sums, "count": count})
         if ema is not None:  # the model folder holds the averaged weights
             ema.swap()
         for m in (model.unet, model.controlnet):

@@ -15,8 +15,9 @@ import numpy as np
 
 from siamese import DataError, Generated, ModelLoadError, SamplingParams, augment_mask, generate, read_mask
 from siamese.export import png_bytes
-from siamese.sampling import random_seed
+from siamese.sampling import random_seed, validate_request
 
+from . import inputs
 from .masks import editor_value, mask_from_editor, outline, procedural_mask, read_mask_upload
 from .messages import Redactor, user_error
 from .models import ModelCatalog, ModelStore
@@ -153,14 +154,20 @@ class GenerateHandlers:
         if mask is None:
             raise gr.Error("no mask: draw one, upload a mask file or click an example", title="Input problem")
         try:
-            m = self.models.get(model or self.catalog.default)
-            params = SamplingParams(prompt=(prompt or "").strip() or None, steps=int(steps),
-                                    guidance_scale=float(guidance_scale), scheduler=str(scheduler),
-                                    control_scale=None if control_scale is None else float(control_scale))
-            base = random_seed() if seed is None or int(seed) < 0 else int(seed)
+            params = SamplingParams(prompt=inputs.text(prompt, "prompt"),
+                                    steps=inputs.number(steps, "steps", whole=True),
+                                    guidance_scale=inputs.number(guidance_scale, "guidance scale"),
+                                    scheduler=inputs.text(scheduler, "scheduler") or "",
+                                    control_scale=inputs.number(control_scale, "control scale", optional=True))
+            params.validate()  # before the model load
+            count = inputs.number(num_images, "number of images", whole=True)
+            seed = inputs.number(seed, "seed", whole=True, optional=True)
+            base = random_seed() if seed is None or seed < 0 else seed
+            validate_request(count, base, 4)
+            m = self.models.get(inputs.text(model, "model") or self.catalog.default)
             t0 = time.perf_counter()
-            progress((0, int(num_images) * int(steps)), desc="Sampling", unit="steps")
-            items = _sample(m, np.asarray(mask), int(num_images), base, params,
+            progress((0, count * params.steps), desc="Sampling", unit="steps")
+            items = _sample(m, np.asarray(mask), count, base, params,
                             lambda done, total: progress((done, total), desc="Sampling", unit="steps"), "studio")
         except (DataError, ModelLoadError, ValueError) as e:
             raise user_error(e, self.redact) from None

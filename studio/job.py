@@ -41,6 +41,7 @@ class TrainingJob:
         self.max_steps = 0
         self._base_steps = 0  # stage 1 (UNet pre-training, from scratch only): its steps come first
         self._pretraining = False
+        self._live_tail = False  # the last row is a live log event (between metrics rows): replaced by the next
         self.it_per_s = 0.0
         self.eta_s = 0.0
         self.output: str | None = None
@@ -60,6 +61,7 @@ class TrainingJob:
                 raise RuntimeError("a training run is already in progress: stop it first")
             self._stop = threading.Event()
             self.state, self.rows, self.preview, self.error = "running", [], None, ""
+            self._live_tail = False
             self.step, self.max_steps, self.it_per_s, self.eta_s = 0, config.base_steps + config.max_steps, 0.0, 0.0
             self._base_steps, self._pretraining = config.base_steps, False
             self.output, self._tmp = config.output, tmp
@@ -126,7 +128,12 @@ class TrainingJob:
                 self.eta_s = (self.max_steps - self.step) / max(self.it_per_s, 1e-9)
                 # stage 1 logs the four Siamese terms as 0 (as its metrics.csv does): a plot keeps the
                 # terms of its first frame, so every line must be there from the start
-                self.rows.append({"step": self.step, **{k: event[k] for k in LOSS_KEYS if k in event}})
+                row = {"step": self.step, **{k: event[k] for k in LOSS_KEYS if k in event}}
+                if self.rows and self._live_tail:  # the curve keeps the metrics rows and only the latest live point
+                    self.rows[-1] = row
+                else:
+                    self.rows.append(row)
+                self._live_tail = not event.get("row", True)
             elif kind == "preview":
                 self.preview = event["image"]
             elif kind == "checkpoint":

@@ -77,7 +77,8 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
                                               columns=6, height=130, allow_preview=False, object_fit="contain", fit_columns=False,
                                               elem_classes="compact-gallery", buttons=[])
                         with gr.Accordion("Upload a mask file or a reference image", open=False):
-                            mask_file = gr.File(label="Mask file (PNG/JPEG/...; white = lesion, binarised at 127)",
+                            mask_file = gr.File(label="Mask file (PNG/JPEG/TIFF...; white = lesion: above 127 in "
+                                                      "8 bits, 1 in a 0/1 label mask)",
                                                 file_types=["image"], type="filepath", elem_id="mask-file")
                             reference = gr.Image(label="Reference image (shown under the drawing, not used by "
                                                        "the model)", type="numpy", image_mode="RGB",

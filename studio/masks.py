@@ -64,15 +64,11 @@ def example_masks(folder: Path = EXAMPLES_DIR) -> list[Path]:
     return paths or draw_example_masks(folder)
 
 
-def painted(layer: np.ndarray) -> np.ndarray:
-    """A canvas layer -> (H, W) {0, 1}: painted (alpha > 127) and bright; a layer without alpha: bright."""
-    return binarize_mask(np.asarray(layer))
-
-
 def mask_from_editor(value: dict | None) -> np.ndarray:
     """The mask drawn in the ImageEditor: the union of its painted layer pixels, (H, W) {0, 1}.
 
-    The background is only a backdrop (black, or a reference image) and never part of the mask.
+    The background is only a backdrop (black, or a reference image) and never part of the mask. Each layer is
+    binarised by the library's one mask rule (`siamese.data.binarize_mask`): painted (alpha > 127) and bright.
     """
     layers = [np.asarray(x) for x in (value or {}).get("layers") or [] if x is not None]
     if not layers:
@@ -83,7 +79,7 @@ def mask_from_editor(value: dict | None) -> np.ndarray:
     for layer in layers:
         if layer.shape[:2] != (h, w):
             layer = cv2.resize(layer, (w, h), interpolation=cv2.INTER_NEAREST)
-        mask |= painted(layer)
+        mask |= binarize_mask(layer)
     if not mask.any():
         raise DataError("the mask is empty: pick the Brush and draw the lesion in white (or upload a mask)")
     return mask
@@ -125,9 +121,10 @@ def read_mask_upload(path: str | Path | None) -> np.ndarray:
     if size > MAX_MASK_FILE_BYTES:
         raise DataError(f"{path.name} is {size / 2**20:.0f} MB; a mask file may be at most "
                         f"{MAX_MASK_FILE_BYTES // 2**20} MB")
-    mask = read_mask(path)
+    mask = read_mask(path)  # the library's one rule: the CLI reads the same file the same way
     if not mask.any():
-        raise DataError(f"{path.name}: the mask is empty (no white pixels above 127)")
+        raise DataError(f"{path.name}: the mask is empty (no foreground pixel: above 127 in an 8-bit mask, "
+                        "1 in a 0/1 label mask)")
     if mask.all():
         raise DataError(f"{path.name}: the mask is all white; it needs some black background")
     return mask

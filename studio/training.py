@@ -18,6 +18,7 @@ from siamese import DataError, ModelLoadError
 from siamese.data import find_pairs
 from siamese.train import TrainConfig
 
+from . import inputs
 from .datasets import dataset_folder, safe_extract_zip
 from .job import ACTIVE_STATES, TrainingJob, loss_frame, status_text
 from .messages import Redactor, user_error
@@ -67,11 +68,22 @@ class TrainingHandlers:
             raise gr.Error("a training run is already in progress: stop it first, or wait", title="Busy")
         tmp = None
         try:
+            max_steps = inputs.number(max_steps, "steps", whole=True)
+            base_steps = inputs.number(base_steps or 0, "pre-training steps", whole=True)
+            batch_size = inputs.number(batch_size, "batch size", whole=True)
+            resolution = inputs.number(resolution, "resolution", whole=True)
+            checkpoint_every = inputs.number(checkpoint_every, "checkpoint every", whole=True)
+            preview_every = inputs.number(preview_every or 0, "preview every", whole=True)
+            lr = inputs.number(lr, "learning rate")
+            data_folder = inputs.text(data_folder, "dataset folder")
+            base_path = inputs.text(base_path, "base model folder or hub id")
+            name = inputs.text(name, "run name")
+            model = inputs.text(model, "model")
             if data_zip:
                 tmp = tempfile.TemporaryDirectory(prefix="siamese-data-")
                 data = safe_extract_zip(data_zip, Path(tmp.name), max_bytes=self.settings.max_unpacked_bytes)
                 shown = f"the uploaded {Path(data_zip).name}"
-            elif data_folder and data_folder.strip():
+            elif data_folder:
                 data = dataset_folder(data_folder, self.settings.data_root)
                 shown = f"`{self.redact(str(data))}`"
             else:
@@ -79,12 +91,15 @@ class TrainingHandlers:
                                 "prompt.json) or upload a zip")
             pairs = find_pairs(data)  # fails early, with the library's message, for a folder without masks
             pretrain, prepare = 0, None
-            if base_model == BASE_MODELS[0] or base_model == "tiny":
-                init, pretrain = "tiny", int(base_steps or 0)
+            if base_model in (BASE_MODELS[0], "tiny"):
+                init, pretrain = "tiny", base_steps
             else:
-                if base_model == BASE_MODELS[1] or base_model == "current":
+                if base_model in (BASE_MODELS[1], "current"):
                     ref = self.catalog.resolve(model or self.catalog.default)
-                elif base_path and base_path.strip():
+                elif base_model != BASE_MODELS[2]:
+                    raise ValueError(f"start from must be one of: {'; '.join(BASE_MODELS)} "
+                                     f"(got {str(base_model)[:60]!r})")
+                elif base_path:
                     ref = self.catalog.resolve(base_path)
                 else:
                     raise ValueError("type the Stable Diffusion 1.5 folder or hub id (e.g. owner/model)")
@@ -92,12 +107,10 @@ class TrainingHandlers:
             output = self.runs_dir / run_name(name)
             if output.exists():
                 output = output.with_name(f"{output.name}-{time.strftime('%H%M%S')}")
-            steps = int(max_steps)
             config = TrainConfig(data=str(data), output=str(output), model=init, objective="siamese",
-                                 base_steps=pretrain, resolution=int(resolution), batch_size=int(batch_size),
-                                 max_steps=steps,
-                                 lr=float(lr), checkpoint_every=max(1, int(checkpoint_every)),
-                                 log_every=max(1, (steps + pretrain) // 200), preview_every=max(0, int(preview_every)),
+                                 base_steps=pretrain, resolution=resolution, batch_size=batch_size,
+                                 max_steps=max_steps, lr=lr, checkpoint_every=checkpoint_every,
+                                 log_every=max(1, (max_steps + pretrain) // 200), preview_every=preview_every,
                                  name=output.name)
             config.validate()
             self.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +130,8 @@ class TrainingHandlers:
     def train_status(self) -> dict:
         """The training run as JSON: state (idle, running, stopping, finished, stopped, failed), step, max_steps,
         it_per_s, eta_s, output (the run's model id, runs/app/NAME), error, message (Markdown) and losses (one dict
-        per logged step)."""
+        per metrics row, every ~1/200 of the run, plus the newest step reported in between: the first step, then
+        every 10 s)."""
         snap = self.job.snapshot()
         keys = ("state", "step", "max_steps", "it_per_s", "eta_s", "error")
         output = (self.catalog.public_id(snap["output"]) or self.redact(snap["output"])) if snap["output"] else None

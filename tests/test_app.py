@@ -22,7 +22,7 @@ from PIL import Image
 
 import app
 from conftest import write_dataset
-from siamese import DataError, ModelLoadError
+from siamese import DataError, ModelLoadError, read_mask
 from siamese.objective import LOSS_KEYS
 from studio import datasets, masks
 from studio.models import ModelCatalog, ModelNotOffered
@@ -497,3 +497,34 @@ def test_server_paths_are_redacted_from_messages(studio, tmp_path):
         "Error no file named model.safetensors in …/unet."
     assert redact("see https://huggingface.co/a/b and images/X.jpg / masks/X.png") == \
         "see https://huggingface.co/a/b and images/X.jpg / masks/X.png"
+
+
+# -- faults ---------------------------------------------------------------------------------------
+def test_live_progress_keeps_the_curve_to_the_metrics_rows_and_the_latest_point(studio):
+    """Live log events (step 1, then every few seconds) show at once, and each replaces the previous live one:
+    the curve holds the metrics rows plus the newest point, however long the run."""
+    job = studio.job
+    job._on_event({"type": "start", "stage": "siamese", "step": 0, "max_steps": 100_000, "output": "runs/app/x"})
+    for step, row in ((1, False), (2, False), (3, False), (4, True), (5, False), (6, False)):
+        job._on_event({"type": "log", "step": step, "loss": 1.0 / step, "lr": 1e-4, "it_per_s": 1.0, "eta_s": 9.0,
+                       "row": row})
+        assert studio.train_status()["step"] == step
+    assert [r["step"] for r in studio.train_status()["losses"]] == [4, 6]
+
+
+def test_train_stop_without_a_run_warns(studio, monkeypatch):
+    warned = []
+    monkeypatch.setattr(gr, "Warning", lambda message, *args, **kwargs: warned.append(message))
+    assert "No training run yet" in studio.train_stop()
+    assert warned == ["No training run is in progress."]
+
+
+def test_uploaded_masks_follow_the_library_rule(tmp_path):
+    """The app reads a mask file as the CLI does: a 16-bit 0/1 label mask and a float TIFF are masks."""
+    lesion = np.zeros((32, 32), np.uint8)
+    lesion[8:20, 10:24] = 1
+    cv2.imwrite(str(tmp_path / "label16.png"), lesion.astype(np.uint16))
+    cv2.imwrite(str(tmp_path / "float.tiff"), lesion.astype(np.float32))
+    for name in ("label16.png", "float.tiff"):
+        np.testing.assert_array_equal(masks.read_mask_upload(tmp_path / name), lesion)
+        np.testing.assert_array_equal(masks.read_mask_upload(tmp_path / name), read_mask(tmp_path / name))

@@ -5,6 +5,7 @@ The tiny model and the synthetic dataset come from conftest.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -134,4 +135,19 @@ def test_a_short_training_run_is_polled_and_usable_at_once(client, server, mask_
     gallery, _ = client.predict(mask=handle_file(mask_file), num_images=1, steps=2, seed=1, model=status["output"],
                                 api_name="/generate")
     assert len(gallery) == 1
-    assert "No training run is in progress" not in client.predict(api_name="/train_stop")
+    # Stop after the run: the status again, and a warning (a toast, not part of the reply) that nothing runs
+    job = client.submit(api_name="/train_stop")
+    assert job.result().startswith("✅ Finished at step 3")
+    assert _warnings(job) == ["No training run is in progress."]
+
+
+def _warnings(job) -> list[str]:
+    """The gr.Warning texts a finished job's server sent (gradio_client keeps them in its status updates)."""
+    texts = []
+    while True:
+        try:
+            update = job.communicator.updates.get_nowait()
+        except asyncio.QueueEmpty:
+            return texts
+        if getattr(update, "log", None):
+            texts.append(update.log[0])

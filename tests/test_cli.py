@@ -118,3 +118,36 @@ def test_train_decoder_adds_a_learned_decoder_to_a_model_folder(tiny_model_dir, 
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == "error: decoder crop must be a multiple of the patch size 8, got 30"
     assert not (tmp_path / "bad").exists()
+
+
+def test_sample_again_into_the_same_folder_keeps_one_line_per_file(tiny_model_dir, dataset, tmp_path):
+    out = tmp_path / "out"
+    args = ["sample", "--model", str(tiny_model_dir), "--masks", str(dataset / "masks" / "case00.png"),
+            "--num-images", "2", "--steps", "1", "--seed", "0", "--output", str(out)]
+    assert main(args) == 0 and main(args[:-4] + ["--seed", "9", "--output", str(out)]) == 0
+    lines = [json.loads(x) for x in (out / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(x["image"] for x in lines) == sorted(f"images/{p.name}" for p in (out / "images").iterdir())
+    assert [x["seed"] for x in lines] == [9, 10]  # the lines of the latest run
+
+
+def test_seeds_wrap_around_instead_of_failing_at_a_later_mask(tiny_model_dir, dataset, tmp_path):
+    """Mask m starts at seed + m * num_images: past 2**32 - 1 it wraps to 0 (not an error after mask 0 is written)."""
+    out = tmp_path / "out"
+    assert main(["sample", "--model", str(tiny_model_dir), "--masks", str(dataset / "masks"), "--num-images", "1",
+                 "--steps", "1", "--seed", str(2**32 - 1), "--output", str(out)]) == 0
+    lines = [json.loads(x) for x in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [x["seed"] for x in lines] == [2**32 - 1, 0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sample", "--masks", "m.png", "--output", "o", "--batch-size", "0"], "error: batch size must be at least 1"),
+    (["train", "--data", "d", "--output", "o", "--seed", "-1"], "error: seed must be a whole number between 0"),
+    (["sample", "--masks", "m.png", "--output", "o", "--num-images", "x"], "error: argument --num-images: invalid"),
+])
+def test_bad_settings_in_a_real_process_exit_2_before_anything(args, message, tmp_path):
+    """As a process: exit code 2, the last stderr line says what was wrong, nothing written (cwd: tmp_path)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "siamese", *args], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
+    assert list(tmp_path.iterdir()) == []

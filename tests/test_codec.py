@@ -16,12 +16,15 @@ def _images(n=6, size=64, seed=0):
 
 
 def test_latents_are_whitened_per_channel():
-    images = _images()
-    codec = PatchCodec.fit(images, PatchCodecConfig(channels=16))
-    z = codec.encode(images)
-    assert z.shape == (6, 16, 8, 8)
-    std = z.transpose(0, 1).flatten(1).std(1)
-    torch.testing.assert_close(std, torch.ones(16), atol=0.02, rtol=0)
+    """Fitted on some images, the codec whitens others of the same kind: each latent channel has mean about 0
+    and standard deviation about 1 on held-out images (on the fitted ones it is so by construction)."""
+    codec = PatchCodec.fit(_images(n=64, seed=0), PatchCodecConfig(channels=16))
+    z = codec.encode(_images(n=32, seed=1))
+    assert z.shape == (32, 16, 8, 8)
+    per_channel = z.transpose(0, 1).flatten(1)  # (16, 32 * 8 * 8) samples of each channel
+    # held-out seeds 1-5 measured: std within 0.94-1.08, |mean| at most 0.13
+    torch.testing.assert_close(per_channel.std(1), torch.ones(16), atol=0.1, rtol=0)
+    torch.testing.assert_close(per_channel.mean(1), torch.zeros(16), atol=0.2, rtol=0)
     assert (codec.scale[:-1] >= codec.scale[1:]).all()  # components in order of variance
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamese.export import export_zip, parameters_text, write_pairs
+from siamese.export import check_writable, export_zip, parameters_text, write_pairs
 from siamese.sampling import Generated
 
 
@@ -59,3 +59,26 @@ def test_empty_export_is_refused(tmp_path):
     with pytest.raises(ValueError, match="nothing to export"):
         export_zip([], tmp_path / "x.zip")
     assert not (tmp_path / "x.zip").exists()
+
+
+def test_writing_again_keeps_one_metadata_line_per_file(tmp_path):
+    """A re-run into the same folder replaces its pairs' lines; the lines of other pairs stay."""
+    write_pairs(_items(2), tmp_path, ["a", "b"])
+    write_pairs(_items(1), tmp_path, ["c"])
+    again = _items(2)
+    again[1].params["steps"] = 7
+    write_pairs(again, tmp_path, ["a", "b"])
+    lines = [json.loads(x) for x in (tmp_path / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(x["image"] for x in lines) == ["images/a.png", "images/b.png", "images/c.png"]
+    assert [x["steps"] for x in lines if x["image"] == "images/b.png"] == [7]
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_check_writable_leaves_nothing_behind(tmp_path):
+    (tmp_path / "file").write_text("x")
+    check_writable(tmp_path / "new" / "deeper")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    with pytest.raises(ValueError, match="it is a file, not a folder"):
+        check_writable(tmp_path / "file")
+    with pytest.raises(ValueError, match="file is a file, not a folder"):
+        check_writable(tmp_path / "file" / "out")

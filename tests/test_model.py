@@ -89,3 +89,39 @@ def test_pickled_weights_are_never_loaded(tiny_model_dir, tmp_path, sub, weights
     tensors.unlink()
     with pytest.raises(ModelLoadError, match="safetensors"):
         load_model(folder)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("resolution", "abc", "'resolution' must be a whole number of pixels, a multiple of 8"),
+    ("resolution", 100, "'resolution' must be a whole number of pixels, a multiple of 8"),
+    ("resolution", 64.0, "'resolution' must be a whole number"),
+    ("resolution", True, "'resolution' must be a whole number"),
+    ("prompt", 5, "'prompt' must be text, got 5"),
+    ("name", ["x"], "'name' must be text"),
+    ("codec", "patch", "'codec' must be an object"),
+    ("dhi_widths", [4, "8"], "'dhi_widths' must be a list of positive whole numbers"),
+    ("dhi_widths", [], "'dhi_widths' must be a list of positive whole numbers"),
+    ("control_scale", "2", "'control_scale' must be a number, 0 or more, got '2'"),
+    ("control_scale", -1, "'control_scale' must be a number, 0 or more"),
+])
+def test_wrong_types_in_the_config_name_the_file_and_key(tiny_model_dir, tmp_path, key, value, expected):
+    import json
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    config = json.loads((folder / "siamese_config.json").read_text())
+    (folder / "siamese_config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(ModelLoadError, match=expected) as info:
+        load_model(folder)
+    assert str(folder / "siamese_config.json") in str(info.value)
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b'{"resolution": 64,', "not valid JSON"),
+    (b'{"prompt": "caf\xe9"}', "not UTF-8 text"),
+    (b'[64]', "expected a JSON object"),
+])
+def test_malformed_config_names_the_file(tiny_model_dir, tmp_path, content, expected):
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    (folder / "siamese_config.json").write_bytes(content)
+    with pytest.raises(ModelLoadError, match=f"siamese_config.json: {expected}"):
+        load_model(folder)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 
 import pytest
 import torch
+from diffusers import DDPMScheduler
 
+from siamese import objective, reference
+from siamese.model import SCHEDULE
 from siamese.objective import LOSS_KEYS, controlnet_losses, siamese_losses
 from siamese.reference import naive_siamese_losses
 from siamese.train import trainable_parameters
@@ -160,3 +165,43 @@ def test_mask_only_baseline_equals_loss_mask(tiny_model):
     only = controlnet_losses(tiny_model.unet, tiny_model.controlnet, **batch)
     torch.testing.assert_close(only["loss"], full["loss_mask"])
     assert float(only["loss_image"]) == 0.0
+
+
+# -- the reference checks, it does not copy ---------------------------------------------------------
+def test_reference_has_its_own_constants_and_arithmetic():
+    """The parity reference owns METHOD.md's constants and its diffusion arithmetic, so a mistake in
+    siamese.objective cannot hide in both."""
+    assert reference.REG_T_MAX == 200 and reference.REG_START == 1 / 3  # METHOD.md
+    for name in ("q_sample", "predict_x0", "mse"):
+        assert getattr(reference, name).__module__ == "siamese.reference", name
+    assert "objective" not in inspect.getsource(reference).split('"""', 2)[2]  # no import from what it checks
+
+
+@pytest.mark.parametrize("module", [reference, objective])
+def test_q_sample_is_diffusers_add_noise_and_predict_x0_inverts_it(module):
+    scheduler = DDPMScheduler.from_config(SCHEDULE)  # METHOD.md: 1000 steps, scaled_linear 0.00085..0.012
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(5, 4, 8, 8, generator=g, dtype=torch.float64)
+    noise = torch.randn(5, 4, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 1, 200, 201, 999])
+    alphas_cumprod = scheduler.alphas_cumprod.double()
+    x_t = module.q_sample(x0, t, noise, alphas_cumprod)
+    torch.testing.assert_close(x_t, scheduler.add_noise(x0, noise, t), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(module.predict_x0(x_t, t, noise, alphas_cumprod), x0, rtol=1e-9, atol=1e-9)
+    a, b = x0[:2].float(), noise[:2].float()
+    torch.testing.assert_close(module.mse(a, b), torch.stack([((a[i] - b[i]) ** 2).mean() for i in range(2)]))
+
+
+@pytest.mark.parametrize("losses", [siamese_losses, naive_siamese_losses], ids=["ours", "reference"])
+def test_regularisation_gates_exactly_at_t_200_and_progress_one_third(tiny_model, losses):
+    """METHOD.md: L_reg for samples with t <= 200 (200 in, 201 out), when progress > 1/3 (exactly 1/3: out)."""
+    def reg(ts, progress):
+        with torch.no_grad():
+            out = losses(tiny_model.unet, tiny_model.controlnet, progress=progress, **_batch(tiny_model, ts=ts))
+        return float(out["loss_regularization"])
+
+    assert reg((200, 600, 700, 999), 0.5) > 0  # the t = 200 sample counts
+    assert reg((201, 600, 700, 999), 0.5) == 0.0  # the same batch with t = 201: nothing counts
+    assert reg((200, 600, 700, 999), 1 / 3) == 0.0  # progress exactly 1/3 (step 1 of 3, 100 of 300): not yet
+    assert 1 / 3 == 100 / 300 == 1.0 / 3.0
+    assert reg((200, 600, 700, 999), math.nextafter(1 / 3, 1)) > 0

@@ -114,3 +114,28 @@ def test_bad_inputs(tiny_model):
         generate(tiny_model, _mask(), params=SamplingParams(control_scale=-1))
     with pytest.raises(ValueError, match="number of images"):
         generate(tiny_model, _mask(), num_images=0)
+    with pytest.raises(ValueError, match="batch size must be at least 1, got 0"):
+        generate(tiny_model, _mask(), batch_size=0)
+    with pytest.raises(ValueError, match="seed must be between 0 and 4294967295, got -1"):
+        generate(tiny_model, _mask(), seed=-1)
+    with pytest.raises(ValueError, match="prompt must be text, got int"):
+        generate(tiny_model, _mask(), params=SamplingParams(prompt=5))
+
+
+@pytest.mark.parametrize("mask", [
+    np.array([[0, 1], [1, 0]], np.uint16),  # a 16-bit label mask
+    np.array([[0, 65535], [40000, 0]], np.uint16),
+    np.array([[0.0, 1.0], [0.9, 0.2]], np.float32),
+    np.array([[False, True], [True, False]]),
+    np.array([[0, 255], [200, 0]], np.int64),
+])
+def test_every_mask_type_gives_the_same_pairs(tiny_model, mask):
+    """16-bit, floating point, boolean and int64 masks mean what an 8-bit 0/255 mask means (binarize_mask's one
+    rule), so they generate the same image from the same seed."""
+    big = cv2.resize(mask.astype(np.float32), (64, 64), interpolation=cv2.INTER_NEAREST).astype(mask.dtype)
+    eight_bit = cv2.resize(np.array([[0, 255], [255, 0]], np.uint8), (64, 64), interpolation=cv2.INTER_NEAREST)
+    params = SamplingParams(steps=1, guidance_scale=1.0)
+    a = generate(tiny_model, big, 1, 3, params)[0]
+    b = generate(tiny_model, eight_bit, 1, 3, params)[0]
+    np.testing.assert_array_equal(a.mask, b.mask)
+    np.testing.assert_array_equal(a.image, b.image)

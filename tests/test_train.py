@@ -7,6 +7,8 @@ import csv
 import functools
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -16,8 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import siamese.train
 from siamese.model import load_model
-from siamese.train import TrainConfig, batch_indices, latest_checkpoint, param_groups, train, trainable_parameters
+from siamese.train import (
+    EMA, TrainConfig, batch_indices, ema_decay_at, latest_checkpoint, param_groups, train, trainable_parameters,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,3 +166,169 @@ def test_two_processes_with_torchrun(dataset, tmp_path):
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["num_processes"] == 2 and saved["effective_batch_size"] == 4
     assert load_model(out).controlnet is not None
+
+
+# -- faults: killed at any point, a run resumes to the same losses ---------------------------------
+KILLED_RUN = r"""
+import json, os, signal, sys
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+import siamese.model
+import siamese.train
+from siamese.train import TrainConfig, train
+
+config, kill = TrainConfig(**json.loads(sys.argv[1])), sys.argv[2]
+
+
+def die(*_):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+callback = None
+if kill == "init":  # while init/ is written: its UNet saved, its other parts not
+    save_module = siamese.model._save_module
+
+    def save_then_die(module, folder, *args):
+        save_module(module, folder, *args)
+        if folder.parent.name.startswith("init"):
+            die()
+
+    siamese.model._save_module = save_then_die
+elif kill.startswith("after-step-"):  # between checkpoints, after the step's metrics row
+    at = int(kill.rsplit("-", 1)[1])
+    callback = lambda event: event["type"] == "log" and event["step"] == at and die()
+elif kill.startswith("checkpoint-"):  # while a checkpoint is written: weights and optimiser saved, state.json not
+    name = "step-%07d" % int(kill.rsplit("-", 1)[1])
+    save_file = siamese.train.save_file
+
+    def save_then_die(tensors, path, *args, **kwargs):
+        save_file(tensors, path, *args, **kwargs)
+        if name in str(path) and Path(path).name == "optimizer.safetensors":
+            die()
+
+    siamese.train.save_file = save_then_die
+train(config, callback=callback)
+"""
+
+
+def test_runs_killed_anywhere_resume_to_the_same_losses(dataset, tmp_path):
+    """SIGKILL while init/ is written, between checkpoints (after a metrics row that the checkpoint does not
+    cover) and while a checkpoint is written; `--resume latest` after each, and the run ends with the metrics
+    rows and weights of a run never interrupted. Also repairs an init/ left incomplete by older versions.
+    Metrics rows every 3 steps, checkpoints every 2: a resumed row also averages steps of the killed process."""
+    settings = dict(data=str(dataset), model="tiny", resolution=64, batch_size=2, max_steps=6, lr=1e-3,
+                    checkpoint_every=2, log_every=3, seed=3, resume="latest")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+    def run(out: Path, kill: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", KILLED_RUN, json.dumps({**settings, "output": str(out)}), kill],
+                              env=env, capture_output=True, text=True, timeout=600)
+
+    straight, out = tmp_path / "straight", tmp_path / "killed"
+    assert run(straight).returncode == 0
+
+    assert run(out, "init").returncode == -signal.SIGKILL
+    assert latest_checkpoint(out) is None
+    assert not (out / "init").exists(), "init/ is complete or absent"
+
+    assert run(out, "after-step-3").returncode == -signal.SIGKILL
+    assert latest_checkpoint(out).name == "step-0000002" and [r["step"] for r in _rows(out)] == ["3"]
+    shutil.rmtree(out / "init" / "text_encoder", ignore_errors=True)  # torn, as versions before atomic writes left it
+
+    proc = run(out, "checkpoint-4")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert latest_checkpoint(out).name == "step-0000002" and (out / "checkpoints" / "step-0000004.tmp").is_dir()
+
+    proc = run(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rebuilding the starting model" not in proc.stderr  # repaired once, by the run before
+    a, b = _rows(straight), _rows(out)
+    assert [r["step"] for r in b] == ["3", "6"]
+    assert [{k: r[k] for k in siamese.train.LOSS_KEYS} for r in a] == [{k: r[k] for k in siamese.train.LOSS_KEYS}
+                                                                      for r in b]
+    wa, wb = (load_file(latest_checkpoint(p) / "trainable.safetensors") for p in (straight, out))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[n], wb[n]) for n in wa)
+    assert not list(out.rglob("*.tmp")) and load_model(out / "init").text_encoder is not None
+
+
+# -- progress: seen within seconds, whatever log_every -----------------------------------------------
+def test_progress_is_logged_from_the_first_step_whatever_log_every(dataset, tmp_path, monkeypatch):
+    """A log event at step 1 and every LIVE_LOG_SECONDS; metrics.csv rows at log_every steps only (so resumed
+    runs stay exact). Step 1 runs at progress 0, where the image branch equals the mask branch."""
+    events = []
+    run = train(_config(dataset, tmp_path / "a", max_steps=3, log_every=100, checkpoint_every=100),
+                callback=events.append)
+    logs = [e for e in events if e["type"] == "log"]
+    assert [(e["step"], e["row"]) for e in logs] == [(1, False), (3, True)]
+    assert [int(r["step"]) for r in _rows(run)] == [3]
+    assert logs[0]["loss_consistency"] == pytest.approx(0.0, abs=1e-10) and logs[0]["loss_mask"] > 0
+    assert logs[0]["it_per_s"] > 0 and logs[0]["eta_s"] > 0
+
+    monkeypatch.setattr(siamese.train, "LIVE_LOG_SECONDS", 0.0)
+    events.clear()
+    run = train(_config(dataset, tmp_path / "b", max_steps=3, log_every=100, checkpoint_every=100),
+                callback=events.append)
+    logs = [e for e in events if e["type"] == "log"]
+    assert [(e["step"], e["row"]) for e in logs] == [(1, False), (2, False), (3, True)]
+    assert [int(r["step"]) for r in _rows(run)] == [3]
+    assert logs[1]["loss_consistency"] > 0  # step 2: progress 1/3, the image hint acts
+
+
+def test_the_trainer_feeds_the_objective_its_batch(dataset, tmp_path, monkeypatch):
+    """The objective gets progress = step / max_steps, the batch's mask hint and, as image hint, the batch's
+    own (flipped) image in [0, 1]; the batches are flipped and drop 5% of prompts."""
+    batches, calls = [], []
+    batch = siamese.train.PairDataset.batch
+
+    def recording_batch(self, indices, generator, flip=False, prompt_dropout=0.0):
+        out = batch(self, indices, generator, flip=flip, prompt_dropout=prompt_dropout)
+        batches.append((out, flip, prompt_dropout))
+        return out
+
+    objective = siamese.train.siamese_losses
+
+    def recording_objective(unet, **kwargs):
+        calls.append(kwargs)
+        return objective(unet, **kwargs)
+
+    monkeypatch.setattr(siamese.train.PairDataset, "batch", recording_batch)
+    monkeypatch.setattr(siamese.train, "siamese_losses", recording_objective)
+    train(_config(dataset, tmp_path / "run", max_steps=2, checkpoint_every=100))
+    assert [c["progress"] for c in calls] == [0.0, 0.5]
+    for (b, flip, dropout), kwargs in zip(batches, calls, strict=True):
+        assert flip and dropout == 0.05
+        torch.testing.assert_close(kwargs["image_hint"], (b["image"] + 1) / 2, atol=1e-6, rtol=0)
+        assert torch.equal(kwargs["mask_hint"], b["mask_hint"])
+
+
+def test_ema_arithmetic():
+    """shadow <- decay * shadow + (1 - decay) * weights, decay warmed up as (1 + step) / (10 + step)."""
+    w = torch.nn.Parameter(torch.zeros(3))
+    ema = EMA({"w": w})
+    with torch.no_grad():
+        w.fill_(1.0)
+    ema.update(0.9)
+    torch.testing.assert_close(ema.shadow["w"], torch.full((3,), 0.1))
+    ema.update(0.9)
+    torch.testing.assert_close(ema.shadow["w"], torch.full((3,), 0.19))
+    with ema.applied():
+        torch.testing.assert_close(w.detach(), torch.full((3,), 0.19))
+    assert torch.equal(w.detach(), torch.ones(3))
+    assert ema_decay_at(0, 0.999) == 0.1 and ema_decay_at(8, 0.999) == 0.5 and ema_decay_at(10**6, 0.999) == 0.999
+    assert ema_decay_at(0, 0.05) == 0.05
+
+
+def test_the_saved_model_is_the_average(dataset, tmp_path):
+    """After one step with EMA on, the model folder holds 0.1 * start + 0.9 * trained (decay warm-up at step 0)."""
+    run = train(_config(dataset, tmp_path / "run", max_steps=1, ema_decay=0.999))
+    start = load_model(run / "init").controlnet.state_dict()
+    live = load_file(latest_checkpoint(run) / "trainable.safetensors")
+    saved = load_model(run).controlnet.state_dict()
+    moved = 0
+    for n, p in saved.items():
+        torch.testing.assert_close(p, 0.1 * start[n] + 0.9 * live[f"controlnet.{n}"], rtol=1e-5, atol=1e-7)
+        moved += not torch.equal(start[n], live[f"controlnet.{n}"])
+    assert moved
