@@ -16,7 +16,10 @@ import logging
 
 from studio.layout import build_demo, launch_options
 
-__all__ = ["build_demo", "launch_options", "main"]
+__all__ = ["QUEUE_OPTIONS", "build_demo", "launch_options", "main"]
+
+# One event of each kind at a time (a generation holds the model); at most 64 waiting. The tests launch with it.
+QUEUE_OPTIONS = dict(default_concurrency_limit=1, max_size=64)
 
 
 def main() -> None:
@@ -28,7 +31,7 @@ def main() -> None:
     demo = build_demo(args.model)
     demo.studio.preload()
     # server name and port: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, else 127.0.0.1:7860
-    demo.queue(default_concurrency_limit=1, max_size=64).launch(**launch_options(demo.studio.settings))
+    demo.queue(**QUEUE_OPTIONS).launch(**launch_options(demo.studio.settings))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The launched app through gradio_client: /generate, /keep_all, /export, and a 2-step run via /train_*.
+"""The launched app through gradio_client: /generate, /keep_all, /export, and a 2-step run via /train_*; then 8
+sessions at once during a training run (each answered, each exporting only its own pairs).
 
 The tiny model and the synthetic dataset come from conftest.py.
 """
@@ -8,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -17,6 +20,7 @@ import pytest
 from PIL import Image
 
 import app
+from conftest import write_dataset
 from siamese.objective import LOSS_KEYS
 from studio.models import is_model_folder
 from studio.settings import Settings
@@ -35,14 +39,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    """The app on a free port with conftest's tiny 64 px model; yields (url, root folder). Its data folder holds
-    every test's tmp_path (conftest's `dataset`)."""
+    """The app on a free port with conftest's tiny 64 px model, queued as `python app.py` queues it; yields (url,
+    root folder). Its data folder holds every test's tmp_path (conftest's `dataset`)."""
     root = tmp_path_factory.mktemp("server")
     demo = app.build_demo(str(tiny_model_dir), runs_dir=root / "runs", checkpoints_dir=root / "checkpoints",
                           settings=Settings(data_root=tmp_path_factory.getbasetemp()))
     port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                        **app.launch_options())
+    demo.queue(**app.QUEUE_OPTIONS).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                                           quiet=True, **app.launch_options())
     try:
         yield f"http://127.0.0.1:{port}/", root
     finally:
@@ -151,3 +155,104 @@ def _warnings(job) -> list[str]:
             return texts
         if getattr(update, "log", None):
             texts.append(update.log[0])
+
+
+# -- many sessions at once, during a training run
+CLIENTS, ROUNDS = 8, 3  # each client: ROUNDS x (/generate of 1 or 2 images, /keep_all), then /export
+REQUESTS = CLIENTS * (2 * ROUNDS + 1)  # 56
+REPLY_S = 60  # the longest one request may take to be answered, its time in the queue included
+DEADLINE_S = 90  # for all the sessions together
+TRAIN_STEPS = 30  # about twice as long as the sessions take here, so they run during it
+
+
+def _session(url: str, k: int, mask: str, downloads, log: list) -> tuple[list[int], str]:
+    """One browser session (its own Client: its own session hash, so its own gr.State): ROUNDS generations at
+    seeds only it uses, each kept, then the export. Returns its seeds and the zip's path; logs each request's
+    (sent, answered) times."""
+    client = Client(url, verbose=False, download_files=str(downloads))
+
+    def call(**kwargs):
+        sent = time.monotonic()
+        result = client.submit(**kwargs).result(timeout=REPLY_S)
+        log.append((sent, time.monotonic()))
+        return result
+
+    try:
+        seeds = []
+        for r in range(ROUNDS):
+            n, base = 1 + (k + r) % 2, 1000 * (k + 1) + 10 * r
+            gallery, status = call(mask=handle_file(mask), prompt="", num_images=n, steps=2, guidance_scale=3.0,
+                                   seed=base, scheduler="ddim", api_name="/generate")
+            assert len(gallery) == n and f"seeds {base}–{base + n - 1}" in status, (k, status)
+            seeds += range(base, base + n)
+            kept = call(api_name="/keep_all")[2]  # (results, collection, count, download button)
+            assert kept.startswith(f"**{len(seeds)}** pair"), (k, kept)
+        return seeds, call(nnunet=False, label="lesion", api_name="/export")
+    finally:
+        client.close()
+
+
+def test_eight_sessions_generate_keep_and_export_while_training(client, server, tmp_path):
+    """8 clients at once, each 3 x (/generate, /keep_all) then /export (56 requests), while a 30-step run trains:
+    every request is answered in time, each session exports exactly its own pairs, and the run finishes."""
+    url = server[0]
+    data = write_dataset(tmp_path / "data", n=4, size=64)
+    masks = []
+    for k in range(CLIENTS):  # a mask of its own for each session: the lesion moves right with k
+        mask = np.zeros((128, 128), np.uint8)
+        cv2.ellipse(mask, (28 + 10 * k, 64), (18, 26), 0, 0, 360, 255, -1)
+        cv2.imwrite(str(tmp_path / f"mask{k}.png"), mask)
+        masks.append(str(tmp_path / f"mask{k}.png"))
+    client.predict(data_folder=str(data), base_model=BASE_MODELS[0], max_steps=TRAIN_STEPS, batch_size=2, lr=1e-4,
+                   resolution=64, checkpoint_every=TRAIN_STEPS, preview_every=0, name="concurrent-run", base_steps=0,
+                   api_name="/train_start")
+    t0 = time.monotonic()
+    polls: list[tuple[float, str, int]] = []  # /train_status meanwhile, from a session of its own
+
+    def watch():
+        watcher = Client(url, verbose=False)
+        try:
+            while time.monotonic() - t0 < DEADLINE_S + 30:
+                s = watcher.submit(api_name="/train_status").result(timeout=REPLY_S)
+                polls.append((time.monotonic(), s["state"], s["step"]))
+                if s["state"] not in ("running", "stopping"):
+                    return
+                time.sleep(0.5)
+        finally:
+            watcher.close()
+
+    watching = threading.Thread(target=watch, daemon=True)
+    watching.start()
+    log: list[tuple[float, float]] = []
+    pool = ThreadPoolExecutor(CLIENTS)
+    try:
+        futures = [pool.submit(_session, url, k, masks[k], tmp_path / f"downloads{k}", log) for k in range(CLIENTS)]
+        sessions = [f.result(timeout=max(1.0, t0 + DEADLINE_S - time.monotonic())) for f in futures]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    assert len(log) == REQUESTS
+    watching.join(DEADLINE_S + 30)
+
+    # the run finished, and the sessions ran during it: most requests were answered before it ended
+    assert polls and polls[-1][1:] == ("finished", TRAIN_STEPS), polls[-1:]
+    ended = min(t for t, state, _ in polls if state == "finished")
+    during = sum(answered < ended for _, answered in log)
+    assert during >= REQUESTS // 2, f"{during} of {REQUESTS} requests answered during training"
+    assert is_model_folder(server[1] / "runs" / "concurrent-run")
+
+    # each export holds its session's pairs only: its seeds in order, and its mask in every pair
+    centres = []
+    for k, (seeds, path) in enumerate(sessions):
+        with zipfile.ZipFile(path) as zf:
+            meta = [json.loads(line) for line in zf.read("metadata.jsonl").decode().splitlines()]
+            assert [m["seed"] for m in meta] == seeds, (k, [m["seed"] for m in meta])
+            assert sorted(n for n in zf.namelist() if n.startswith("images/")) == [
+                f"images/{i:05d}_seed{s}.png" for i, s in enumerate(seeds)]
+            pair_masks = [cv2.imdecode(np.frombuffer(zf.read(n), np.uint8), cv2.IMREAD_GRAYSCALE)
+                          for n in sorted(zf.namelist()) if n.startswith("masks/")]
+        assert len(pair_masks) == len(seeds) and all(np.array_equal(m, pair_masks[0]) for m in pair_masks), k
+        centres.append(float(np.nonzero(pair_masks[0])[1].mean()))
+    assert all(a < b for a, b in zip(centres, centres[1:])), centres  # session k's mask, not another's
+    waits = sorted(answered - sent for sent, answered in log)
+    print(f"\n{REQUESTS} requests in {max(a for _, a in log) - t0:.1f} s, {during} during training (ended at "
+          f"{ended - t0:.1f} s); waits median {waits[len(waits) // 2]:.2f} s, longest {waits[-1]:.2f} s")

@@ -1,12 +1,20 @@
 """The benchmark package runs, on a minuscule model: each benchmark compares like with like (same gradients,
 same images), its speedups are the ratios of its own timings, and `python -m bench --json` prints one JSON
-object with the keys docs/PERFORMANCE.md reports. One timing is asserted, with a wide margin: our training
-step takes less CPU time than the naive one (about 2x less on this model)."""
+object with the keys docs/PERFORMANCE.md reports, every figure finite, and names each target in its table.
+
+No timing is asserted: how fast a step is depends on the machine and its load, and speed targets are checked
+by the benchmarks, which print their figures (`python -m bench`). What is asserted holds on any machine: the
+speedups are computed from the timings the benchmark reports (checked exactly on made-up timings, where the
+inverse, the ratio of the medians and the other clock all give other values), and the gradients and images
+agree."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import bench.training
 from bench.estimate import sd15_training_memory
 from bench.sampling import compare_samplers
+from bench.timing import Timings
 from bench.training import compare_steps, float64_parity
 from bench.workload import PRESETS, build_preset, build_sd15_architecture, reg_timesteps
 
@@ -43,6 +53,25 @@ def test_regularised_share_is_representative():
     assert int((reg_timesteps(4, torch.Generator(), regularised=0) <= 200).sum()) == 0
 
 
+def paired_ratio(timings: dict, slow: str, fast: str, clock: str) -> float:
+    """The median over repeats of slow_i / fast_i, from a result's reported timings (`Timings.summary()`)."""
+    return statistics.median(s / f for s, f in zip(timings[slow][clock], timings[fast][clock]))
+
+
+def speedup_mismatches(r: dict, pairs, rel: float = 0.01) -> list[str]:
+    """The speedups of `r` that are not the paired ratios of its reported timings. `pairs`: (key, slow, fast,
+    clock). The tolerance covers the rounding of the reported figures (timings to 0.1 ms, speedups to 0.001)."""
+    out = []
+    for key, slow, fast, clock in pairs:
+        expected = paired_ratio(r["timings"], slow, fast, clock)
+        if not (math.isfinite(r[key]) and r[key] == pytest.approx(expected, rel=rel, abs=2e-3)):
+            out.append(f"{key} = {r[key]}, but {slow} / {fast} ({clock}) = {expected:.4f}")
+    return out
+
+
+TRAIN_SPEEDUPS = (("ours_speedup", "naive", "ours", "wall_s"), ("ours_speedup_cpu_time", "naive", "ours", "cpu_s"))
+
+
 def test_train_comparison_same_gradients(smoke_model):
     r = compare_steps(smoke_model, 2, CPU, repeats=3, variants=("ours", "naive"))
     assert set(r["step_s"]) == {"ours", "naive"}
@@ -51,17 +80,41 @@ def test_train_comparison_same_gradients(smoke_model):
     assert r["ours_max_grad_diff"] < 1e-5 * r["max_grad_abs"]
     for key in ("loss_mask", "loss_image", "loss_consistency", "loss_regularization", "loss"):
         assert r["losses"]["ours"][key] == pytest.approx(r["losses"]["naive"][key], rel=1e-4, abs=1e-7)
-    # the speedup is naive / ours, paired per repeat (median), in wall and in CPU time: not its inverse, not
-    # another pair of variants
-    for key, clock in (("ours_speedup", "wall_s"), ("ours_speedup_cpu_time", "cpu_s")):
-        naive, ours = r["timings"]["naive"][clock], r["timings"]["ours"][clock]
-        ratios = sorted(n / o for n, o in zip(naive, ours))
-        assert r[key] == pytest.approx(ratios[1], rel=0.02), key
-    assert r["ours_speedup_cpu_time"] > 1.0  # measured 1.9-2.1 on a busy 2-core CPU
+    # the figures are real timings, three per variant and clock, and the speedups their paired ratios
+    for v in ("ours", "naive"):
+        for clock in ("wall_s", "cpu_s"):
+            assert len(r["timings"][v][clock]) == 3 and all(math.isfinite(t) and t > 0 for t in r["timings"][v][clock])
+        assert r["step_s"][v] == pytest.approx(statistics.median(r["timings"][v]["wall_s"]), abs=1e-4)
+    assert speedup_mismatches(r, TRAIN_SPEEDUPS) == []
+
+
+def test_train_speedups_are_the_paired_ratios_of_the_timings(smoke_model, monkeypatch):
+    """compare_steps on made-up timings: each speedup must be naive / ours, paired per repeat, median, in its own
+    clock. Chosen so that every other formula gives another value: the inverse (1/3 and 1/2), the ratio of the
+    medians (1.5 and 2.5), the mean ratio, the other clock (2 and 3), the first or the last repeat."""
+    # (wall, cpu) seconds per repeat
+    made_up = {"naive": ([0.2, 0.3, 0.8], [0.9, 0.4, 0.5]), "ours": ([0.2, 0.1, 0.2], [0.1, 0.2, 0.5])}
+
+    def fake_interleaved(fns, repeats, device):
+        return Timings({n: list(made_up[n][0]) for n in fns}, {n: list(made_up[n][1]) for n in fns})
+
+    monkeypatch.setattr(bench.training, "interleaved", fake_interleaved)
+    r = compare_steps(smoke_model, 2, CPU, repeats=3, variants=("ours", "naive"), time_optimizer=False)
+    assert r["ours_speedup"] == 3.0  # wall: 1, 3, 4
+    assert r["ours_speedup_cpu_time"] == 2.0  # cpu: 9, 2, 1
+    assert r["step_s"] == {"ours": 0.2, "naive": 0.3}  # medians
+    assert speedup_mismatches(r, TRAIN_SPEEDUPS) == []
+    # and the check used on real runs rejects what is not the paired ratio
+    for key, wrong in (("ours_speedup", 1 / 3), ("ours_speedup", 1.5), ("ours_speedup", 2.0), ("ours_speedup", 1.0),
+                       ("ours_speedup", 4.0), ("ours_speedup", 8 / 3),
+                       ("ours_speedup_cpu_time", 0.5), ("ours_speedup_cpu_time", 2.5), ("ours_speedup_cpu_time", 3.0),
+                       ("ours_speedup", float("nan"))):
+        assert len(speedup_mismatches({**r, key: wrong}, TRAIN_SPEEDUPS)) == 1, (key, wrong)
 
 
 def test_float64_parity(smoke_model):
     r = float64_parity(smoke_model, batch_size=2)
+    assert r["max_grad_abs"] > 0  # gradients to compare
     assert r["max_grad_diff"] < 1e-12
 
 
@@ -72,6 +125,9 @@ def test_samplers_make_the_same_images(smoke_model):
     assert r["max_pixel_diff"] < 1e-4
     assert r["max_pixel_diff_vs_pipeline"] < 1e-4
     assert set(r["images_per_second"]) == {"ours", "diffusers_loop", "diffusers_pipeline"}
+    assert speedup_mismatches(r, [("speedup", "diffusers_loop", "ours", "wall_s"),
+                                  ("speedup_cpu_time", "diffusers_loop", "ours", "cpu_s"),
+                                  ("speedup_vs_pipeline", "diffusers_pipeline", "ours", "wall_s")]) == []
 
 
 def test_sd15_memory_estimate_from_parameter_counts():
@@ -94,6 +150,63 @@ def test_sd15_architecture_preset_is_stable_diffusion_15():
     assert model.latent_size == 32 and model.encode_prompt(["a polyp"]).shape == (1, 77, 768)
 
 
+def non_finite(value, path: str = "") -> list[str]:
+    """The paths of the NaN and infinite numbers in a JSON value."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in non_finite(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in non_finite(v, f"{path}[{i}]")]
+    return [path] if isinstance(value, float) and not math.isfinite(value) else []
+
+
+def target_problems(result: dict, table: str) -> list[str]:
+    """Each target of the JSON must be printed in the table by name, with the same finite value, and met or
+    MISSED as its value says."""
+    out = []
+    for key, t in result["targets"].items():
+        match = re.search(rf"^ +{re.escape(key)} +(\S+) +\(target {re.escape(t['target'])}: (met|MISSED|-)\)$",
+                          table, re.MULTILINE)
+        if match is None:
+            out.append(f"{key}: not in the printed table")
+            continue
+        op, bound = t["target"].split()
+        value = t["value"]
+        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            out.append(f"{key}: value {value!r}")
+        elif match[1] != str(value):
+            out.append(f"{key}: printed {match[1]}, JSON {value}")
+        elif t["met"] != (value >= float(bound) if op == ">=" else value <= float(bound)) or \
+                match[2] != ("met" if t["met"] else "MISSED"):
+            out.append(f"{key}: met {t['met']} / printed {match[2]} for {value} {op} {bound}")
+    return out
+
+
+def cli_problems(result: dict, table: str) -> list[str]:
+    """What is wrong with a `python -m bench --smoke --json` result and its printed table, whatever the speed."""
+    out = [f"{key}: missing" for key in ("train_speedup", "train_memory_ratio", "max_grad_diff", "sample_speedup",
+                                         "max_pixel_diff", "images_per_second", "device", "torch", "train",
+                                         "targets") if key not in result]
+    if out:
+        return out
+    out += [f"{p}: not finite" for p in non_finite(result)]
+    if set(result["images_per_second"]) != {"1", "2", "4"}:
+        out.append(f"images_per_second: batches {sorted(result['images_per_second'])}")
+    if not (result["max_grad_diff"] < 1e-5 and result["max_pixel_diff"] < 1e-4):
+        out.append(f"max_grad_diff {result['max_grad_diff']}, max_pixel_diff {result['max_pixel_diff']}")
+    if not 0 < result["train_memory_ratio"] < 2:
+        out.append(f"train_memory_ratio {result['train_memory_ratio']}")
+    # the headline speedups are those of their sections, which are the ratios of the sections' timings
+    for key, section, inner in (("train_speedup", "train", "ours_speedup"),
+                                ("train_speedup_cpu_time", "train", "ours_speedup_cpu_time"),
+                                ("sample_speedup", "sample", "speedup")):
+        if result[key] != result[section][inner]:
+            out.append(f"{key} {result[key]} is not {section}.{inner} {result[section][inner]}")
+    out += speedup_mismatches(result["train"], TRAIN_SPEEDUPS)
+    out += speedup_mismatches(result["sample"], [("speedup", "diffusers_loop", "ours", "wall_s"),
+                                                 ("speedup_cpu_time", "diffusers_loop", "ours", "cpu_s")])
+    return out + target_problems(result, table)
+
+
 def test_cli_json(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = tmp_path / "bench.json"
@@ -103,11 +216,6 @@ def test_cli_json(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout)  # the JSON object alone on stdout
-    for key in ("train_speedup", "train_memory_ratio", "max_grad_diff", "sample_speedup", "max_pixel_diff",
-                "images_per_second", "device", "torch", "train", "targets"):
-        assert key in result, key
-    assert set(result["images_per_second"]) == {"1", "2", "4"}
-    assert result["max_grad_diff"] < 1e-5 and result["max_pixel_diff"] < 1e-4
-    assert 0 < result["train_memory_ratio"] < 2
+    result = json.loads(proc.stdout)  # the JSON object alone on stdout; the table on stderr
+    assert cli_problems(result, proc.stderr) == []
     assert json.loads(out.read_text())["train_speedup"] == result["train_speedup"]
