@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-5)
     t.add_argument("--zero-lr-scale", type=float, default=1.0,
                    help="lr multiplier of the ControlNet's zero-initialised layers (zero convolutions, the DHI's "
-                        "output conv), so that the mask acts after hundreds rather than thousands of steps")
+                        "output conv); default 1. An experiment: on the bundled model 10 grew those layers but "
+                        "did not make the mask act more (its model card has the figures)")
     t.add_argument("--warmup-steps", type=int, default=0)
     t.add_argument("--ema-decay", type=float, default=0.0,
                    help="keep an exponential moving average of the weights (e.g. 0.999) and save it; 0: off")
