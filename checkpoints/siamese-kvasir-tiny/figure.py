@@ -1,5 +1,5 @@
 """The model card's side-by-side figure: real image, its mask, then one sample per model from that mask
-(same seed, the app's default settings, each model at its recommended control scale), for 8 held-out
+(seed = row number, the app's default settings, each model at its recommended control scale), for 8 held-out
 Kvasir-SEG pairs (the split `evaluate` tests on).
 
     python checkpoints/siamese-kvasir-tiny/figure.py DATA OUT.png LABEL=MODEL [LABEL=MODEL ...]
@@ -18,12 +18,12 @@ models = [(label, load_model(path)) for label, path in (s.split("=", 1) for s in
 _, held = split_pairs(find_pairs(data), 0.2, 0)
 size, gap = 256, 4
 rows = []
-for pair in held[:8]:
+for row, pair in enumerate(held[:8]):
     image, mask = resize_pair(read_image(pair.image), read_mask(pair.mask), size)
     cells = [image, np.repeat(mask[..., None] * 255, 3, 2)]
     for _, model in models:
         params = SamplingParams(steps=20, guidance_scale=3.0, scheduler="dpm++")
-        cells.append(generate(model, mask, 1, seed=0, params=params)[0].image)
+        cells.append(generate(model, mask, 1, seed=row, params=params)[0].image)
     rows.append(np.concatenate([np.pad(c, ((0, gap), (0, gap), (0, 0)), constant_values=255) for c in cells], 1))
 grid = np.concatenate(rows, 0)
 header = np.full((28, grid.shape[1], 3), 255, np.uint8)
