@@ -177,7 +177,7 @@ import torch
 
 torch.set_num_threads(1)
 import siamese.model
-import siamese.train
+import siamese.checkpoints
 from siamese.train import TrainConfig, train
 
 config, kill = TrainConfig(**json.loads(sys.argv[1])), sys.argv[2]
@@ -202,14 +202,14 @@ elif kill.startswith("after-step-"):  # between checkpoints, after the step's me
     callback = lambda event: event["type"] == "log" and event["step"] == at and die()
 elif kill.startswith("checkpoint-"):  # while a checkpoint is written: weights and optimiser saved, state.json not
     name = "step-%07d" % int(kill.rsplit("-", 1)[1])
-    save_file = siamese.train.save_file
+    save_file = siamese.checkpoints.save_file
 
     def save_then_die(tensors, path, *args, **kwargs):
         save_file(tensors, path, *args, **kwargs)
         if name in str(path) and Path(path).name == "optimizer.safetensors":
             die()
 
-    siamese.train.save_file = save_then_die
+    siamese.checkpoints.save_file = save_then_die
 train(config, callback=callback)
 """
 
