@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .export import atomic_folder
+
 __all__ = ["EMA", "ema_decay_at", "latest_checkpoint", "save_checkpoint", "load_checkpoint", "checkpoint_metrics"]
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -93,19 +95,15 @@ def save_checkpoint(output: Path, step: int, params: dict[str, torch.nn.Paramete
     """Write checkpoints/step-XXXXXXX atomically (temp folder, then rename) and keep the last `keep`.
     `metrics`: the partial sums of the next metrics.csv row, so that a resumed run writes the same rows."""
     folder = output / "checkpoints" / f"step-{step:07d}"
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({n: p.detach().float().cpu().contiguous() for n, p in params.items()}, tmp / "trainable.safetensors")
-    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
-    save_file({k: v.cpu().contiguous() for k, v in opt_tensors.items()}, tmp / "optimizer.safetensors")
-    state = {"step": step, "optimizer": opt_meta, "metrics": metrics,
-             "rng": "batches, timesteps and noise are derived from (seed, step): nothing else to restore"}
-    if ema is not None:
-        ema.save(tmp)
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with atomic_folder(folder) as tmp:
+        save_file({n: p.detach().float().cpu().contiguous() for n, p in params.items()}, tmp / "trainable.safetensors")
+        opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+        save_file({k: v.cpu().contiguous() for k, v in opt_tensors.items()}, tmp / "optimizer.safetensors")
+        state = {"step": step, "optimizer": opt_meta, "metrics": metrics,
+                 "rng": "batches, timesteps and noise are derived from (seed, step): nothing else to restore"}
+        if ema is not None:
+            ema.save(tmp)
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
     for old in _checkpoint_folders(folder.parent)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return folder

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -172,8 +171,8 @@ def add_decoder(
     `learned_decoder` flag in siamese_config.json. Returns the folder.
     """
     from .data import PairDataset, find_pairs, split_pairs
+    from .export import atomic_folder
     from .model import load_model
-    from .quality import block_edge_ratio, psnr
 
     if output is None and not Path(model_path).is_dir():
         raise ValueError(f"'{model_path}' is not a local model folder: name an --output folder for the model with its decoder")
@@ -191,38 +190,34 @@ def add_decoder(
     record = {"data": str(data), "holdout": holdout, "holdout_seed": holdout_seed, "num_images": len(train_images),
               **config_dict(config)}
     if held:
-        test = PairDataset(data, res, pairs=held[:64]).images
-        x = torch.from_numpy(test).permute(0, 3, 1, 2).float().to(device) / 127.5 - 1
-        to_uint8 = lambda y: ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
-        with torch.no_grad():
-            z = codec.encode(x)
-            linear, learned = to_uint8(codec.decode_linear(z)), to_uint8(decoder(z))
-        record["held_out"] = {
-            "images": len(test), "psnr_db": {"linear": psnr(test, linear), "learned": psnr(test, learned)},
-            "block_edge_ratio": {"real": block_edge_ratio(test), "linear": block_edge_ratio(linear),
-                                 "learned": block_edge_ratio(learned)},
-        }
+        record["held_out"] = _held_out_figures(codec, decoder, PairDataset(data, res, pairs=held[:64]).images, device)
         logger.info("held-out: %s", record["held_out"])
     codec.set_decoder(decoder)
-    if output is not None and not _same_folder(output, model_path):
+    if output is not None and Path(output).resolve() != Path(model_path).resolve():
         out = model.save_pretrained(output, dtype=torch.float16 if _is_half(model_path) else None)
         (out / "codec" / "decoder" / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
         return out
     # in place: the decoder folder appears whole (written beside, then renamed), then the config names it
     out = Path(model_path)
-    final, tmp = out / "codec" / "decoder", out / "codec" / "decoder.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    codec.save_decoder(tmp)
-    (tmp / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with atomic_folder(out / "codec" / "decoder") as tmp:
+        codec.save_decoder(tmp)
+        (tmp / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
     model.config.codec = codec.to_dict()
     model.config.save(out)
     return out
 
 
-def _same_folder(a: str | Path, b: str | Path) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
+def _held_out_figures(codec, decoder: PatchDecoder, images: np.ndarray, device: torch.device | str) -> dict:
+    """PSNR and block-edge ratio of the codec's round trip of `images` (N, R, R, 3) uint8, linear vs learned."""
+    from .quality import block_edge_ratio, psnr, reconstruct
+
+    codec.set_decoder(None)
+    linear = reconstruct(codec, images, device)
+    codec.set_decoder(decoder)
+    learned = reconstruct(codec, images, device)
+    return {"images": len(images), "psnr_db": {"linear": psnr(images, linear), "learned": psnr(images, learned)},
+            "block_edge_ratio": {"real": block_edge_ratio(images), "linear": block_edge_ratio(linear),
+                                 "learned": block_edge_ratio(learned)}}
 
 
 def _is_half(model_path: str) -> bool:

@@ -48,7 +48,7 @@ from .image_metrics import (STATISTICS, flat_paintings, image_statistics, kid, p
 from .model import SiameseModel, load_model
 from .networks import controlnet_residuals, unet_decode, unet_encode
 from .objective import q_sample
-from .quality import block_edge_ratio, psnr
+from .quality import block_edge_ratio, psnr, reconstruct
 from .sampling import MAX_SEED, Generated, SamplingParams, generate
 from .segnet import build_segnet, dice_iou, predict_masks, segnet_features, train_segnet
 
@@ -183,16 +183,8 @@ PIXEL_BLOCK = 8  # the codec's 8x8 patch grid, at the model resolution
 
 @torch.no_grad()
 def codec_reconstructions(model: SiameseModel, images: np.ndarray, seed: int = 0, batch_size: int = 16) -> np.ndarray:
-    """Images (N, R, R, 3) uint8 at the model resolution -> the codec's reconstructions, same shape and dtype:
-    encode, decode, clamp to [-1, 1]. A VAE codec samples its latents from a generator seeded with `seed`."""
-    device, dtype = model.device, model.dtype
-    gen = torch.Generator("cpu").manual_seed(seed)
-    out = np.empty_like(images)
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).to(device, dtype) / 127.5 - 1
-        y = model.codec.decode(model.codec.encode(x, gen)).float().clamp(-1, 1)
-        out[start:start + len(x)] = ((y + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return out
+    """Images (N, R, R, 3) uint8 at the model resolution -> the model codec's reconstructions (`quality.reconstruct`)."""
+    return reconstruct(model.codec, images, model.device, model.dtype, seed, batch_size)
 
 
 def pixel_quality(model: SiameseModel, real: np.ndarray, generated: np.ndarray, seed: int = 0,

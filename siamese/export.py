@@ -6,10 +6,12 @@ leaves a half-written file behind.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -22,7 +24,8 @@ from .sampling import Generated
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["png_bytes", "parameters_text", "write_pairs", "export_zip", "pair_name", "atomic_write", "check_writable"]
+__all__ = ["png_bytes", "parameters_text", "write_pairs", "export_zip", "pair_name", "atomic_write", "atomic_folder",
+           "check_writable"]
 
 
 def parameters_text(params: dict) -> str:
@@ -68,6 +71,19 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def _metadata_line(name: str, item: Generated) -> str:
     return json.dumps({"image": f"images/{name}.png", "mask": f"masks/{name}.png", **item.params}, sort_keys=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | Path):
+    """Yield FOLDER.tmp, emptied, to be filled; when the block ends it replaces `folder` by a rename, so the
+    folder is complete or absent (a process killed mid-write leaves only FOLDER.tmp, removed by the next write)."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 def check_writable(folder: str | Path) -> None:

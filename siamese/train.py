@@ -32,7 +32,6 @@ import io
 import json
 import logging
 import math
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -45,7 +44,7 @@ import torch
 from .checkpoints import EMA, checkpoint_metrics, ema_decay_at, latest_checkpoint, load_checkpoint, save_checkpoint
 from .codec import PatchCodec
 from .data import PairDataset, find_pairs, split_pairs
-from .export import atomic_write, check_writable
+from .export import atomic_folder, atomic_write, check_writable
 from .model import ModelLoadError, SiameseModel, build_tiny, load_model
 from .objective import LOSS_KEYS, base_losses, controlnet_losses, siamese_losses
 
@@ -233,11 +232,8 @@ def load_init(init_dir: Path) -> SiameseModel | None:
 
 def save_folder_atomically(model: SiameseModel, folder: Path) -> Path:
     """`model.save_pretrained(folder)` through FOLDER.tmp and a rename: the folder is complete or absent."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp)
     return folder
 
 
