@@ -43,6 +43,9 @@ SCHEDULE = dict(
 DHI_WIDTHS = (16, 32, 64, 128, 256)
 # what a model folder holds (and all that is fetched of a hub repo: not its single-file checkpoints)
 MODEL_SUBFOLDERS = ("unet", "controlnet", "vae", "codec", "text_encoder", "tokenizer", "scheduler")
+# what is fetched of a hub repo (`snapshot_download` patterns): the model folder's files, no pickles
+HUB_ALLOW_PATTERNS = ["*.json", "*.md", *(f"{sub}/*" for sub in MODEL_SUBFOLDERS)]
+HUB_IGNORE_PATTERNS = ["*.fp16.safetensors", "*non_ema*", "*.ckpt", "*.bin", "*.msgpack", "*.onnx*"]
 
 
 class ModelLoadError(ValueError):
@@ -313,8 +316,7 @@ def _resolve(path_or_id: str | Path, cache_dir: str | Path | None = None) -> Pat
     try:
         return Path(snapshot_download(
             text, cache_dir=cache_dir,
-            allow_patterns=["*.json", "*.md", *(f"{sub}/*" for sub in MODEL_SUBFOLDERS)],
-            ignore_patterns=["*.fp16.safetensors", "*non_ema*", "*.ckpt", "*.bin", "*.msgpack", "*.onnx*"],
+            allow_patterns=HUB_ALLOW_PATTERNS, ignore_patterns=HUB_IGNORE_PATTERNS,
         ))
     except LocalEntryNotFoundError as e:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")

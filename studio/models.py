@@ -26,7 +26,7 @@ import gradio as gr
 import torch
 
 from siamese import ModelLoadError, SiameseConfig, load_model
-from siamese.model import MODEL_SUBFOLDERS
+from siamese.model import HUB_ALLOW_PATTERNS, HUB_IGNORE_PATTERNS
 
 from .messages import Redactor, md_escape
 
@@ -50,8 +50,7 @@ def hub_snapshot(repo_id: str) -> Path:
 
     try:
         return Path(snapshot_download(
-            repo_id, allow_patterns=["*.json", "*.md", *(f"{sub}/*" for sub in MODEL_SUBFOLDERS)],
-            ignore_patterns=["*.fp16.safetensors", "*non_ema*", "*.ckpt", "*.bin", "*.msgpack", "*.onnx*"],
+            repo_id, allow_patterns=HUB_ALLOW_PATTERNS, ignore_patterns=HUB_IGNORE_PATTERNS,
         ))
     except LocalEntryNotFoundError:
         raise ModelLoadError(f"Hub model '{repo_id}' is not in the server's cache and the hub cannot be "
