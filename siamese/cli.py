@@ -21,7 +21,8 @@ def _train(args: argparse.Namespace) -> None:
     config = TrainConfig(
         data=args.data, output=args.output, model=args.model, objective=args.objective, base_steps=args.base_steps,
         resolution=args.resolution, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
-        zero_lr_scale=args.zero_lr_scale,
+        zero_lr_scale=args.zero_lr_scale, timestep_bias=args.timestep_bias,
+        timestep_bias_multiplier=args.timestep_bias_multiplier, timestep_bias_portion=args.timestep_bias_portion,
         warmup_steps=args.warmup_steps, ema_decay=args.ema_decay, gradient_accumulation=args.gradient_accumulation,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         unlock_decoder=not args.lock_decoder, use_8bit_adam=args.use_8bit_adam,
@@ -160,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lr multiplier of the ControlNet's zero-initialised layers (zero convolutions, the DHI's "
                         "output conv); default 1. An experiment: on the bundled model 10 grew those layers but "
                         "did not make the mask act more (its model card has the figures)")
+    t.add_argument("--timestep-bias", default="none", choices=("none", "later", "earlier"),
+                   help="sample training timesteps non-uniformly (diffusers' --timestep_bias_strategy): 'later' "
+                        "favours the noisiest steps, where the layout (the mask) is decided; default none, "
+                        "the method's uniform U{0..999}")
+    t.add_argument("--timestep-bias-multiplier", type=float, default=1.0, help="weight of the biased timesteps")
+    t.add_argument("--timestep-bias-portion", type=float, default=0.25, help="fraction of timesteps biased")
     t.add_argument("--warmup-steps", type=int, default=0)
     t.add_argument("--ema-decay", type=float, default=0.0,
                    help="keep an exponential moving average of the weights (e.g. 0.999) and save it; 0: off")

@@ -54,6 +54,7 @@ __all__ = ["TrainConfig", "train", "TrainingStopped", "latest_checkpoint", "trai
 
 OBJECTIVES = ("siamese", "controlnet", "base")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+TIMESTEP_BIAS = ("none", "later", "earlier")
 MAX_SEED = 2**32 - 1
 LIVE_LOG_SECONDS = 10.0  # log events this far apart at most (or one per step), besides the metrics rows
 
@@ -72,6 +73,9 @@ class TrainConfig:
     max_steps: int = 1000
     lr: float = 1e-5
     zero_lr_scale: float = 1.0  # lr multiplier of the ControlNet's zero-initialised layers (see zero_initialised)
+    timestep_bias: str = "none"  # diffusers' --timestep_bias_strategy: none (METHOD.md's U{0..999}), later, earlier
+    timestep_bias_multiplier: float = 1.0  # weight of the biased timesteps
+    timestep_bias_portion: float = 0.25  # fraction of the timesteps that get the bias
     weight_decay: float = 1e-2  # AdamW's torch default
     warmup_steps: int = 0
     ema_decay: float = 0.0  # > 0: an exponential moving average of the trainable weights is what is saved
@@ -118,6 +122,13 @@ class TrainConfig:
         for name, what in (("lr", "learning rate"), ("zero_lr_scale", "zero-layer lr scale")):
             if not _real(getattr(self, name)) or not getattr(self, name) > 0:
                 raise ValueError(f"{what} must be a positive number, got {getattr(self, name)!r}")
+        if self.timestep_bias not in TIMESTEP_BIAS:
+            raise ValueError(f"timestep bias must be one of {', '.join(TIMESTEP_BIAS)}, got {self.timestep_bias!r}")
+        if not _real(self.timestep_bias_multiplier) or not self.timestep_bias_multiplier > 0:
+            raise ValueError(f"timestep bias multiplier must be a positive number, "
+                             f"got {self.timestep_bias_multiplier!r}")
+        if not _real(self.timestep_bias_portion) or not 0 < self.timestep_bias_portion <= 1:
+            raise ValueError(f"timestep bias portion must be a fraction in (0, 1], got {self.timestep_bias_portion!r}")
         if not _real(self.weight_decay) or not self.weight_decay >= 0:
             raise ValueError(f"weight decay must be a number, 0 or more, got {self.weight_decay!r}")
         if not _real(self.ema_decay) or not 0 <= self.ema_decay < 1:
@@ -156,6 +167,20 @@ def lr_at(step: int, config: TrainConfig) -> float:
     if config.warmup_steps and step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     return config.lr
+
+
+def timestep_weights(config: TrainConfig, num_timesteps: int) -> torch.Tensor | None:
+    """Sampling weights of the training timesteps, (num_timesteps,), or None for METHOD.md's uniform U{0..T-1}.
+
+    diffusers' `--timestep_bias_strategy` semantics: the last ("later", the noisiest) or first ("earlier")
+    `portion` of the timesteps weigh `multiplier` times the others."""
+    if config.timestep_bias == "none" or config.timestep_bias_multiplier == 1.0:
+        return None
+    weights = torch.ones(num_timesteps, dtype=torch.float64)
+    count = max(1, int(config.timestep_bias_portion * num_timesteps))
+    biased = slice(num_timesteps - count, None) if config.timestep_bias == "later" else slice(0, count)
+    weights[biased] *= config.timestep_bias_multiplier
+    return weights / weights.sum()
 
 
 def batch_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -416,6 +441,7 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
     timed_row = 0  # steps of this process since t_row (a resumed row's first steps ran in another process)
     step = start
     stopped = False
+    t_weights = timestep_weights(config, len(alphas_cumprod))
     try:
         while step < config.max_steps:
             # 3. learning rate
@@ -433,7 +459,10 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
                 with torch.no_grad():
                     x0 = model.codec.encode(batch["image"].to(device, model.dtype), gen)
                     prompt_embeds = model.encode_prompt(batch["prompts"])
-                t = torch.randint(0, len(alphas_cumprod), (len(idx),), generator=gen).to(device)
+                if t_weights is None:
+                    t = torch.randint(0, len(alphas_cumprod), (len(idx),), generator=gen).to(device)
+                else:
+                    t = torch.multinomial(t_weights, len(idx), replacement=True, generator=gen).to(device)
                 noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype).to(device)
                 scale = 1.0 / config.gradient_accumulation
                 with accelerator.autocast():
