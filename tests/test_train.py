@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 import siamese.train
 from siamese.model import load_model
 from siamese.train import (
-    EMA, TrainConfig, batch_indices, ema_decay_at, latest_checkpoint, param_groups, train, trainable_parameters,
+    EMA, TrainConfig, batch_indices, ema_decay_at, latest_checkpoint, param_groups, timestep_weights, train,
+    trainable_parameters,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -332,3 +333,30 @@ def test_the_saved_model_is_the_average(dataset, tmp_path):
         torch.testing.assert_close(p, 0.1 * start[n] + 0.9 * live[f"controlnet.{n}"], rtol=1e-5, atol=1e-7)
         moved += not torch.equal(start[n], live[f"controlnet.{n}"])
     assert moved
+
+
+def test_timestep_bias_follows_diffusers_semantics(dataset, tmp_path, monkeypatch):
+    """none: METHOD.md's uniform U{0..999}; later/earlier: the last/first `portion` of the timesteps weigh
+    `multiplier` times the others; and the trainer draws its timesteps from those weights."""
+    config = _config(dataset, tmp_path / "run", timestep_bias="later", timestep_bias_multiplier=3.0,
+                     timestep_bias_portion=0.5, max_steps=3, batch_size=8, checkpoint_every=100)
+    assert timestep_weights(_config(dataset, tmp_path), 1000) is None
+    weights = timestep_weights(config, 1000)
+    assert float(weights[500:].sum()) == pytest.approx(0.75) and float(weights[0]) == pytest.approx(0.25 / 500)
+    early = timestep_weights(_config(dataset, tmp_path, timestep_bias="earlier", timestep_bias_multiplier=4.0), 1000)
+    assert float(early[:250].sum()) == pytest.approx(4 * 250 / (4 * 250 + 750))
+    with pytest.raises(ValueError, match="timestep bias must be one of"):
+        _config(dataset, tmp_path, timestep_bias="sooner").validate()
+    with pytest.raises(ValueError, match="timestep bias portion"):
+        _config(dataset, tmp_path, timestep_bias="later", timestep_bias_portion=0).validate()
+    seen = []
+    objective = siamese.train.siamese_losses
+
+    def recording_objective(unet, **kwargs):
+        seen.append(kwargs["t"])
+        return objective(unet, **kwargs)
+
+    monkeypatch.setattr(siamese.train, "siamese_losses", recording_objective)
+    monkeypatch.setattr(siamese.train, "timestep_weights", lambda c, n: torch.eye(n, dtype=torch.float64)[999])
+    train(config)
+    assert torch.cat(seen).eq(999).all()  # every timestep drawn from the weights the config asks for
