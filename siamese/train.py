@@ -377,6 +377,9 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
             raise ValueError(f"{config.resume} is not a checkpoint folder (expected state.json inside)")
         if resume_from is None:
             logger.info("no checkpoint in %s: starting from step 0", output)
+    elif latest_checkpoint(output) is not None:  # a fresh run would mix its checkpoints and metrics with these
+        raise ValueError(f"{output} already holds a training run (checkpoints/): resume it (--resume latest) or "
+                         "train into another output folder")
     pairs = find_pairs(config.data)
     if config.holdout > 0:
         pairs, held = split_pairs(pairs, config.holdout, config.holdout_seed)

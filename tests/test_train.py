@@ -153,6 +153,11 @@ def test_bad_config_is_refused(dataset, tmp_path):
         train(_config(dataset, tmp_path / "x", resolution=100))
     with pytest.raises(ValueError, match="built from scratch"):
         train(_config(dataset, tmp_path / "x", model=str(tmp_path), base_steps=2))
+    run = train(_config(dataset, tmp_path / "run", max_steps=2))
+    rows = (run / "metrics.csv").read_bytes()
+    with pytest.raises(ValueError, match="already holds a training run.*--resume latest"):
+        train(_config(dataset, run, max_steps=2))  # a fresh run into it would mix two runs' checkpoints and rows
+    assert (run / "metrics.csv").read_bytes() == rows
 
 
 def test_two_processes_with_torchrun(dataset, tmp_path):
