@@ -1,4 +1,4 @@
-"""Command line: `python -m siamese train | sample | evaluate`. A thin front over the library."""
+"""Command line: `python -m siamese train | sample | evaluate | convert`. A thin front over the library."""
 
 from __future__ import annotations
 
@@ -128,6 +128,16 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(format_report(report))
 
 
+def _convert(args: argparse.Namespace) -> None:
+    import torch
+
+    from .convert import convert_checkpoint
+
+    out = convert_checkpoint(args.src, args.dst, base=args.base, tokenizer=args.tokenizer, resolution=args.resolution,
+                             prompt=args.prompt, name=args.name, dtype=torch.float16 if args.half else torch.float32)
+    print(f"converted {args.src} into the model folder {out}")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors ending as every error of the CLI does: a last line `error: ...`, exit code 2."""
 
@@ -236,6 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--resolution", type=int, default=128, help="segmentation network input size")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=_evaluate)
+
+    c = sub.add_parser("convert", help="convert a reference-implementation checkpoint (ControlLDM .ckpt/.pth/"
+                       ".safetensors, e.g. the authors' released weights) into a model folder")
+    c.add_argument("src", help="checkpoint file (merged ControlLDM, or control-only with --base), or a folder holding one")
+    c.add_argument("dst", help="new model folder")
+    c.add_argument("--base", default=None, help="Stable Diffusion 1.5 folder or hub id: configs and tokenizer, and the "
+                   "weights a control-only checkpoint lacks (required for one)")
+    c.add_argument("--tokenizer", default=None, help="CLIP tokenizer folder or hub id when there is no --base "
+                   "(default: openai/clip-vit-large-patch14, as the reference code)")
+    c.add_argument("--resolution", type=int, default=384, help="the model's resolution (the reference trains at 384)")
+    c.add_argument("--prompt", default="", help="the model's default prompt")
+    c.add_argument("--name", default=None, help="model name (default: the folder name)")
+    c.add_argument("--half", action="store_true", help="save the weights in float16 (half the size)")
+    c.set_defaults(func=_convert)
     return parser
 
 

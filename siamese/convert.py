@@ -263,18 +263,27 @@ def convert_state_dict(
     # 2. UNet: the checkpoint's weights over the base's (a control-only checkpoint may carry the trained decoder)
     unet = UNet2DConditionModel.from_config(unet_config)
     weights = dict(base.unet.state_dict()) if base is not None else {}
-    weights.update({k: v for k, v in convert_ldm_unet_checkpoint(sd, unet_config).items() if v is not None})
+    converted = {k: v for k, v in convert_ldm_unet_checkpoint(sd, unet_config).items() if v is not None}
+    if base is not None and len(converted) < len(weights):
+        logger.info("UNet: %d of %d weights from the checkpoint, the others from the base", len(converted), len(weights))
+    weights.update(converted)
     _load(unet, weights, "UNet (model.diffusion_model.*)")
 
-    # 3. ControlNet: the UNet's encoder layout, the DHI of the checkpoint's widths (its PatchMerging has a bias)
+    # 3. ControlNet: the UNet's encoder layout, the DHI of the checkpoint's widths; its PatchMerging has a bias
+    #    (all zero, as in a model of ours written in the reference layout: left out, so outputs stay bit-identical)
     controlnet = DHIControlNetModel.from_unet(unet, conditioning_embedding_out_channels=dhi_widths(sd),
                                               load_weights_from_unet=False)
-    controlnet.register_to_config(dhi_merge_bias=True)
-    controlnet.controlnet_cond_embedding = DenseHintInput(controlnet.config.conditioning_channels, dhi_widths(sd),
-                                                          unet.config.block_out_channels[0], merge_bias=True)
+    dhi = convert_dhi(sd)
+    merge_bias = any(v.any() for k, v in dhi.items() if k.endswith("reduction.bias"))
+    if merge_bias:
+        controlnet.register_to_config(dhi_merge_bias=True)
+        controlnet.controlnet_cond_embedding = DenseHintInput(controlnet.config.conditioning_channels, dhi_widths(sd),
+                                                              unet.config.block_out_channels[0], merge_bias=True)
+    else:
+        dhi = {k: v for k, v in dhi.items() if not k.endswith("reduction.bias")}
     weights = {k: v for k, v in convert_controlnet_checkpoint(sd, unet_config).items()
                if v is not None and not k.startswith("controlnet_cond_embedding.")}
-    _load(controlnet, {**weights, **convert_dhi(sd)}, "ControlNet (control_model.*)")
+    _load(controlnet, {**weights, **dhi}, "ControlNet (control_model.*)")
 
     # 4. VAE and text encoder: the checkpoint's, or the base's when it has none
     vae = AutoencoderKL.from_config(vae_config)
