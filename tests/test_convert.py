@@ -188,3 +188,41 @@ def test_a_nonzero_patch_merging_bias_is_kept(model, sd15_dir, tmp_path):  # noq
         assert not torch.allclose(converted.controlnet.embed_hint(hint), model.controlnet.embed_hint(hint))
     converted.save_pretrained(tmp_path / "m")
     assert load_model(tmp_path / "m").controlnet.config.dhi_merge_bias  # config.json keeps it
+
+
+def test_configs_read_off_full_size_weights_are_sd15s():
+    """Without --base, the configs come from the weights' shapes: for Stable Diffusion 1.5's shapes (built on the
+    meta device, no memory) they are SD 1.5's own configs, as in its hub folder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (create_unet_diffusers_config_from_ldm,
+                                                     create_vae_diffusers_config_from_ldm)
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from reference_layout import text_encoder_to_reference, unet_to_reference, vae_to_reference
+    from siamese.convert import _ldm_original_config, _text_config
+    from siamese.model import tiny_tokenizer
+
+    down = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+    up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(block_out_channels=(320, 640, 1280, 1280), down_block_types=down, up_block_types=up,
+                                    cross_attention_dim=768, attention_head_dim=8, layers_per_block=2)
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2)
+        text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                            num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77))
+    sd = {**unet_to_reference(unet), **vae_to_reference(vae), **text_encoder_to_reference(text)}
+    original = _ldm_original_config(sd)
+    unet_config = create_unet_diffusers_config_from_ldm(original, sd)
+    for key in ("block_out_channels", "down_block_types", "up_block_types", "layers_per_block", "cross_attention_dim",
+                "attention_head_dim", "in_channels", "out_channels", "use_linear_projection"):
+        got, expected = unet_config[key], unet.config[key]
+        assert (list(got) if isinstance(got, (list, tuple)) else got) == \
+            (list(expected) if isinstance(expected, (list, tuple)) else expected), key
+    vae_config = create_vae_diffusers_config_from_ldm(original, sd)
+    assert (list(vae_config["block_out_channels"]), vae_config["latent_channels"], vae_config["layers_per_block"],
+            vae_config["scaling_factor"]) == ([128, 256, 512, 512], 4, 2, 0.18215)
+    text_config = _text_config(sd, tiny_tokenizer())
+    assert (text_config.hidden_size, text_config.num_hidden_layers, text_config.num_attention_heads,
+            text_config.intermediate_size, text_config.vocab_size, text_config.hidden_act) == \
+        (768, 12, 12, 3072, 49408, "quick_gelu")
