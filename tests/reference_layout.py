@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -220,12 +219,3 @@ def to_reference_state_dict(model, control_only: bool = False) -> dict[str, Tens
         out.update(text_encoder_to_reference(model.text_encoder))
         out.update(schedule_buffers())
     return out
-
-
-def reference_dhi_forward(block: nn.Sequential, hint: Tensor) -> Tensor:
-    """The reference ControlNet's hint path: input_hint_block(hint) -> (B, model_channels, H/8, W/8)."""
-    return block(hint)
-
-
-__all__ = ["ReferenceFeatureExtractor", "reference_hint_block", "to_reference_state_dict", "reference_dhi_forward",
-           "F"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -61,9 +60,3 @@ def write_tiny_sd15(folder: str | Path, seed: int = 0) -> Path:
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     return Path(folder)
-
-
-@pytest.fixture(scope="session")
-def sd15_dir(tmp_path_factory) -> Path:
-    """A tiny random SD 1.5 folder (diffusers layout), written once per test session."""
-    return write_tiny_sd15(tmp_path_factory.mktemp("sd15") / "stable-diffusion-v1-5")

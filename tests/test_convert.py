@@ -16,9 +16,8 @@ from safetensors.torch import save_file
 
 from reference_layout import (ReferenceFeatureExtractor, controlnet_to_reference, reference_hint_block,
                               to_reference_state_dict)
-from sd15_layout import sd15_dir  # noqa: F401  (fixture)
 from siamese.cli import main
-from siamese.convert import ConversionError, convert_dhi, convert_state_dict, read_checkpoint
+from siamese.convert import ConversionError, convert_checkpoint, convert_dhi, convert_state_dict, read_checkpoint
 from siamese.model import load_model
 from siamese.networks import DenseHintInput, DHIControlNetModel
 from siamese.sampling import SamplingParams, generate
@@ -27,7 +26,7 @@ PARAMS = SamplingParams(steps=2, guidance_scale=3.0, scheduler="ddim")
 
 
 @pytest.fixture(scope="module")
-def model(sd15_dir):  # noqa: F811
+def model(sd15_dir):
     """The tiny SD 1.5 with a ControlNet whose zero layers are made non-zero, so that the mask acts."""
     model = load_model(sd15_dir)
     model.config.resolution, model.config.prompt = 64, "a polyp"
@@ -78,7 +77,7 @@ def test_reference_layout_of_the_dhi_is_the_reference_modules():
 
 
 @pytest.mark.parametrize("kind", ["merged.pth", "merged-no-base.safetensors", "control-only.ckpt"])
-def test_round_trip_samples_the_same_pixels(model, sd15_dir, tmp_path, kind):  # noqa: F811
+def test_round_trip_samples_the_same_pixels(model, sd15_dir, tmp_path, kind):
     """our model -> the reference's state dict -> `convert` -> our model: the same sampled images."""
     sd = to_reference_state_dict(model, control_only=kind.startswith("control-only"))
     src = tmp_path / kind
@@ -121,15 +120,19 @@ def _write(path: Path, sd: dict) -> Path:
     return path
 
 
+def _bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 class _Payload:
     def __reduce__(self):
         return (print, ("unpickled code ran",))
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda d, m: (d / "notes.ckpt").write_text("not a checkpoint") and d / "notes.ckpt", "weights_only=True"),
-    (lambda d, m: (d / "code.pth").write_bytes(pickle.dumps({"state_dict": _Payload()})) and d / "code.pth",
-     "weights_only=True"),
+    (lambda d, m: _bytes(d / "notes.ckpt", b"not a checkpoint"), "weights_only=True"),
+    (lambda d, m: _bytes(d / "code.pth", pickle.dumps({"state_dict": _Payload()})), "weights_only=True"),
     (lambda d, m: _write(d / "other.pth", {"encoder.weight": torch.zeros(2)}), "not a ControlLDM checkpoint"),
     (lambda d, m: _write(d / "sd.pth", {k: v for k, v in to_reference_state_dict(m).items()
                                         if not k.startswith("control_model.")}), "no ControlNet"),
@@ -144,8 +147,9 @@ class _Payload:
      "controlnet_down_blocks.0.bias: checkpoint (5,), model (32,)"),
     (lambda d, m: d, "0 checkpoint files"),
 ])
-def test_bad_checkpoints_are_named_and_nothing_is_written(model, sd15_dir, tmp_path, capsys, make, message):  # noqa: F811
-    src = make(tmp_path / "src" if (tmp_path / "src").mkdir() is None else None, model)
+def test_bad_checkpoints_are_named_and_nothing_is_written(model, sd15_dir, tmp_path, capsys, make, message):
+    (tmp_path / "src").mkdir()
+    src = make(tmp_path / "src", model)
     args = ["convert", str(src), str(tmp_path / "out"), "--tokenizer", str(sd15_dir / "tokenizer"), "--resolution", "64"]
     assert main(args) == 2
     captured = capsys.readouterr()
@@ -154,12 +158,11 @@ def test_bad_checkpoints_are_named_and_nothing_is_written(model, sd15_dir, tmp_p
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
 
-def test_an_existing_output_folder_is_refused(model, sd15_dir, tmp_path):  # noqa: F811
+def test_an_existing_output_folder_is_refused(model, sd15_dir, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     src = _write(tmp_path / "m.pth", to_reference_state_dict(model))
     with pytest.raises(ConversionError, match="already exists"):
-        from siamese.convert import convert_checkpoint
         convert_checkpoint(src, tmp_path / "out", base=sd15_dir, resolution=64)
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
@@ -174,7 +177,7 @@ def test_read_checkpoint_unwraps_module_prefixes_and_finds_the_file_in_a_folder(
         convert_state_dict(read)
 
 
-def test_a_nonzero_patch_merging_bias_is_kept(model, sd15_dir, tmp_path):  # noqa: F811
+def test_a_nonzero_patch_merging_bias_is_kept(model, sd15_dir, tmp_path):
     """The released weights' PatchMerging biases are trained (not 0): the converted DHI carries them, and its
     output changes with them."""
     sd = to_reference_state_dict(model, control_only=True)

@@ -18,14 +18,14 @@ from PIL import Image
 
 from conftest import write_dataset
 from reference_layout import to_reference_state_dict
-from sd15_layout import UNET_WIDTHS, sd15_dir  # noqa: F401  (fixture)
+from sd15_layout import UNET_WIDTHS
 from siamese.cli import main
 from siamese.model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_fixture_is_an_sd15_folder_in_the_diffusers_layout(sd15_dir):  # noqa: F811
+def test_the_fixture_is_an_sd15_folder_in_the_diffusers_layout(sd15_dir):
     from diffusers import StableDiffusionPipeline
 
     index = json.loads((sd15_dir / "model_index.json").read_text())
@@ -59,7 +59,7 @@ def _pixels(folder: Path) -> dict[str, np.ndarray]:
     return {p.name: np.asarray(Image.open(p)) for p in sorted((folder / "images").glob("*.png"))}
 
 
-def test_train_resume_sample_evaluate_convert_through_the_cli(sd15_dir, tmp_path, capsys):  # noqa: F811
+def test_train_resume_sample_evaluate_convert_through_the_cli(sd15_dir, tmp_path, capsys):
     data = write_dataset(tmp_path / "data", n=12)
     run = tmp_path / "run"
     train = ["train", "--model", str(sd15_dir), "--data", str(data), "--output", str(run), "--resolution", "64",
