@@ -24,6 +24,7 @@ import pickle
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import (
     convert_controlnet_checkpoint, convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
@@ -195,7 +196,8 @@ def convert_dhi(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 # -- loading converted weights with clear errors ----------------------------------------------------
 def _load(module: torch.nn.Module, weights: dict[str, Tensor], what: str) -> None:
-    """Load `weights` into `module` exactly: missing keys, unexpected keys and shape mismatches are named."""
+    """Load `weights` into `module` exactly (its parameters may be empty, on the meta device: they are replaced);
+    missing keys, unexpected keys and shape mismatches are named."""
     weights = {k: v for k, v in weights.items() if v is not None}
     own = module.state_dict()
     missing = [k for k in own if k not in weights]
@@ -208,7 +210,7 @@ def _load(module: torch.nn.Module, weights: dict[str, Tensor], what: str) -> Non
             problems.append(f"{len(keys)} {label} ({'; '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})")
     if problems:
         raise ConversionError(f"the checkpoint's {what} does not fit its configuration: {', '.join(problems)}")
-    module.load_state_dict({k: weights[k].to(own[k].dtype) for k in own}, strict=True)
+    module.load_state_dict({k: weights[k].to(own[k].dtype).contiguous() for k in own}, strict=True, assign=True)
 
 
 def _has(sd: dict[str, Tensor], prefix: str) -> bool:
@@ -260,8 +262,10 @@ def convert_state_dict(
         text_config = _text_config(sd, tokenizer)
         unet_config["sample_size"], vae_config["sample_size"] = resolution // 8, resolution
 
-    # 2. UNet: the checkpoint's weights over the base's (a control-only checkpoint may carry the trained decoder)
-    unet = UNet2DConditionModel.from_config(unet_config)
+    # 2. UNet: the checkpoint's weights over the base's (a control-only checkpoint may carry the trained decoder);
+    #    the networks are built empty (no random initialisation of a billion weights) and filled by `_load`
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(unet_config)
     weights = dict(base.unet.state_dict()) if base is not None else {}
     converted = {k: v for k, v in convert_ldm_unet_checkpoint(sd, unet_config).items() if v is not None}
     if base is not None and len(converted) < len(weights):
@@ -271,26 +275,26 @@ def convert_state_dict(
 
     # 3. ControlNet: the UNet's encoder layout, the DHI of the checkpoint's widths; its PatchMerging has a bias
     #    (all zero, as in a model of ours written in the reference layout: left out, so outputs stay bit-identical)
-    controlnet = DHIControlNetModel.from_unet(unet, conditioning_embedding_out_channels=dhi_widths(sd),
-                                              load_weights_from_unet=False)
     dhi = convert_dhi(sd)
     merge_bias = any(v.any() for k, v in dhi.items() if k.endswith("reduction.bias"))
-    if merge_bias:
-        controlnet.register_to_config(dhi_merge_bias=True)
-        controlnet.controlnet_cond_embedding = DenseHintInput(controlnet.config.conditioning_channels, dhi_widths(sd),
-                                                              unet.config.block_out_channels[0], merge_bias=True)
-    else:
+    with init_empty_weights():
+        controlnet = DHIControlNetModel.from_unet(unet, conditioning_embedding_out_channels=dhi_widths(sd),
+                                                  load_weights_from_unet=False)
+        if merge_bias:
+            controlnet.register_to_config(dhi_merge_bias=True)
+            controlnet.controlnet_cond_embedding = DenseHintInput(
+                controlnet.config.conditioning_channels, dhi_widths(sd), unet.config.block_out_channels[0], merge_bias=True)
+    if not merge_bias:
         dhi = {k: v for k, v in dhi.items() if not k.endswith("reduction.bias")}
     weights = {k: v for k, v in convert_controlnet_checkpoint(sd, unet_config).items()
                if v is not None and not k.startswith("controlnet_cond_embedding.")}
     _load(controlnet, {**weights, **dhi}, "ControlNet (control_model.*)")
 
     # 4. VAE and text encoder: the checkpoint's, or the base's when it has none
-    vae = AutoencoderKL.from_config(vae_config)
-    if _has(sd, VAE):
-        _load(vae, convert_ldm_vae_checkpoint(sd, vae_config), "VAE (first_stage_model.*)")
-    else:
-        vae.load_state_dict(base.codec.vae.state_dict())
+    with init_empty_weights():
+        vae = AutoencoderKL.from_config(vae_config)
+    _load(vae, convert_ldm_vae_checkpoint(sd, vae_config) if _has(sd, VAE) else base.codec.vae.state_dict(),
+          "VAE (first_stage_model.*)")
     text_encoder = CLIPTextModel(text_config)
     if _has(sd, TEXT):
         text = {k: v for k, v in convert_ldm_clip_checkpoint(sd).items() if not k.endswith("position_ids")}
