@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -92,8 +93,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+            why = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(e).split()))
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", why)
+            if found:  # e.g. a Lightning checkpoint's callbacks or hyper-parameters
+                raise ConversionError(
+                    f"{path} holds Python objects besides tensors ({found.group(1)}), which are never unpickled here "
+                    "(that can run code; torch.load(weights_only=True) only): save its state_dict as .safetensors "
+                    "where you trust the file, and convert that") from None
             raise ConversionError(f"{path} is not a PyTorch checkpoint that loads with weights_only=True "
-                                  f"({' '.join(str(e).split())[:300]})") from None
+                                  f"({why[:200]})") from None
     for wrapper in ("state_dict", "module"):
         if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
             data = data[wrapper]

@@ -6,6 +6,7 @@ of siamese.convert); a round trip our model -> reference state dict -> convert -
 
 from __future__ import annotations
 
+import argparse
 import pickle
 from pathlib import Path
 
@@ -133,6 +134,9 @@ class _Payload:
 @pytest.mark.parametrize("make, message", [
     (lambda d, m: _bytes(d / "notes.ckpt", b"not a checkpoint"), "weights_only=True"),
     (lambda d, m: _bytes(d / "code.pth", pickle.dumps({"state_dict": _Payload()})), "weights_only=True"),
+    (lambda d, m: _write(d / "lightning.ckpt", {"state_dict": to_reference_state_dict(m),
+                                                "hyper_parameters": argparse.Namespace(lr=1e-5)}),
+     "holds Python objects besides tensors (argparse.Namespace)"),
     (lambda d, m: _write(d / "other.pth", {"encoder.weight": torch.zeros(2)}), "not a ControlLDM checkpoint"),
     (lambda d, m: _write(d / "sd.pth", {k: v for k, v in to_reference_state_dict(m).items()
                                         if not k.startswith("control_model.")}), "no ControlNet"),
