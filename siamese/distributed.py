@@ -111,10 +111,10 @@ def start_share(n: int, cpu: bool | None = None) -> Share:
 
 
 def clear_part(share: Share, out: str | Path) -> Path:
-    """Empty this process's part folder (what an interrupted earlier run left there) and return it."""
+    """Empty this process's part folder (what an interrupted earlier run left there) and return it; one process
+    writes into OUTPUT itself and removes the parts an interrupted multi-process run left (OUTPUT/.parts/)."""
     folder = share.part_folder(out)
-    if share.world > 1:
-        shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(folder if share.world > 1 else Path(out) / PARTS, ignore_errors=True)
     return folder
 
 

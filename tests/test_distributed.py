@@ -95,3 +95,15 @@ def test_a_bad_mask_stops_every_process_before_anything_is_written(tiny_model_di
                       "--device", "cpu", "--output", str(tmp_path / "out")])
     assert done.returncode != 0 and "case02.png" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_one_process_removes_the_parts_an_interrupted_run_left(tmp_path):
+    from siamese.distributed import clear_part
+
+    stale = tmp_path / "out" / PARTS / "rank-00001" / "images"
+    stale.mkdir(parents=True)
+    (stale / "x.png").write_bytes(b"half a run")
+    assert clear_part(Share(0, 1, range(3)), tmp_path / "out") == tmp_path / "out"
+    assert not (tmp_path / "out" / PARTS).exists()
+    own = clear_part(Share(1, 2, range(0)), tmp_path / "other")
+    assert own == tmp_path / "other" / PARTS / "rank-00001" and not own.exists()
