@@ -151,6 +151,7 @@ class _Payload:
      "controlnet_down_blocks.0.bias: checkpoint (5,), model (32,)"),
     (lambda d, m: d, "0 checkpoint files"),
 ])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_bad_checkpoints_are_named_and_nothing_is_written(model, sd15_dir, tmp_path, capsys, make, message):
     (tmp_path / "src").mkdir()
     src = make(tmp_path / "src", model)
