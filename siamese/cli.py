@@ -1,4 +1,4 @@
-"""Command line: `python -m siamese train | sample | evaluate`. A thin front over the library."""
+"""Command line: `python -m siamese train | sample | evaluate | convert`. A thin front over the library."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def _sample(args: argparse.Namespace) -> None:
 
     from . import default_model
     from .data import augment_mask, list_masks, read_mask
+    from .distributed import clear_part, start_share
     from .export import check_writable, write_pairs
     from .model import load_model
     from .sampling import MAX_SEED, SamplingParams, generate, prepare_mask, random_seed, validate_request
@@ -62,8 +63,10 @@ def _sample(args: argparse.Namespace) -> None:
     masks = [read_mask(path) for path in paths]
     out = Path(args.output)
     check_writable(out)
-    # 2. the model, and every mask at its resolution (an empty or full mask is refused before any sampling)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # 2. the model, and every mask at its resolution (an empty or full mask is refused before any sampling);
+    #    under torchrun / accelerate launch this process takes a share of the masks, on its own device
+    share = start_share(len(paths), cpu=True if args.device == "cpu" else None)
+    device = share.device if share.world > 1 else args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.model or default_model(), device=device)
     for path, mask in zip(paths, masks):
         try:
@@ -71,11 +74,12 @@ def _sample(args: argparse.Namespace) -> None:
         except ValueError as e:
             raise type(e)(f"{path}: {e}") from None
     # 3. sample, mask by mask; image i of mask m has seed base + m * num_images + i
-    base_seed = random_seed() if args.seed is None else args.seed
-    total = 0
+    base_seed = share.agree(random_seed() if args.seed is None else args.seed)
+    total, folder = 0, clear_part(share, out)
     from tqdm.auto import tqdm
 
-    for m, (path, mask) in enumerate(tqdm(list(zip(paths, masks)), desc="masks", disable=len(paths) < 2)):
+    for m in tqdm(share.indices, desc="masks", disable=len(share.indices) < 2):
+        path, mask = paths[m], masks[m]
         seed = (base_seed + m * args.num_images) % (MAX_SEED + 1)
         if args.augment_masks:
             items = []
@@ -87,9 +91,11 @@ def _sample(args: argparse.Namespace) -> None:
         else:
             items = generate(model, mask, args.num_images, seed, params, batch_size=args.batch_size,
                              source=str(path))
-        write_pairs(items, out, [f"{path.stem}_{i:02d}" for i in range(len(items))])
+        write_pairs(items, folder, [f"{path.stem}_{i:02d}" for i in range(len(items))])
         total += len(items)
-    print(f"wrote {total} pairs to {out} (images/, masks/, metadata.jsonl)")
+    merged = share.finish(out)  # several processes: a barrier, then process 0 merges their parts into `out`
+    if share.main:
+        print(f"wrote {total if merged is None else merged} pairs to {out} (images/, masks/, metadata.jsonl)")
 
 
 def _train_decoder(args: argparse.Namespace) -> None:
@@ -126,6 +132,16 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
     report = evaluate(config, progress_bar=True)
     print(format_report(report))
+
+
+def _convert(args: argparse.Namespace) -> None:
+    import torch
+
+    from .convert import convert_checkpoint
+
+    out = convert_checkpoint(args.src, args.dst, base=args.base, tokenizer=args.tokenizer, resolution=args.resolution,
+                             prompt=args.prompt, name=args.name, dtype=torch.float16 if args.half else torch.float32)
+    print(f"converted {args.src} into the model folder {out}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -236,6 +252,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--resolution", type=int, default=128, help="segmentation network input size")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=_evaluate)
+
+    c = sub.add_parser("convert", help="convert a reference-implementation checkpoint (ControlLDM .ckpt/.pth/"
+                       ".safetensors, e.g. the authors' released weights) into a model folder")
+    c.add_argument("src", help="checkpoint file (merged ControlLDM, or control-only with --base), or a folder holding one")
+    c.add_argument("dst", help="new model folder")
+    c.add_argument("--base", default=None, help="Stable Diffusion 1.5 folder or hub id: configs and tokenizer, and the "
+                   "weights a control-only checkpoint lacks (required for one)")
+    c.add_argument("--tokenizer", default=None, help="CLIP tokenizer folder or hub id when there is no --base "
+                   "(default: openai/clip-vit-large-patch14, as the reference code)")
+    c.add_argument("--resolution", type=int, default=384, help="the model's resolution (the reference trains at 384)")
+    c.add_argument("--prompt", default="", help="the model's default prompt")
+    c.add_argument("--name", default=None, help="model name (default: the folder name)")
+    c.add_argument("--half", action="store_true", help="save the weights in float16 (half the size)")
+    c.set_defaults(func=_convert)
     return parser
 
 

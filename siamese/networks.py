@@ -48,12 +48,14 @@ class ResidualBlock(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    """Swin-style 2x downsampling: 2x2 neighbours concatenated (4C), LayerNorm(4C), Linear(4C -> out)."""
+    """Swin-style 2x downsampling: 2x2 neighbours concatenated (4C), LayerNorm(4C), Linear(4C -> out).
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    `bias`: the Linear has a bias, as in the reference code's `cldm/dhi.py` (models converted from it)."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = False) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(4 * in_channels)
-        self.reduction = nn.Linear(4 * in_channels, out_channels, bias=False)
+        self.reduction = nn.Linear(4 * in_channels, out_channels, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, out, H/2, W/2)."""
@@ -65,10 +67,10 @@ class DenseHintInput(nn.Module):
     """DHI: a dense hint encoder from a (B, 3, H, W) hint to (B, out_channels, H/8, W/8).
 
     `widths` = (w0, w1, w2, w3, w4); METHOD.md uses (16, 32, 64, 128, 256). The last conv is zero
-    initialised, so a fresh ControlNet starts as a no-op on the UNet.
+    initialised, so a fresh ControlNet starts as a no-op on the UNet. `merge_bias`: PatchMerging with a bias.
     """
 
-    def __init__(self, in_channels: int, widths: tuple[int, ...], out_channels: int) -> None:
+    def __init__(self, in_channels: int, widths: tuple[int, ...], out_channels: int, merge_bias: bool = False) -> None:
         super().__init__()
         if len(widths) != 5:
             raise ValueError(f"DHI needs 5 widths (full res x2, /2, /4, /8), got {tuple(widths)}")
@@ -78,7 +80,7 @@ class DenseHintInput(nn.Module):
             nn.Conv2d(w0, w1, 3, padding=1), ResidualBlock(w1),
         ]
         for c_in, c_out in ((w1, w2), (w2, w3), (w3, w4)):
-            layers += [PatchMerging(c_in, c_out), nn.Conv2d(c_out, c_out, 3, padding=1), ResidualBlock(c_out)]
+            layers += [PatchMerging(c_in, c_out, merge_bias), nn.Conv2d(c_out, c_out, 3, padding=1), ResidualBlock(c_out)]
         self.blocks = nn.Sequential(*layers)
         self.conv_out = nn.Conv2d(w4, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
@@ -94,19 +96,26 @@ class DHIControlNetModel(ControlNetModel):
 
     `conditioning_embedding_out_channels` holds the five DHI widths. Saved and loaded with the usual
     `save_pretrained` / `from_pretrained`; `from_unet` copies the UNet encoder as in ControlNet.
+    `dhi_merge_bias` (in config.json only when true): the DHI's PatchMerging layers have a bias, as in models
+    converted from the reference code (`siamese.convert`).
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, dhi_merge_bias: bool = False, **kwargs) -> None:
         kwargs.setdefault("conditioning_embedding_out_channels", (16, 32, 64, 128, 256))
         super().__init__(**kwargs)
+        if dhi_merge_bias:
+            self.register_to_config(dhi_merge_bias=True)
         self.controlnet_cond_embedding = DenseHintInput(
             self.config.conditioning_channels,
             tuple(self.config.conditioning_embedding_out_channels),
             self.config.block_out_channels[0],
+            merge_bias=dhi_merge_bias,
         )
 
-    # diffusers reads a model's config keys from its __init__ signature: expose the parent's.
-    __init__.__signature__ = inspect.signature(ControlNetModel.__init__)  # type: ignore[attr-defined]
+    # diffusers reads a model's config keys from its __init__ signature: expose the parent's, plus dhi_merge_bias.
+    __init__.__signature__ = inspect.signature(ControlNetModel.__init__).replace(  # type: ignore[attr-defined]
+        parameters=[*inspect.signature(ControlNetModel.__init__).parameters.values(),
+                    inspect.Parameter("dhi_merge_bias", inspect.Parameter.KEYWORD_ONLY, default=False)])
 
     def embed_hint(self, hint: Tensor) -> Tensor:
         """(B, 3, H, W) hint in [0, 1] -> (B, C0, H/8, W/8) hint embedding (depends on the hint only)."""

@@ -66,3 +66,11 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_model, tmp_path_factory) -> Path:
     return tiny_model.save_pretrained(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def sd15_dir(tmp_path_factory) -> Path:
+    """A tiny random Stable Diffusion 1.5 folder in exactly the diffusers layout (tests/sd15_layout.py)."""
+    from sd15_layout import write_tiny_sd15
+
+    return write_tiny_sd15(tmp_path_factory.mktemp("sd15") / "stable-diffusion-v1-5")

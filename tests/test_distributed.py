@@ -1,0 +1,109 @@
+"""Synthesis across processes: the split of the masks, the merge of the parts, and a real 2-process torchrun on
+the CPU (gloo) writing the same files, byte for byte, and the same metadata lines as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_dataset
+from siamese.cli import main
+from siamese.distributed import PARTS, Share, merge_parts, process_share
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("n, world", [(0, 2), (1, 3), (5, 2), (10, 3), (7, 7), (64, 8)])
+def test_every_item_goes_to_exactly_one_process_in_order(n, world):
+    shares = [process_share(n, rank, world) for rank in range(world)]
+    assert [i for share in shares for i in share] == list(range(n))  # contiguous, in rank order
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+@pytest.mark.parametrize("rank, world", [(2, 2), (-1, 2), (0, 0)])
+def test_a_bad_rank_is_named(rank, world):
+    with pytest.raises(ValueError, match=f"rank {rank} of {world}"):
+        process_share(4, rank, world)
+
+
+def test_merge_keeps_one_line_per_pair_in_rank_order(tmp_path):
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "old.png").write_bytes(b"old")
+    earlier = [{"image": "images/old.png", "seed": 1}, {"image": "images/b_00.png", "seed": 2}]
+    (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in earlier))
+    for rank, names in enumerate((["a_00", "a_01"], ["b_00"])):
+        part = Share(rank, 2, range(0)).part_folder(out)
+        for sub in ("images", "masks"):
+            (part / sub).mkdir(parents=True)
+            for name in names:
+                (part / sub / f"{name}.png").write_bytes(f"{sub}/{name}".encode())
+        (part / "metadata.jsonl").write_text("".join(json.dumps({"image": f"images/{n}.png", "rank": rank}) + "\n"
+                                                     for n in names))
+    assert merge_parts(out, 2) == 3
+    lines = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [r["image"] for r in lines] == ["images/old.png", "images/a_00.png", "images/a_01.png", "images/b_00.png"]
+    assert lines[-1]["rank"] == 1  # the line of a name written again is replaced, not doubled
+    assert (out / "images" / "b_00.png").read_bytes() == b"images/b_00"
+    assert not (out / PARTS).exists()
+
+
+def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "siamese",
+           *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_two_processes_write_what_one_process_writes(tiny_model_dir, tmp_path):
+    data = write_dataset(tmp_path / "data", n=5)  # 5 masks: 3 for process 0, 2 for process 1
+    sample = ["sample", "--model", str(tiny_model_dir), "--masks", str(data / "masks"), "--num-images", "2",
+              "--steps", "2", "--device", "cpu"]
+    assert main([*sample, "--seed", "11", "--output", str(tmp_path / "one")]) == 0
+    done = _torchrun([*sample, "--seed", "11", "--output", str(tmp_path / "two")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("wrote 10 pairs") == 1  # one summary, from process 0
+    one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert len([k for k in one if k.startswith("images/")]) == 10
+    assert one.keys() == two.keys()  # no .parts/ left behind
+    assert [k for k in one if one[k] != two[k]] == []  # every PNG byte for byte, and metadata.jsonl line for line
+
+    # no --seed: process 0 draws the seed and every process uses it (mask m's images have seeds base + 2m + i);
+    # sampling again into the same folder replaces the pairs' lines, one line per pair
+    done = _torchrun([*sample, "--output", str(tmp_path / "two")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "two" / "metadata.jsonl").read_text().splitlines()]
+    assert len(records) == 10 and len({r["image"] for r in records}) == 10
+    base = records[0]["seed"]
+    assert [r["seed"] for r in records] == [(base + k) % 2**32 for k in range(10)]
+    assert base != 11
+
+
+def test_a_bad_mask_stops_every_process_before_anything_is_written(tiny_model_dir, tmp_path):
+    data = write_dataset(tmp_path / "data", n=3)
+    (data / "masks" / "case02.png").write_bytes(open(data / "masks" / "case00.png", "rb").read()[:40])  # truncated
+    done = _torchrun(["sample", "--model", str(tiny_model_dir), "--masks", str(data / "masks"), "--steps", "1",
+                      "--device", "cpu", "--output", str(tmp_path / "out")])
+    assert done.returncode != 0 and "case02.png" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_process_removes_the_parts_an_interrupted_run_left(tmp_path):
+    from siamese.distributed import clear_part
+
+    stale = tmp_path / "out" / PARTS / "rank-00001" / "images"
+    stale.mkdir(parents=True)
+    (stale / "x.png").write_bytes(b"half a run")
+    assert clear_part(Share(0, 1, range(3)), tmp_path / "out") == tmp_path / "out"
+    assert not (tmp_path / "out" / PARTS).exists()
+    own = clear_part(Share(1, 2, range(0)), tmp_path / "other")
+    assert own == tmp_path / "other" / PARTS / "rank-00001" and not own.exists()
