@@ -226,7 +226,8 @@ class SiameseModel:
 
     # -- persistence --------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write the model folder (config JSON + safetensors for every network); returns its path."""
+        """Write the model folder (config JSON + safetensors for every network, and model_index.json with the pipeline
+        code, for diffusers); returns its path."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.codec = self.codec.to_dict()
@@ -238,6 +239,9 @@ class SiameseModel:
         self.tokenizer.save_pretrained(folder / "tokenizer")
         DDPMScheduler.from_config(self.scheduler_config).save_pretrained(folder / "scheduler")
         self.codec.save(folder, dtype)
+        from .pipeline import write_diffusers_files  # model_index.json + the pipeline code diffusers loads
+
+        write_diffusers_files(folder, self.config, self.controlnet is not None)
         return folder
 
 
