@@ -1,4 +1,4 @@
-"""Command line: `python -m siamese train | sample | evaluate`. A thin front over the library."""
+"""Command line: `python -m siamese train | sample | evaluate | train-decoder | push`. A thin front over the library."""
 
 from __future__ import annotations
 
@@ -128,6 +128,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(format_report(report))
 
 
+def _push(args: argparse.Namespace) -> None:
+    from .hub import push_folder
+
+    url = push_folder(args.run, args.repo_id, private=args.private, token=args.token)
+    print(f"uploaded {args.run} to {args.repo_id}: {url}")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors ending as every error of the CLI does: a last line `error: ...`, exit code 2."""
 
@@ -236,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--resolution", type=int, default=128, help="segmentation network input size")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("push", help="upload a model folder to the Hugging Face hub, with its model card")
+    p.add_argument("run", help="model or run folder (checkpoints/, init/, base/, previews/ and logs/ stay local)")
+    p.add_argument("repo_id", help="hub model repo, 'owner/name' (created when missing)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--token", default=None, help="hub token (default: the stored login or HF_TOKEN)")
+    p.set_defaults(func=_push)
     return parser
 
 

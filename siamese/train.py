@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .card import write_model_card
 from .checkpoints import EMA, checkpoint_metrics, ema_decay_at, latest_checkpoint, load_checkpoint, save_checkpoint
 from .codec import PatchCodec
 from .data import PairDataset, find_pairs, split_pairs
@@ -524,6 +525,7 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
                 if main:
                     path = save_checkpoint(output, step, params, optimizer.optimizer, config.keep_checkpoints, ema,
                                            {"sums": sums, "count": count})
+                    write_model_card(output)  # README.md: the run's settings and last losses so far
                     emit({"type": "checkpoint", "step": step, "path": str(path)})
                 accelerator.wait_for_everyone()
             if stop is not None and stop.is_set():
