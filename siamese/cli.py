@@ -28,6 +28,7 @@ def _train(args: argparse.Namespace) -> None:
         unlock_decoder=not args.lock_decoder, use_8bit_adam=args.use_8bit_adam,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, preview_every=args.preview_every,
         prompt=args.prompt, seed=args.seed, resume=args.resume, name=args.name, holdout=args.holdout,
+        report_to=args.report_to,
     )
     stop = threading.Event()
 
@@ -191,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--holdout", type=float, default=0.0,
                    help="fraction of pairs left out of training, the same split `evaluate` tests on (seed 0)")
+    t.add_argument("--report-to", default="none", choices=("none", "tensorboard", "wandb"),
+                   help="also log the losses, lr and previews to TensorBoard (OUTPUT/logs) or W&B, through "
+                        "accelerate's trackers (the package must be installed); default none")
     t.set_defaults(func=_train)
 
     s = sub.add_parser("sample", help="generate images from masks")
