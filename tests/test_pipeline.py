@@ -174,3 +174,22 @@ def test_sd15_folder_through_our_pipeline_and_stable_diffusion_controlnet_pipeli
     out = pipe(prompt="a test image", image=Image.fromarray(_mask(64)), num_inference_steps=3, guidance_scale=3.0,
                generator=torch.Generator().manual_seed(5), height=64, width=64)
     assert _max_diff(items, out.images) == 0
+
+
+def test_a_hub_repo_loads_as_a_pipeline_from_the_local_cache_offline(tiny_model_dir, tmp_path, monkeypatch):
+    """As after `python -m siamese push`: the repo id through huggingface-hub's cache layout, no network."""
+    import shutil
+
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    repo = tmp_path / "cache" / "models--someone--siamese-test"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    pipe = DiffusionPipeline.from_pretrained("someone/siamese-test", cache_dir=str(tmp_path / "cache"),
+                                             trust_remote_code=True, dtype=torch.float32)
+    items = generate(load_model(tiny_model_dir), _mask(), 1, seed=2, params=SamplingParams(steps=2, guidance_scale=3.0))
+    out = pipe(image=_mask(), num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(2))
+    assert _max_diff(items, out.images) == 0
