@@ -193,3 +193,27 @@ def test_a_hub_repo_loads_as_a_pipeline_from_the_local_cache_offline(tiny_model_
     items = generate(load_model(tiny_model_dir), _mask(), 1, seed=2, params=SamplingParams(steps=2, guidance_scale=3.0))
     out = pipe(image=_mask(), num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(2))
     assert _max_diff(items, out.images) == 0
+
+
+def test_the_folder_loads_without_the_siamese_package(tiny_model_dir, tmp_path):
+    """A diffusers user's process: another working directory, `siamese` not importable; same pixels."""
+    import subprocess
+    import sys
+
+    script = f"""
+import importlib.util, sys
+import numpy as np, torch
+from diffusers import DiffusionPipeline
+assert importlib.util.find_spec("siamese") is None
+pipe = DiffusionPipeline.from_pretrained({str(tiny_model_dir)!r}, trust_remote_code=True, dtype=torch.float32)
+mask = np.zeros((80, 80), np.uint8); mask[20:50, 26:60] = 255
+image = pipe(image=mask, num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(4)).images[0]
+assert not [m for m in sys.modules if m.split(".")[0] == "siamese"]
+np.save("image.npy", np.asarray(image))
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    items = generate(load_model(tiny_model_dir), _mask(), 1, seed=4, params=SamplingParams(steps=2, guidance_scale=3.0))
+    assert _max_diff(items, [np.load(tmp_path / "image.npy")]) == 0
