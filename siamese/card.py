@@ -75,6 +75,12 @@ def base_model_of(model: str | None) -> str | None:
     return model if _HUB_ID.match(model) else None
 
 
+def _shown(value) -> str:
+    """A hub id as it is; a local path by its last part (a card may be published: no server paths in it)."""
+    text = str(value)
+    return text if _HUB_ID.match(text) and not Path(text).expanduser().exists() else Path(text).name
+
+
 def _table(rows: list[tuple[str, object]]) -> str:
     lines = ["| setting | value |", "|---|---|"]
     lines += [f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows]
@@ -117,10 +123,12 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
         max_steps = train.get("max_steps")
         step = int(last["step"]) if last else 0
         state = "finished" if max_steps and step >= max_steps else f"in progress or stopped at step {step}"
-        started = "from scratch (tiny preset)" if train.get("model") == "tiny" else f"from `{train.get('model')}`"
+        started = "from scratch (tiny preset)" if train.get("model") == "tiny" else f"from `{_shown(train.get('model'))}`"
+        shown = {**train, "model": _shown(train.get("model", ""))}
         lines += ["", "## Training", "", f"Objective `{train.get('objective')}`, {started}, on "
-                  f"{train.get('num_pairs', '?')} pairs of `{train.get('data')}`; {step} of {max_steps} steps "
-                  f"({state}).", "", _table([(k, v) for k, v in train.items() if k not in ("data", "output")])]
+                  f"{train.get('num_pairs', '?')} pairs of `{_shown(train.get('data', ''))}`; {step} of {max_steps} "
+                  f"steps ({state}).", "",
+                  _table([(k, v) for k, v in shown.items() if k not in ("data", "output", "resume")])]
     if last:
         lines += ["", f"## Last losses (metrics.csv, step {last['step']})", "", "| term | value |", "|---|---|"]
         lines += [f"| {k} | {last[k]} |" for k in (*_LOSS_KEYS, "lr") if last.get(k) not in (None, "")]
@@ -128,7 +136,9 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
         from .eval_report import format_report
 
         try:
-            text = format_report(evaluation)
+            settings = evaluation.get("settings", {})
+            text = format_report({**evaluation, "data": _shown(evaluation.get("data", "")),
+                                  "settings": {**settings, "model": _shown(settings.get("model", ""))}})
         except (KeyError, TypeError, ValueError) as e:
             logger.warning("%s is not an evaluation report (%s)", folder / EVALUATION_NAME, e)
         else:
