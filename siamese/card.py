@@ -26,7 +26,8 @@ __all__ = ["GENERATED_MARK", "TAGS", "PIPELINE_TAG", "EVALUATION_NAME", "write_m
 
 CARD_NAME = "README.md"
 EVALUATION_NAME = "evaluation.json"
-GENERATED_MARK = "<!-- siamese: generated model card; rewritten by train, evaluate and push. Remove this line to keep your own text. -->"
+GENERATED_MARK = ("<!-- siamese: generated model card; rewritten by train, evaluate and push. "
+                  "Remove this line to keep your own text. -->")
 TAGS = ["siamese-diffusion", "medical-imaging", "image-segmentation", "controlnet", "diffusers"]
 PIPELINE_TAG = "image-to-image"
 LIBRARY_NAME = "diffusers"
@@ -123,7 +124,8 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
         max_steps = train.get("max_steps")
         step = int(last["step"]) if last else 0
         state = "finished" if max_steps and step >= max_steps else f"in progress or stopped at step {step}"
-        started = "from scratch (tiny preset)" if train.get("model") == "tiny" else f"from `{_shown(train.get('model'))}`"
+        model = train.get("model")
+        started = "from scratch (tiny preset)" if model == "tiny" else f"from `{_shown(model)}`"
         shown = {**train, "model": _shown(train.get("model", ""))}
         lines += ["", "## Training", "", f"Objective `{train.get('objective')}`, {started}, on "
                   f"{train.get('num_pairs', '?')} pairs of `{_shown(train.get('data', ''))}`; {step} of {max_steps} "

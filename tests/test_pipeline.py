@@ -159,7 +159,8 @@ def test_sd15_folder_through_our_pipeline_and_stable_diffusion_controlnet_pipeli
 
     controlnet = DHIControlNetModel.from_pretrained(folder / "controlnet")
     pipe = StableDiffusionControlNetPipeline(
-        vae=AutoencoderKL.from_pretrained(folder / "vae"), text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
+        vae=AutoencoderKL.from_pretrained(folder / "vae"),
+        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
         tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
         unet=UNet2DConditionModel.from_pretrained(folder / "unet"), controlnet=controlnet,
         scheduler=DDIMScheduler.from_pretrained(folder / "scheduler"), safety_checker=None, feature_extractor=None,
@@ -167,7 +168,8 @@ def test_sd15_folder_through_our_pipeline_and_stable_diffusion_controlnet_pipeli
     out = pipe(prompt="a test image", image=Image.fromarray(_mask(64)), num_inference_steps=3, guidance_scale=3.0,
                generator=torch.Generator().manual_seed(5), height=64, width=64)
     assert _max_diff(items, out.images) == 0
-    # from the loaded pipeline (StableDiffusionControlNetPipeline.from_pretrained(folder) loads ours: the index names it)
+    # from our loaded pipeline (StableDiffusionControlNetPipeline.from_pretrained(folder) would load ours: the index
+    # names it)
     base = _load(folder)
     pipe = StableDiffusionControlNetPipeline.from_pipe(base, controlnet=base.controlnet, safety_checker=None,
                                                        feature_extractor=None, requires_safety_checker=False)
