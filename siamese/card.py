@@ -165,7 +165,11 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, license: st
     if _is_generated(path):
         card = render_model_card(folder, repo_id, license, datasets)
     else:
-        card = ModelCard.load(path)
+        try:
+            card = ModelCard.load(path)
+        except Exception as e:  # e.g. front matter that is not YAML: somebody's text, left as it is
+            logger.warning("%s is a hand-written card that cannot be parsed (%s): left as it is", path, e)
+            return path
         wanted = {"license": license, "pipeline_tag": PIPELINE_TAG, "library_name": LIBRARY_NAME}
         missing = {k: v for k, v in wanted.items() if getattr(card.data, k, None) is None}
         tags = list(card.data.tags or [])

@@ -90,3 +90,11 @@ def test_damaged_records_do_not_stop_the_card(tmp_path, name):
     (tmp_path / name).write_bytes(b"\xff\x00 not what it should be")
     card = ModelCard.load(write_model_card(tmp_path))
     assert GENERATED_MARK in card.text
+
+
+def test_a_hand_written_card_that_is_not_valid_yaml_is_left_alone(tiny_model, tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "README.md").write_text("---\ntags: [unclosed\n---\n# mine\n")
+    tiny_model.save_pretrained(folder)  # saving the model does not fail on somebody's card
+    assert (folder / "README.md").read_text() == "---\ntags: [unclosed\n---\n# mine\n"
