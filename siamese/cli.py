@@ -1,4 +1,4 @@
-"""Command line: `python -m siamese train | sample | evaluate | convert`. A thin front over the library."""
+"""Command line: `python -m siamese train | sample | evaluate | train-decoder | convert | push`: a thin front."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def _train(args: argparse.Namespace) -> None:
         unlock_decoder=not args.lock_decoder, use_8bit_adam=args.use_8bit_adam,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, preview_every=args.preview_every,
         prompt=args.prompt, seed=args.seed, resume=args.resume, name=args.name, holdout=args.holdout,
+        report_to=args.report_to,
     )
     stop = threading.Event()
 
@@ -144,6 +145,13 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"converted {args.src} into the model folder {out}")
 
 
+def _push(args: argparse.Namespace) -> None:
+    from .hub import push_folder
+
+    url = push_folder(args.run, args.repo_id, private=args.private, token=args.token)
+    print(f"uploaded {args.run} to {args.repo_id}: {url}")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors ending as every error of the CLI does: a last line `error: ...`, exit code 2."""
 
@@ -200,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--holdout", type=float, default=0.0,
                    help="fraction of pairs left out of training, the same split `evaluate` tests on (seed 0)")
+    t.add_argument("--report-to", default="none", choices=("none", "tensorboard", "wandb"),
+                   help="also log the losses, lr and previews to TensorBoard (OUTPUT/logs) or W&B, through "
+                        "accelerate's trackers (the package must be installed); default none")
     t.set_defaults(func=_train)
 
     s = sub.add_parser("sample", help="generate images from masks")
@@ -266,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", default=None, help="model name (default: the folder name)")
     c.add_argument("--half", action="store_true", help="save the weights in float16 (half the size)")
     c.set_defaults(func=_convert)
+
+    p = sub.add_parser("push", help="upload a model folder to the Hugging Face hub, with its model card")
+    p.add_argument("run", help="model or run folder (checkpoints/, init/, base/, previews/ and logs/ stay local)")
+    p.add_argument("repo_id", help="hub model repo, 'owner/name' (created when missing)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--token", default=None, help="hub token (default: the stored login or HF_TOKEN)")
+    p.set_defaults(func=_push)
     return parser
 
 

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from . import default_model
 from .data import (DataError, Pair, augment_mask, find_pairs, mask_to_hint, read_image, read_mask, resize_pair,
                    split_pairs)
+from .card import record_evaluation
 from .eval_report import format_report, write_output
 from .image_metrics import (STATISTICS, flat_paintings, image_statistics, kid, pairwise_distances,
                             standardiser)
@@ -491,4 +492,5 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
     }
     if config.output is not None:
         write_output(Path(config.output), report, test_pairs, generated, model.config.resolution)
+    record_evaluation(model_path, report)  # evaluation.json + the model card, when the folder is ours to write
     return report

@@ -226,7 +226,8 @@ class SiameseModel:
 
     # -- persistence --------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write the model folder (config JSON + safetensors for every network); returns its path."""
+        """Write the model folder (config JSON + safetensors for every network, and model_index.json with the pipeline
+        code, for diffusers); returns its path."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.codec = self.codec.to_dict()
@@ -238,7 +239,26 @@ class SiameseModel:
         self.tokenizer.save_pretrained(folder / "tokenizer")
         DDPMScheduler.from_config(self.scheduler_config).save_pretrained(folder / "scheduler")
         self.codec.save(folder, dtype)
+        from .pipeline import write_diffusers_files  # model_index.json + the pipeline code diffusers loads
+
+        write_diffusers_files(folder, self.config, self.controlnet is not None)
+        from .card import write_model_card  # README.md: generated, or a hand-written one left as it is
+
+        write_model_card(folder)
         return folder
+
+    def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None,
+                    dtype: torch.dtype | None = None, commit_message: str | None = None) -> str:
+        """Save to a temporary folder (in `dtype`, e.g. float16 for a small download) and upload it to the hub
+        model repo `repo_id` with a model card; returns the commit URL. A trained run folder is uploaded with
+        `siamese.hub.push_folder` (`python -m siamese push`), which keeps its training record."""
+        import tempfile
+
+        from .hub import push_folder
+
+        with tempfile.TemporaryDirectory(prefix="siamese-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / (self.config.name or "model"), dtype)
+            return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
 
 def tiny_tokenizer(max_length: int = 77) -> CLIPTokenizer:

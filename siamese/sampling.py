@@ -4,8 +4,8 @@
 several images, one recorded seed per image, batching and a progress callback.
 
 Faster than a diffusers ControlNet pipeline with the same weights, for the same images:
-- the DHI hint embedding depends on the mask only: it is computed once per image, not per step;
-- the conditional and unconditional branches share the mask, so one embedding serves both;
+- the DHI hint embedding depends on the mask only: it is computed once per image (on both guidance branches,
+  which keep the mask, as diffusers' ControlNet forward does, so the numbers are the same), not per step;
 - each image's starting noise (and DDIM's eta noise) comes from its own generator, so batching never
   changes an image and any image is reproduced alone from its seed.
 """
@@ -140,12 +140,15 @@ def sample(
     sched.set_timesteps(steps, device=device)
     guided = guidance_scale > 1.0
 
-    # 1. conditions, computed once: hint embedding (B, C0, h, w), prompt embeddings (B or 2B, L, D)
-    hint_emb = model.controlnet.embed_hint(mask_hint.to(device, dtype))
+    # 1. conditions, computed once: hint embedding (B or 2B, C0, h, w), prompt embeddings (B or 2B, L, D). The DHI
+    #    runs on the batch the ControlNet sees (with guidance both halves keep the mask), as diffusers' ControlNet
+    #    forward does: a diffusers pipeline with these weights then makes the same pixels (siamese.pipeline)
+    hint = mask_hint.to(device, dtype)
     prompt_embeds = model.encode_prompt(list(prompts))
     if guided:
         prompt_embeds = torch.cat([model.encode_prompt([""] * B), prompt_embeds])
-        hint_emb = torch.cat([hint_emb, hint_emb])
+        hint = torch.cat([hint, hint])
+    hint_emb = model.controlnet.embed_hint(hint)
 
     # 2. starting noise, one generator per image
     c, s = model.codec.latent_channels, model.latent_size

@@ -8,6 +8,8 @@ Run folder (`output`):
     checkpoints/step-XXXXXXX/  trainable weights, optimiser state, step, EMA of the weights when on, the
                                partial sums of the next metrics row (written atomically; last K kept)
     previews/step-XXXXXXX.png  sampled from fixed training masks every `preview_every` steps
+    logs/siamese/              TensorBoard files, with report_to "tensorboard" (siamese.tracking)
+    README.md                  the model card: settings, last losses (siamese.card), at every checkpoint
     siamese_config.json unet/ controlnet/ ...   the trained model folder (at the end, or when stopped;
                                the EMA weights when `ema_decay` > 0)
 
@@ -41,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import tracking
+from .card import write_model_card
 from .checkpoints import EMA, checkpoint_metrics, ema_decay_at, latest_checkpoint, load_checkpoint, save_checkpoint
 from .codec import PatchCodec
 from .data import PairDataset, find_pairs, split_pairs
@@ -96,6 +100,7 @@ class TrainConfig:
     holdout_seed: int = 0
     resume: str | None = None  # "latest" or a checkpoint folder
     name: str = ""
+    report_to: str = "none"  # tensorboard | wandb | none: accelerate's trackers (siamese.tracking)
 
     def validate(self) -> None:
         """Every setting, with a message naming it; called before anything is read or written."""
@@ -137,6 +142,7 @@ class TrainConfig:
             raise ValueError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
         if not _real(self.prompt_dropout) or not 0 <= self.prompt_dropout <= 1:
             raise ValueError(f"prompt dropout must be between 0 and 1, got {self.prompt_dropout!r}")
+        tracking.check_report_to(self.report_to)
         if self.base_steps and (self.model != "tiny" or self.objective == "base"):
             raise ValueError("base steps pre-train a UNet built from scratch before its ControlNet: use them "
                              f"with model 'tiny' and objective siamese or controlnet (got model '{self.model}', "
@@ -365,7 +371,8 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
     emit = callback or (lambda event: None)
     output = Path(config.output)
     # on a machine without CUDA, accelerate finds torchrun's processes only when told it runs on the CPU
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
+                              **tracking.accelerator_kwargs(config.report_to, output))  # trackers: OUTPUT/logs
     world, rank = accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
 
@@ -408,6 +415,7 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
         record = {**asdict(config), "num_processes": world, "effective_batch_size": effective,
                   "trainable_parameters": sum(p.numel() for p in params.values()), "num_pairs": len(dataset)}
         atomic_write(output / "train_config.json", (json.dumps(record, indent=2) + "\n").encode())
+        tracking.start(accelerator, record)
 
     # 2. resume
     start = 0
@@ -512,6 +520,7 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
                     with open(metrics_path, "a", newline="") as f:
                         csv.writer(f).writerow([step, *(f"{values[k]:.6g}" for k in LOSS_KEYS), f"{lr:.3g}",
                                                 f"{it_per_s:.4g}", f"{now - t0:.1f}"])
+                    tracking.log_row(accelerator, step, values, lr, it_per_s)
                 if bar is not None:
                     bar.set_postfix(loss=f"{values['loss']:.4f}")
                 emit({"type": "log", "step": step, **values, "lr": lr, "it_per_s": it_per_s,
@@ -522,11 +531,14 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
             # 7. preview and checkpoint
             if main and config.preview_every and step % config.preview_every == 0 and model.controlnet is not None:
                 with ema.applied() if ema is not None else contextlib.nullcontext():
-                    emit({"type": "preview", "step": step, "image": _preview(model, dataset, step, output)})
+                    strip = _preview(model, dataset, step, output)
+                tracking.log_preview(accelerator, strip, step)
+                emit({"type": "preview", "step": step, "image": strip})
             if step % config.checkpoint_every == 0 or step == config.max_steps:
                 if main:
                     path = save_checkpoint(output, step, params, optimizer.optimizer, config.keep_checkpoints, ema,
                                            {"sums": sums, "count": count})
+                    write_model_card(output)  # README.md: the run's settings and last losses so far
                     emit({"type": "checkpoint", "step": step, "path": str(path)})
                 accelerator.wait_for_everyone()
             if stop is not None and stop.is_set():
@@ -535,6 +547,7 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
     finally:
         if bar is not None:
             bar.close()
+        tracking.finish(accelerator)
     # 8. save: a checkpoint to resume from (when stopped) and the model folder itself
     if main:
         if stopped and step % config.checkpoint_every:
