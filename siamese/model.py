@@ -38,7 +38,7 @@ CONFIG_NAME = "siamese_config.json"
 # METHOD.md: 1000 steps, scaled_linear betas 0.00085..0.012, epsilon prediction (SD 1.5's schedule).
 SCHEDULE = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
 )
 DHI_WIDTHS = (16, 32, 64, 128, 256)
 # what a model folder holds (and all that is fetched of a hub repo: not its single-file checkpoints)

@@ -139,3 +139,17 @@ def test_every_mask_type_gives_the_same_pairs(tiny_model, mask):
     b = generate(tiny_model, eight_bit, 1, 3, params)[0]
     np.testing.assert_array_equal(a.mask, b.mask)
     np.testing.assert_array_equal(a.image, b.image)
+
+
+def test_a_model_in_memory_samples_on_the_timesteps_of_its_saved_copy(tiny_model, tiny_model_dir):
+    """The schedule a model is built with and the one its folder holds give every sampler the same timesteps
+    (DDPMScheduler saves timestep_spacing 'leading'; DPM-Solver++ and UniPC default to 'linspace')."""
+    from siamese.model import load_model
+    from siamese.sampling import SCHEDULERS, make_scheduler
+
+    saved = load_model(tiny_model_dir).scheduler_config
+    for name in SCHEDULERS:
+        a, b = make_scheduler(name, tiny_model.scheduler_config), make_scheduler(name, saved)
+        a.set_timesteps(20)
+        b.set_timesteps(20)
+        assert a.timesteps.tolist() == b.timesteps.tolist(), name
