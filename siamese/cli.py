@@ -115,6 +115,16 @@ def _train_decoder(args: argparse.Namespace) -> None:
     print(f"learned decoder saved in {out}/codec/decoder")
 
 
+def _train_scorer(args: argparse.Namespace) -> None:
+    from .fidelity import ScorerConfig, add_scorer, load_scorer, scorer_summary
+
+    config = ScorerConfig(steps=args.steps, resolution=args.resolution, batch_size=args.batch_size, lr=args.lr,
+                          seed=args.seed)
+    config.validate()
+    out = add_scorer(args.model, args.data, config, output=args.output, holdout=args.holdout, progress_bar=True)
+    print(f"fidelity scorer saved in {out}/segmenter: {scorer_summary(load_scorer(out))}")
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluate import EvalConfig, evaluate, format_report
 
@@ -123,9 +133,23 @@ def _evaluate(args: argparse.Namespace) -> None:
         seg_steps=args.seg_steps, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
         control_scale=args.control_scale,
         resolution=args.resolution, output=args.output, seed=args.seed, max_test=args.max_test,
+        max_synthetic=args.max_synthetic, curation=args.curation, curation_thresholds=tuple(args.curation_thresholds),
+        curation_compare=None if args.curation_compare is None else tuple(args.curation_compare),
+        save_scorer=not args.no_save_scorer,
     )
     report = evaluate(config, progress_bar=True)
     print(format_report(report))
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    """'0.5,0.7' -> (0.5, 0.7); argparse turns the ValueError into its one-line error."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers between 0 and 1, got '{text}'") from None
+    if not values or not all(0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers between 0 and 1, got '{text}'")
+    return values
 
 
 class _Parser(argparse.ArgumentParser):
@@ -220,6 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_train_decoder)
 
+    f = sub.add_parser("train-scorer", help="train the fidelity scorer (a small segmentation network on the "
+                       "model's real training pairs) and add it to the model folder (segmenter/)")
+    f.add_argument("--model", required=True, help="model folder")
+    f.add_argument("--data", required=True, help="folder of real pairs (the model's training data)")
+    f.add_argument("--output", default=None, help="write the model with its scorer here (default: in place)")
+    f.add_argument("--steps", type=int, default=600)
+    f.add_argument("--resolution", type=int, default=128, help="input size of the scorer's network")
+    f.add_argument("--batch-size", type=int, default=16)
+    f.add_argument("--lr", type=float, default=2e-3)
+    f.add_argument("--holdout", type=float, default=None,
+                   help="fraction of pairs left out (default: the split the model was trained with, from its "
+                        "train_config.json; else 0.2, the split `evaluate` tests on, seed 0); measured on them")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=_train_scorer)
+
     e = sub.add_parser("evaluate", help="score a model on held-out real pairs (fidelity, benefit, realism, "
                        "diversity, mask use)")
     e.add_argument("--data", required=True, help="folder of real pairs (images/ and masks/)")
@@ -235,6 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--control-scale", type=float, default=None, help=CONTROL_SCALE_HELP)
     e.add_argument("--resolution", type=int, default=128, help="segmentation network input size")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--max-synthetic", type=int, default=200,
+                   help="synthetic training pairs of the downstream test (and the curation pool); 0: as many as real")
+    e.add_argument("--curation", action="store_true",
+                   help="also measure whether curation pays: acceptance rates of the fidelity scorer, and real + n "
+                        "filtered vs real + n unfiltered synthetic pairs (slower: 2 networks per seed and threshold)")
+    e.add_argument("--curation-thresholds", type=_fractions, default=(0.5, 0.6, 0.7, 0.8),
+                   help="fidelity thresholds whose acceptance rates are reported (comma-separated)")
+    e.add_argument("--curation-compare", type=_fractions, default=None,
+                   help="thresholds compared downstream (default: all of --curation-thresholds)")
+    e.add_argument("--no-save-scorer", action="store_true",
+                   help="do not save the evaluation's network as the model's fidelity scorer when it has none")
     e.set_defaults(func=_evaluate)
     return parser
 
