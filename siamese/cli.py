@@ -44,52 +44,89 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    import numpy as np
     import torch
 
     from . import default_model
-    from .data import augment_mask, list_masks, read_mask
-    from .export import check_writable, write_pairs
+    from .batch import REJECTED_FOLDER, finished_pairs, run_batch, validate_min_fidelity
+    from .data import list_masks, read_mask
+    from .export import check_writable, remove_pairs, write_pairs
+    from .fidelity import load_scorer
     from .model import load_model
-    from .sampling import MAX_SEED, SamplingParams, generate, prepare_mask, random_seed, validate_request
+    from .sampling import SamplingParams, prepare_mask, random_seed, validate_request
 
     # 1. every setting, every mask file and the output folder, before the (possibly slow) model load
     params = SamplingParams(prompt=args.prompt, steps=args.steps, guidance_scale=args.guidance,
                             scheduler=args.scheduler, eta=args.eta, control_scale=args.control_scale)
     params.validate()
     validate_request(args.num_images, args.seed, args.batch_size)
+    validate_min_fidelity(args.min_fidelity, check_scorer=False)
+    if args.keep_rejected and args.min_fidelity is None:
+        raise ValueError("--keep-rejected keeps the pairs below --min-fidelity: give --min-fidelity too")
     paths = list_masks(args.masks)
     masks = [read_mask(path) for path in paths]
     out = Path(args.output)
     check_writable(out)
-    # 2. the model, and every mask at its resolution (an empty or full mask is refused before any sampling)
+    # 2. the model and its fidelity scorer; every mask at the model's resolution (an empty or full mask is
+    #    refused before any sampling)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model or default_model(), device=device)
+    model_path = args.model or default_model()
+    model = load_model(model_path, device=device)
+    scorer = load_scorer(model_path, device=device)
+    validate_min_fidelity(args.min_fidelity, scorer)
     for path, mask in zip(paths, masks):
         try:
             prepare_mask(model, mask)
         except ValueError as e:
             raise type(e)(f"{path}: {e}") from None
-    # 3. sample, mask by mask; image i of mask m has seed base + m * num_images + i
-    base_seed = random_seed() if args.seed is None else args.seed
-    total = 0
+    # 3. resume: the pairs of this very batch already in the output folder are not made again
+    seed = random_seed() if args.seed is None else args.seed
+    stems = [path.stem for path in paths]
+    done = finished_pairs(out, model, stems, args.num_images, seed, params, augment=args.augment_masks,
+                          scored=scorer is not None, min_fidelity=args.min_fidelity)
+    # 4. sample, score, write each pair as it comes (accepted in OUTPUT, rejected in OUTPUT/rejected/)
+    stop = threading.Event()
+
+    def request_stop(signum, frame):  # Ctrl-C / SIGTERM: finish the images in progress, keep what is written
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("\nstopping after these images (what is written stays; the same command resumes)", file=sys.stderr)
+        stop.set()
+
+    handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     from tqdm.auto import tqdm
 
-    for m, (path, mask) in enumerate(tqdm(list(zip(paths, masks)), desc="masks", disable=len(paths) < 2)):
-        seed = (base_seed + m * args.num_images) % (MAX_SEED + 1)
-        if args.augment_masks:
-            items = []
-            for i in range(args.num_images):
-                aug = augment_mask(mask, np.random.default_rng(seed + i))
-                item = generate(model, aug, 1, (seed + i) % (MAX_SEED + 1), params, source=str(path))[0]
-                item.params["augmented_mask"] = True
-                items.append(item)
-        else:
-            items = generate(model, mask, args.num_images, seed, params, batch_size=args.batch_size,
-                             source=str(path))
-        write_pairs(items, out, [f"{path.stem}_{i:02d}" for i in range(len(items))])
-        total += len(items)
-    print(f"wrote {total} pairs to {out} (images/, masks/, metadata.jsonl)")
+    counts = {"accepted": 0, "rejected": 0, "written": 0}
+    bar = tqdm(total=len(paths) * args.num_images - len(done), desc="pairs", disable=len(paths) * args.num_images < 2)
+    try:
+        for pair in run_batch(model, list(zip(stems, masks)), args.num_images, seed, params,
+                              augment=args.augment_masks, scorer=scorer, min_fidelity=args.min_fidelity, skip=done,
+                              stop=stop, batch_size=args.batch_size, sources=[str(p) for p in paths]):
+            side = "accepted" if pair.accepted else "rejected"
+            counts[side] += 1
+            folder, other = (out, out / REJECTED_FOLDER) if pair.accepted else (out / REJECTED_FOLDER, out)
+            if pair.accepted or args.keep_rejected:
+                write_pairs([pair.item], folder, [pair.name])
+                counts["written"] += 1
+            remove_pairs(other, [pair.name])  # made before with other settings, on the other side
+            bar.update(1)
+            bar.set_postfix(accepted=counts["accepted"], rejected=counts["rejected"])
+    finally:
+        bar.close()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    made = counts["accepted"] + counts["rejected"]
+    where = f"{out} (images/, masks/, metadata.jsonl)"
+    if args.keep_rejected and counts["rejected"]:
+        where += f"; rejected ones in {out / REJECTED_FOLDER}"
+    line = f"wrote {counts['written']} pairs to {where}"
+    if scorer is not None:
+        line += f": {counts['accepted']} accepted, {counts['rejected']} rejected"
+        line += f" (fidelity >= {args.min_fidelity:g})" if args.min_fidelity is not None else " (no --min-fidelity)"
+    if done:
+        line += f"; {len(done)} already there, kept"
+    if stop.is_set():
+        line += f"; stopped after {made} of {len(paths) * args.num_images - len(done)}: the same command resumes"
+    print(line)
 
 
 def _train_decoder(args: argparse.Namespace) -> None:
@@ -223,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
     s.add_argument("--prompt", default=None, help="default: the model's prompt")
     s.add_argument("--augment-masks", action="store_true", help="each image from a randomly augmented mask")
+    s.add_argument("--min-fidelity", type=float, default=None,
+                   help="write only pairs whose fidelity (the model's scorer's Dice between its segmentation of the "
+                        "image and the mask) is at least this, in [0, 1]; needs a scorer (train-scorer)")
+    s.add_argument("--keep-rejected", action="store_true",
+                   help="write the pairs below --min-fidelity too, to OUTPUT/rejected/ (with its own metadata.jsonl)")
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.set_defaults(func=_sample)

@@ -179,7 +179,10 @@ def load_scorer(model_folder: str | Path, device: str | torch.device = "cpu") ->
         raise ValueError(f"{config_path}: not UTF-8 text; {hint}") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{config_path}: not valid JSON ({e}); {hint}") from None
-    config = ScorerConfig.from_dict(data, str(config_path))
+    try:
+        config = ScorerConfig.from_dict(data, str(config_path))
+    except ValueError as e:
+        raise ValueError(f"{e}; {hint}") from None
     if not weights_path.is_file():
         raise ValueError(f"{weights_path} is missing: the fidelity scorer is incomplete; {hint}")
     try:
