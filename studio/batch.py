@@ -50,10 +50,10 @@ def read_masks(sources: list[tuple[str, Path]], shown: str, resolution: int) -> 
         try:
             mask = read_mask_upload(path)  # the library's one mask rule, the upload's size limit
         except DataError as e:
-            raise DataError(f"{shown}: {name}: {str(e).replace(str(path), path.name)}") from None
+            raise DataError(f"{shown}: {str(e).replace(str(path), path.name)}") from None
         _, small = resize_pair(None, mask, resolution)
         if not small.any():
-            raise DataError(f"{shown}: {name}: the lesion vanishes at the model's {resolution}x{resolution} pixels "
+            raise DataError(f"{shown}: {path.name}: the lesion vanishes at the model's {resolution}x{resolution} pixels "
                             "(too small): leave this mask out")
         masks.append((name, small * 255))
     return masks
@@ -300,10 +300,11 @@ class BatchHandlers:
             return gr.skip()  # Generate's model box says why
 
 
-def batch_tab(demo: gr.Blocks, studio, model: gr.Dropdown) -> None:
-    """The Batch tab and its wiring; called inside the page's gr.Tabs (`model`: the page's model selector)."""
+def batch_tab(demo: gr.Blocks, studio, model: gr.Dropdown, key: gr.BrowserState) -> None:
+    """The Batch tab and its wiring; called inside the page's gr.Tabs (`model`: the page's model selector, `key`:
+    the session's batch key, a gr.BrowserState outside the tabs so that it is read when the page loads)."""
     settings = studio.settings
-    with gr.Tab("Batch", id="batch"):
+    with gr.Tab("Batch", id="batch") as tab:
         if settings.batch_disabled:
             gr.Markdown(f"⚠️ {settings.batch_disabled}")
         with gr.Row():
@@ -321,7 +322,7 @@ def batch_tab(demo: gr.Blocks, studio, model: gr.Dropdown) -> None:
                 with gr.Accordion("Sampling (as in Generate)", open=False):
                     prompt = gr.Textbox(label="Prompt", placeholder="empty: the model's default prompt", lines=1)
                     with gr.Row():
-                        steps = gr.Slider(1, 100, value=DEFAULTS["steps"], step=1, label="Steps")
+                        steps = gr.Slider(1, 100, value=DEFAULTS["steps"], step=1, label="Steps", elem_id="batch-steps")
                         guidance = gr.Slider(0.0, 15.0, value=DEFAULTS["guidance_scale"], step=0.5,
                                              label="Guidance scale")
                         control = gr.Slider(0.0, MAX_CONTROL_SCALE, value=studio.default_control_scale(), step=0.25,
@@ -352,16 +353,16 @@ def batch_tab(demo: gr.Blocks, studio, model: gr.Dropdown) -> None:
                                        elem_id="batch-export")
                     download = gr.DownloadButton("Download zip (prepare it first)", interactive=False,
                                                  elem_id="batch-download")
-        key = gr.BrowserState("")  # the session's batch key, in the browser: a reload finds the batch
         seen = gr.State(-1)
         timer = gr.Timer(POLL_SECONDS, active=False)  # on only while the batch runs (batch_poll)
 
-        # wiring (inside the tab: gr.api adds a block). Polled as the Train tab is: on load, after Start, Stop and
-        # a move, and on each tick of a timer that is on only while the batch runs.
+        # wiring (inside the tab: gr.api adds a block). Polled as the Train tab is: on load, when the tab opens,
+        # after Start, Stop and a move, and on each tick of a timer that is on only while the batch runs.
         poll = dict(fn=studio.batch_poll, inputs=[key, seen],
                     outputs=[status, accepted, rejected, seen, timer, download], api_visibility="private",
                     show_progress="hidden", concurrency_limit=None)
         demo.load(**poll)
+        tab.select(**poll)  # the tab's content mounts when it opens: show it and start its timer then
         model.change(studio.batch_control_scale, model, control, api_visibility="private")
         start.click(studio.batch_start, [files, folder, augment, count, threshold, prompt, steps, guidance, seed,
                                          scheduler, control, model, key, randomize],

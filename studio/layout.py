@@ -51,6 +51,7 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
         results_sel = gr.State(None)
         coll_sel = gr.State(None)
         train_seen = gr.State(-1)
+        batch_key = gr.BrowserState("")  # the session's batch key, kept by the browser: a reload finds the batch
 
         gr.Markdown(INTRO)
         with gr.Row():
@@ -169,7 +170,7 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
                                            interactive=False, format="png")
                 timer = gr.Timer(POLL_SECONDS, active=False)  # on only while a run is active (train_poll)
 
-            batch_tab(demo, studio, model)  # studio.batch: the Batch tab and its wiring
+            batch_tab(demo, studio, model, batch_key)  # studio.batch: the Batch tab and its wiring
 
             with gr.Tab("API", id="api"):
                 gr.Markdown(API_HELP)
