@@ -28,6 +28,7 @@ from . import inputs
 from .batch_job import ACTIVE_STATES, BatchJob, BatchPair, BatchRegistry
 from .datasets import DISK_RESERVE_BYTES, dataset_folder, extract_zip, human_size, mask_sources
 from .generate import DEFAULTS, PngFolder
+from .job import duration
 from .masks import read_mask_upload
 from .messages import Redactor, md_escape, user_error
 from .models import ModelCatalog, ModelStore, hub_snapshot
@@ -74,7 +75,7 @@ def batch_status_text(snap: dict) -> str:
     filled = round(20 * done / total) if total else 0
     text += f"\n\n`{'█' * filled}{'░' * (20 - filled)}` {100 * done / max(total, 1):.0f}%"
     if snap["state"] in ACTIVE_STATES and snap["s_per_pair"]:
-        text += f" · {snap['s_per_pair']:.1f} s per pair · ETA {snap['eta_s'] / 60:.0f} min"
+        text += f" · {snap['s_per_pair']:.1f} s per pair · ETA {duration(snap['eta_s'])}"
     return text + (f"\n\n{snap['describe']}" if snap["describe"] else "")
 
 

@@ -165,6 +165,35 @@ def test_a_dataset_folder_with_augmentation_and_a_model_without_scorer(studio, t
     assert "(augmented)" in st["message"] and "`data`" in st["message"] and str(tmp_path) not in st["message"]
 
 
+def test_the_models_own_scorer_scores_the_pairs_and_a_damaged_one_is_named(tiny_model_dir, tmp_path):
+    """The real path: a (tiny, barely trained) segmenter/ saved in the model folder scores every pair."""
+    import shutil
+
+    from siamese.fidelity import ScorerConfig, save_scorer, train_scorer
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    masks = (rng.random((4, 32, 32)) > 0.5).astype(np.uint8)
+    save_scorer(train_scorer(images, masks, ScorerConfig(resolution=32, channels=(4, 8), steps=2, batch_size=2)),
+                model)
+    studio = Studio(str(model), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
+                    settings=Settings(data_root=tmp_path))
+    _, key = studio.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=2)], num_images=2, min_fidelity=0.0,
+                                **FAST)
+    st = finished(studio, key)
+    assert (st["state"], st["done"], st["accepted"], st["scored"]) == ("finished", 4, 4, True)
+    assert all(0.0 <= p["fidelity"] <= 1.0 for p in st["pairs"]) and "(min fidelity 0.00)" in st["message"]
+
+    (model / "segmenter" / "config.json").write_text("{not json")
+    studio = Studio(str(model), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
+                    settings=Settings(data_root=tmp_path))
+    damaged = "fidelity scorer \\(segmenter/\\) cannot be loaded: model/segmenter/config.json: not valid JSON"
+    with pytest.raises(gr.Error, match=damaged) as info:
+        studio.batch_start(mask_files=[str(tmp_path / "masks.zip")], **FAST)
+    assert studio.batches.active() == 0 and str(tmp_path) not in info.value.message
+
+
 def test_a_new_batch_replaces_the_sessions_last_and_sessions_are_apart(studio, tmp_path):
     zipped = masks_zip(tmp_path / "masks.zip")
     _, key = studio.batch_start(mask_files=[zipped], num_images=1, **FAST)
