@@ -28,6 +28,7 @@ def _train(args: argparse.Namespace) -> None:
         unlock_decoder=not args.lock_decoder, use_8bit_adam=args.use_8bit_adam,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, preview_every=args.preview_every,
         prompt=args.prompt, seed=args.seed, resume=args.resume, name=args.name, holdout=args.holdout,
+        scorer_steps=args.scorer_steps,
     )
     stop = threading.Event()
 
@@ -245,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--holdout", type=float, default=0.0,
                    help="fraction of pairs left out of training, the same split `evaluate` tests on (seed 0)")
+    t.add_argument("--scorer-steps", type=int, default=200,
+                   help="at the end, train the fidelity scorer (segmenter/, see train-scorer) this many steps on the "
+                        "training pairs; 0: none")
     t.set_defaults(func=_train)
 
     s = sub.add_parser("sample", help="generate images from masks")

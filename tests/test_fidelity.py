@@ -169,3 +169,17 @@ def test_evaluate_saves_its_network_as_the_scorer_of_a_model_trained_on_its_spli
     saved = load_scorer(folder)
     assert saved.config.held_out_dice == report["fidelity"]["real"]["dice"] and saved.config.steps == 3
     assert "the model's own scorer" in evaluate(config)["fidelity_scorer"]
+
+
+def test_train_ends_with_a_scorer_on_its_own_training_pairs(dataset, tmp_path):
+    from siamese.train import TrainConfig, train
+
+    settings = dict(data=str(dataset), model="tiny", resolution=64, batch_size=2, max_steps=1, lr=1e-3,
+                    checkpoint_every=1, holdout=0.34, scorer_steps=2)
+    out = train(TrainConfig(output=str(tmp_path / "run"), **settings))
+    scorer = load_scorer(out)
+    assert scorer.config.steps == 2 and scorer.config.resolution == 64
+    assert (scorer.config.holdout, scorer.config.train_pairs, scorer.config.held_out_pairs) == (0.34, 4, 2)
+    assert not (train(TrainConfig(output=str(tmp_path / "none"), **{**settings, "scorer_steps": 0})) / "segmenter").exists()
+    with pytest.raises(ValueError, match="scorer steps must be a whole number 0 or more"):
+        train(TrainConfig(output=str(tmp_path / "bad"), **{**settings, "scorer_steps": -1}))
