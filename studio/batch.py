@@ -123,11 +123,13 @@ class BatchHandlers:
     def _batch_masks(self, mask_files, data_folder: str | None, resolution: int, tmp: Path) -> tuple[list, str]:
         files = [str(f) for f in (mask_files if isinstance(mask_files, (list, tuple)) else [mask_files]) if f]
         sources, names = [], []
+        budget = self.settings.max_unpacked_bytes  # for all the zips together
         if files:
             for k, f in enumerate(files):
                 path = Path(f)
                 if path.suffix.lower() == ".zip":
-                    root = extract_zip(path, tmp / str(k), max_bytes=self.settings.max_unpacked_bytes)
+                    root = extract_zip(path, tmp / str(k), max_bytes=budget)
+                    budget -= sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
                     found = mask_sources(root, path.name)
                     sources.append((path.name, [(f"{path.stem}/{n}" if len(files) > 1 else n, p)
                                                 for n, p in found]))

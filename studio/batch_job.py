@@ -4,8 +4,8 @@ A session is named by a key the page keeps in its local storage (gr.BrowserState
 `secrets`, when the session's first batch starts, so no one can guess another session's key. A job runs the
 library's `siamese.batch.run_batch` in a thread, one image-batch per turn of the models (`studio.turns`), and
 writes every pair as two PNG files in its own folder (the image with its parameters and score in the PNG text,
-and the mask): a 1,000-mask batch costs disk, not memory. The registry keeps the newest `MAX_KEPT` jobs and
-removes the files of older ones.
+and the mask): a 1,000-mask batch costs disk, not memory. The registry keeps the `MAX_KEPT` jobs used last and
+drops (with their files) older ones and those no page has asked for in `MAX_IDLE_S`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from .turns import Turns
 logger = logging.getLogger(__name__)
 
 ACTIVE_STATES = ("running", "stopping")  # the page polls only while its batch is in one of these
-MAX_KEPT = 32  # jobs kept (with their pairs) for sessions to come back to; running ones are never dropped
+MAX_KEPT = 16  # jobs kept (with their pairs) for sessions to come back to; running ones are never dropped
+MAX_IDLE_S = 24 * 3600  # a job no page has looked at for this long is dropped with its files
 
 
 @dataclass
@@ -75,6 +76,7 @@ class BatchJob:
         self.describe = ""
         self.error = ""
         self._t0 = self._t1 = 0.0
+        self.seen = time.monotonic()  # when a page last asked for it (the registry drops long-unseen jobs)
 
     @property
     def running(self) -> bool:
@@ -192,6 +194,7 @@ class BatchRegistry:
             job = self._jobs.get(key) if isinstance(key, str) else None
             if job is not None:
                 self._jobs.move_to_end(key)
+                job.seen = time.monotonic()
             return job
 
     def active(self) -> int:
@@ -211,7 +214,8 @@ class BatchRegistry:
                 key = secrets.token_urlsafe(16)
                 job = self._jobs[key] = BatchJob(key, self.root / key, self.public)
             idle = [k for k, j in self._jobs.items() if not j.running and j is not job]
-            for old in idle[:max(0, len(self._jobs) - self.max_kept)]:  # the least recently used first
+            stale = {k for k in idle if time.monotonic() - self._jobs[k].seen > MAX_IDLE_S}
+            for old in stale | set(idle[:max(0, len(self._jobs) - self.max_kept)]):  # the least recently used first
                 shutil.rmtree(self._jobs.pop(old).folder, ignore_errors=True)
             return job
 

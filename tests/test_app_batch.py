@@ -219,6 +219,22 @@ def test_the_gallery_shows_the_pairs_nearest_the_threshold(tmp_path):
     assert "the 100 nearest the threshold shown" in acc.label
 
 
+def test_the_registry_keeps_the_jobs_used_last_and_drops_unseen_ones(tmp_path):
+    from studio.batch_job import MAX_IDLE_S, BatchRegistry
+
+    registry = BatchRegistry(tmp_path, max_active=1, max_kept=2)
+    first, second = registry.job_for(None), registry.job_for(None)
+    for job in (first, second):
+        job.folder.mkdir()
+    assert registry.get(first.key) is first  # used last now: second is the oldest
+    third = registry.job_for(None)
+    assert registry.get(second.key) is None and not second.folder.exists()
+    assert registry.get(first.key) is first and registry.get(third.key) is third
+    first.seen -= MAX_IDLE_S + 1  # no page asked for it for a day
+    registry.job_for(third.key)
+    assert registry.get(first.key) is None and not first.folder.exists() and registry.get(third.key) is third
+
+
 def test_generate_goes_before_the_next_batch_step():
     turns, order = Turns(), []
 
