@@ -229,7 +229,7 @@ class BatchHandlers:
         job = self._job(batch_key)
         if job is None or not job.stop():
             gr.Warning("No batch is running in this session.")
-        return batch_status_text(job.snapshot()) if job else ""
+        return batch_status_text(job.snapshot()) if job else gr.skip()
 
     def batch_status(self, batch_key: str | None = None) -> dict:
         """The session's batch as JSON: state (idle, running, stopping, finished, stopped, failed), done, total,
@@ -343,10 +343,10 @@ def batch_tab(demo: gr.Blocks, studio, model: gr.Dropdown, key: gr.BrowserState)
                     stop = gr.Button("Stop", variant="stop", elem_id="batch-stop")
             with gr.Column(scale=1):
                 status = gr.Markdown("", elem_id="batch-status", label="Status")
-                accepted = gr.Gallery(label="Accepted", columns=6, height=300, format="png", object_fit="contain",
+                accepted = gr.Gallery(label="Accepted", columns=5, height=300, format="png", object_fit="contain",
                                       allow_preview=False, interactive=False, fit_columns=False,
                                       elem_id="batch-accepted")
-                rejected = gr.Gallery(label="Rejected", columns=6, height=200, format="png", object_fit="contain",
+                rejected = gr.Gallery(label="Rejected", columns=5, height=200, format="png", object_fit="contain",
                                       allow_preview=False, interactive=False, fit_columns=False,
                                       elem_id="batch-rejected")
                 with gr.Row():

@@ -50,12 +50,28 @@ class BatchPair:
     accepted: bool
     moved: bool = False  # moved to the other set by hand
 
-    def generated(self) -> Generated:
-        """The pair as the library's `Generated`, read back from its files, with how it was curated."""
+    def generated(self) -> StoredPair:
+        """The pair for `siamese.export_zip` (a `Generated` read from its files when the export reaches it: a big
+        batch is never all in memory), with how it was curated in its params."""
         curation = "moved by hand" if self.moved else "threshold" if self.fidelity is not None else "unscored"
-        with Image.open(self.image) as image, Image.open(self.mask) as mask:
-            return Generated(np.asarray(image.convert("RGB")), np.asarray(mask.convert("L")), self.seed,
-                             {**self.params, "curation": curation})
+        return StoredPair(self.image, self.mask, self.seed, {**self.params, "curation": curation})
+
+
+class StoredPair(Generated):
+    """A `Generated` whose image and mask are read from PNG files each time they are used."""
+
+    def __init__(self, image: str, mask: str, seed: int, params: dict) -> None:  # noqa: D107 - no dataclass init
+        self._files, self.seed, self.params = (image, mask), seed, params
+
+    @property
+    def image(self) -> np.ndarray:
+        with Image.open(self._files[0]) as im:
+            return np.asarray(im.convert("RGB"))
+
+    @property
+    def mask(self) -> np.ndarray:
+        with Image.open(self._files[1]) as im:
+            return np.asarray(im.convert("L"))
 
 
 class BatchJob:

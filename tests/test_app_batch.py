@@ -112,9 +112,15 @@ def test_a_zip_of_masks_becomes_scored_pairs_sorted_moved_and_exported(studio, t
     assert (st["accepted"], st["rejected"]) == (3, 3) and [p["moved"] for p in st["pairs"]][:4] == [1, 0, 0, 1]
 
     path = studio.batch_export(key, nnunet=True, label="polyp")
+    made = {p.seed: p for p in studio.batches.get(key).snapshot()["pairs"]}
     with zipfile.ZipFile(path) as zf:
         meta = [json.loads(line) for line in zf.read("metadata.jsonl").decode().splitlines()]
         names = zf.namelist()
+        for m in meta:  # the pixels made, the mask they were made from (0/255 at the model's 64 px)
+            image = cv2.imdecode(np.frombuffer(zf.read(m["image"]), np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+            mask = cv2.imdecode(np.frombuffer(zf.read(m["mask"]), np.uint8), cv2.IMREAD_GRAYSCALE)
+            np.testing.assert_array_equal(image, cv2.imread(made[m["seed"]].image)[..., ::-1])
+            assert mask.shape == (64, 64) and set(np.unique(mask)) == {0, 255}
     by_seed = {m["seed"]: m for m in meta}
     assert sorted(by_seed) == [7, 8, 9]  # pairs #2, #3 (moved in), #4; #0 moved out
     assert by_seed[8]["curation"] == "moved by hand" and by_seed[8]["fidelity"] == 0.2
