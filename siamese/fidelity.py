@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from monai.networks.nets import UNet
@@ -105,8 +105,9 @@ class FidelityScorer:
     def segment(self, images: np.ndarray) -> np.ndarray:
         """Images (N, H, W, 3) uint8 RGB -> masks (N, R, R) uint8 {0, 1} at the scorer's resolution."""
         R = self.config.resolution
-        small = np.stack([resize_pair(image, image[..., 0], R)[0] for image in images]) if len(images) else \
-            np.empty((0, R, R, 3), np.uint8)
+        if not len(images):
+            return np.empty((0, R, R), np.uint8)
+        small = np.stack([cv2.resize(im, (R, R), interpolation=cv2.INTER_AREA) for im in images])
         return predict_masks(self.net, small)
 
     def score(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -117,12 +118,11 @@ class FidelityScorer:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"images must be an (N, H, W, 3) uint8 RGB array, got {images.dtype} {images.shape}")
         if masks.ndim != 3 or masks.shape != images.shape[:3]:
-            raise ValueError(f"masks must be (N, H, W) arrays matching the images {images.shape[:3]}, got {masks.shape}")
-        R = self.config.resolution
-        target = np.stack([resize_pair(None, binarize_mask(m), R)[1] for m in masks]) if len(masks) else \
-            np.empty((0, R, R), np.uint8)
+            raise ValueError(f"masks must be an (N, H, W) array matching the images {images.shape[:3]}, "
+                             f"got {masks.shape}")
         if not len(images):
             return np.empty(0, np.float64)
+        target = np.stack([resize_pair(None, binarize_mask(m), self.config.resolution)[1] for m in masks])
         dice, _ = dice_iou(self.segment(images), target)
         return np.clip(dice, 0.0, 1.0)
 
@@ -281,5 +281,6 @@ def scorer_summary(scorer: FidelityScorer) -> str:
     c = scorer.config
     held = (f", Dice {c.held_out_dice:.3f} on {c.held_out_pairs} held-out real pairs"
             if c.held_out_dice is not None else "")
-    return f"MONAI UNet {tuple(c.channels)} at {c.resolution}x{c.resolution}, {c.steps} steps on {c.train_pairs} pairs{held}"
+    return (f"MONAI UNet {tuple(c.channels)} at {c.resolution}x{c.resolution}, {c.steps} steps on {c.train_pairs} "
+            f"pairs{held}")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -92,7 +91,8 @@ def test_scorer_saves_and_loads_to_the_same_scores(scorer, tmp_path):
     (lambda f: (f / "config.json").unlink(), "config.json is missing"),
     (lambda f: (f / "model.safetensors").write_bytes(b"junk"), "model.safetensors could not be read"),
     (lambda f: (f / "model.safetensors").unlink(), "model.safetensors is missing"),
-    (lambda f: (f / "config.json").write_text('{"resolution": 64, "channels": [8, 16]}'), "does not fit the network"),
+    (lambda f: (f / "config.json").write_text('{"resolution": 64, "channels": [8, 16]}'),
+     "does not fit the network"),
 ])
 def test_damaged_scorer_is_a_clear_error(scorer, tmp_path, damage, message):
     damage(save_scorer(scorer, tmp_path))
@@ -111,7 +111,8 @@ def test_train_scorer_leaves_out_the_models_held_out_split(tiny_model_dir, datas
     out = add_scorer(folder, dataset, ScorerConfig(resolution=64, channels=(8, 16, 32), steps=3, batch_size=2))
     assert out == folder
     record = json.loads((folder / "segmenter" / "config.json").read_text())
-    assert (record["holdout"], record["holdout_seed"], record["train_pairs"], record["held_out_pairs"]) == (0.5, 3, 3, 3)
+    split = (record["holdout"], record["holdout_seed"], record["train_pairs"], record["held_out_pairs"])
+    assert split == (0.5, 3, 3, 3)
     assert 0 <= record["held_out_dice"] <= 1 and record["steps"] == 3 and record["data"] == str(dataset)
     assert load_scorer(folder).config.resolution == 64
 
@@ -131,8 +132,8 @@ def test_cli_train_scorer_in_place_or_into_a_copy(tiny_model_dir, dataset, tmp_p
 
 # -- curation ------------------------------------------------------------------------------------
 def test_curation_accepts_the_pairs_that_follow_their_mask(scorer):
-    """A pool of 12 pairs, 6 of them with their mask moved away from the lesion: the scorer accepts the faithful ones, and
-    filtered and unfiltered training sets have the same number of pairs."""
+    """A pool of 12 pairs, 6 of them with their mask moved away from the lesion: the scorer accepts the faithful
+    ones, and filtered and unfiltered training sets have the same number of pairs."""
     images, masks = ellipses(12, seed=3)
     wrong = np.arange(12) % 2 == 1
     pool_masks = np.where(wrong[:, None, None], np.roll(masks, (32, 32), axis=(1, 2)), masks)  # the lesion elsewhere
@@ -180,6 +181,7 @@ def test_train_ends_with_a_scorer_on_its_own_training_pairs(dataset, tmp_path):
     scorer = load_scorer(out)
     assert scorer.config.steps == 2 and scorer.config.resolution == 64
     assert (scorer.config.holdout, scorer.config.train_pairs, scorer.config.held_out_pairs) == (0.34, 4, 2)
-    assert not (train(TrainConfig(output=str(tmp_path / "none"), **{**settings, "scorer_steps": 0})) / "segmenter").exists()
+    unscored = train(TrainConfig(output=str(tmp_path / "none"), **{**settings, "scorer_steps": 0}))
+    assert not (unscored / "segmenter").exists()
     with pytest.raises(ValueError, match="scorer steps must be a whole number 0 or more"):
         train(TrainConfig(output=str(tmp_path / "bad"), **{**settings, "scorer_steps": -1}))
