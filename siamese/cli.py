@@ -93,7 +93,8 @@ def _sample(args: argparse.Namespace) -> None:
         print("\nstopping after these images (what is written stays; the same command resumes)", file=sys.stderr)
         stop.set()
 
-    handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    in_main = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+    handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     from tqdm.auto import tqdm
 
     counts = {"accepted": 0, "rejected": 0, "written": 0}
