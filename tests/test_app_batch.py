@@ -140,6 +140,7 @@ def test_stop_keeps_the_pairs_made(studio, tmp_path):
         assert time.time() < deadline
         time.sleep(0.05)
     assert studio.batch_status(key)["state"] == "running"
+    assert studio.batch_poll(key, -1)[4].active is True  # the page polls while the batch runs
     assert studio.batch_stop(key).startswith("⏳ Stopping")
     gate.set()
     st = finished(studio, key)
@@ -496,7 +497,7 @@ CHROMIUM = "/usr/bin/chromium"
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM} (apt-get install chromium)")
 def test_the_batch_tab_runs_a_zip_and_a_reload_shows_it_again(server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    from test_app_browser import ARGS
+    from test_app_browser import ARGS, queue_joins
 
     url, _ = server
     zipped = masks_zip(tmp_path / "masks.zip")
@@ -520,6 +521,10 @@ def test_the_batch_tab_runs_a_zip_and_a_reload_shows_it_again(server, tmp_path):
             page.locator("#batch-rejected img").first.click()  # moves it over
             page.wait_for_function("() => document.querySelectorAll('#batch-accepted img').length === 4",
                                    timeout=10_000)
+            page.wait_for_timeout(1000)
+            joins = queue_joins(page)
+            page.wait_for_timeout(3500)
+            assert joins == [], f"the page polled after the batch ended: {joins}"
 
             page.reload(wait_until="load")  # the batch lives on the server; the page keeps its key
             page.get_by_role("tab", name="Batch").click()
