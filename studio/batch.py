@@ -187,7 +187,7 @@ class BatchHandlers:
             seed = inputs.number(seed, "seed", whole=True, optional=True)
             seed = random_seed() if randomize or seed is None or seed < 0 else seed
             validate_request(count, seed, STEP_IMAGES)
-            job = self.batches.job_for(batch_key)
+            self.batches.check(batch_key)  # before the masks are read; the job is made when all is checked
             model = inputs.text(model, "model") or self.catalog.default
             m = self.models.get(model)
             res = m.config.resolution
@@ -213,6 +213,7 @@ class BatchHandlers:
                 return run_batch(m, masks, count, seed, params, augment=bool(augment), scorer=scorer,
                                  min_fidelity=threshold, stop=stop, batch_size=STEP_IMAGES)
 
+            job = self.batches.job_for(batch_key)
             job.start(make_pairs, total, threshold, scorer is not None, md_escape(describe).replace("\\`", "`"),
                       self.turns)
         except (DataError, ModelLoadError, ValueError, RuntimeError) as e:

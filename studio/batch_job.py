@@ -217,15 +217,20 @@ class BatchRegistry:
         with self._lock:
             return sum(job.running for job in self._jobs.values())
 
-    def job_for(self, key: object) -> BatchJob:
-        """The session's job, ready to start: its own, else a new one (a new key) when the server has room."""
+    def check(self, key: object) -> None:
+        """RuntimeError unless the session may start a batch: none running in it, and room on the server."""
         job = self.get(key)
         if job is not None and job.running:
             raise RuntimeError("a batch is already running in this session: stop it first, or wait")
+        if self.active() >= self.max_active:
+            raise RuntimeError(f"the server is running {self.max_active} batches (its limit, "
+                               "SIAMESE_BATCH_MAX_ACTIVE): try again when one has finished")
+
+    def job_for(self, key: object) -> BatchJob:
+        """The session's job, ready to start (`check`): its own, else a new one with a new key."""
+        self.check(key)
+        job = self.get(key)
         with self._lock:
-            if sum(j.running for j in self._jobs.values()) >= self.max_active:
-                raise RuntimeError(f"the server is running {self.max_active} batches (its limit, "
-                                   "SIAMESE_BATCH_MAX_ACTIVE): try again when one has finished")
             if job is None:
                 key = secrets.token_urlsafe(16)
                 job = self._jobs[key] = BatchJob(key, self.root / key, self.public)

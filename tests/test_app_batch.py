@@ -339,6 +339,7 @@ def test_bad_batch_inputs_are_clear_messages(case, tiny_model_dir, tmp_path):
         studio.batch_start(**{**FAST, **kwargs})
     assert "\n" not in info.value.message and str(tmp_path) not in info.value.message
     assert studio.batches.active() == 0 and not list(studio.pngs.path.rglob("*.png"))
+    assert studio.batches.get(None) is None and not studio.batches._jobs  # no job (nor key) for a refused batch
 
 
 def test_batch_limits_and_switch_come_from_the_environment(studio):
