@@ -6,7 +6,8 @@
 The entry point (also of the Hugging Face Space). The app itself is the `studio` package: the page and its
 wiring in `studio.layout`, every handler a small method of `studio.Studio` that calls the `siamese` library.
 Scripts use the stable API names (gradio_client): `/generate`, `/keep_all`, `/export`, `/train_start`,
-`/train_stop`, `/train_status`. What visitors may reach is set by environment variables (studio.settings).
+`/train_stop`, `/train_status`, `/batch_start`, `/batch_status`, `/batch_stop`, `/batch_move`, `/batch_export`. What
+visitors may reach is set by environment variables (studio.settings).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def _train(args: argparse.Namespace) -> None:
         unlock_decoder=not args.lock_decoder, use_8bit_adam=args.use_8bit_adam,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, preview_every=args.preview_every,
         prompt=args.prompt, seed=args.seed, resume=args.resume, name=args.name, holdout=args.holdout,
-        report_to=args.report_to,
+        report_to=args.report_to, scorer_steps=args.scorer_steps,
     )
     stop = threading.Event()
 
@@ -45,58 +45,101 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    import numpy as np
     import torch
 
     from . import default_model
-    from .data import augment_mask, list_masks, read_mask
+    from .batch import REJECTED_FOLDER, finished_pairs, run_batch, validate_min_fidelity
+    from .data import list_masks, read_mask
     from .distributed import clear_part, start_share
-    from .export import check_writable, write_pairs
+    from .export import check_writable, remove_pairs, write_pairs
+    from .fidelity import load_scorer
     from .model import load_model
-    from .sampling import MAX_SEED, SamplingParams, generate, prepare_mask, random_seed, validate_request
+    from .sampling import SamplingParams, prepare_mask, random_seed, validate_request
 
     # 1. every setting, every mask file and the output folder, before the (possibly slow) model load
     params = SamplingParams(prompt=args.prompt, steps=args.steps, guidance_scale=args.guidance,
                             scheduler=args.scheduler, eta=args.eta, control_scale=args.control_scale)
     params.validate()
     validate_request(args.num_images, args.seed, args.batch_size)
+    validate_min_fidelity(args.min_fidelity, check_scorer=False)
+    if args.keep_rejected and args.min_fidelity is None:
+        raise ValueError("--keep-rejected keeps the pairs below --min-fidelity: give --min-fidelity too")
     paths = list_masks(args.masks)
     masks = [read_mask(path) for path in paths]
     out = Path(args.output)
     check_writable(out)
-    # 2. the model, and every mask at its resolution (an empty or full mask is refused before any sampling);
-    #    under torchrun / accelerate launch this process takes a share of the masks, on its own device
+    # 2. the model and its fidelity scorer; every mask at the model's resolution (an empty or full mask is
+    #    refused before any sampling). Under torchrun / accelerate launch this process takes a share of the
+    #    masks, on its own device.
     share = start_share(len(paths), cpu=True if args.device == "cpu" else None)
     device = share.device if share.world > 1 else args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model or default_model(), device=device)
+    model_path = args.model or default_model()
+    model = load_model(model_path, device=device)
+    scorer = load_scorer(model_path, device=device)
+    validate_min_fidelity(args.min_fidelity, scorer)
     for path, mask in zip(paths, masks):
         try:
             prepare_mask(model, mask)
         except ValueError as e:
             raise type(e)(f"{path}: {e}") from None
-    # 3. sample, mask by mask; image i of mask m has seed base + m * num_images + i
-    base_seed = share.agree(random_seed() if args.seed is None else args.seed)
-    total, folder = 0, clear_part(share, out)
+    # 3. resume: the pairs of this very batch already in the output folder are not made again
+    seed = share.agree(random_seed() if args.seed is None else args.seed)
+    stems = [path.stem for path in paths]
+    done = finished_pairs(out, model, stems, args.num_images, seed, params, augment=args.augment_masks,
+                          scored=scorer is not None, min_fidelity=args.min_fidelity)
+    # 4. sample this process's share, score, write each pair as it comes (accepted in OUTPUT, rejected in
+    #    OUTPUT/rejected/; several processes write into parts of their own that process 0 merges at the end)
+    mine, part = share.indices, clear_part(share, out)
+    stop = threading.Event()
+
+    def request_stop(signum, frame):  # Ctrl-C / SIGTERM: finish the images in progress, keep what is written
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("\nstopping after these images (what is written stays; the same command resumes)", file=sys.stderr)
+        stop.set()
+
+    in_main = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+    handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     from tqdm.auto import tqdm
 
-    for m in tqdm(share.indices, desc="masks", disable=len(share.indices) < 2):
-        path, mask = paths[m], masks[m]
-        seed = (base_seed + m * args.num_images) % (MAX_SEED + 1)
-        if args.augment_masks:
-            items = []
-            for i in range(args.num_images):
-                aug = augment_mask(mask, np.random.default_rng(seed + i))
-                item = generate(model, aug, 1, (seed + i) % (MAX_SEED + 1), params, source=str(path))[0]
-                item.params["augmented_mask"] = True
-                items.append(item)
-        else:
-            items = generate(model, mask, args.num_images, seed, params, batch_size=args.batch_size,
-                             source=str(path))
-        write_pairs(items, folder, [f"{path.stem}_{i:02d}" for i in range(len(items))])
-        total += len(items)
-    merged = share.finish(out)  # several processes: a barrier, then process 0 merges their parts into `out`
-    if share.main:
-        print(f"wrote {total if merged is None else merged} pairs to {out} (images/, masks/, metadata.jsonl)")
+    counts = {"accepted": 0, "rejected": 0, "written": 0}
+    todo = sum(f"{stems[m]}_{i:02d}" not in done for m in mine for i in range(args.num_images))
+    bar = tqdm(total=todo, desc="pairs", disable=todo < 2 or not share.main)
+    try:
+        for pair in run_batch(model, [(stems[m], masks[m]) for m in mine], args.num_images, seed, params,
+                              augment=args.augment_masks, scorer=scorer, min_fidelity=args.min_fidelity, skip=done,
+                              stop=stop, batch_size=args.batch_size, sources=[str(paths[m]) for m in mine],
+                              offset=mine.start):
+            side = "accepted" if pair.accepted else "rejected"
+            counts[side] += 1
+            folder, other = (part, part / REJECTED_FOLDER) if pair.accepted else (part / REJECTED_FOLDER, part)
+            if pair.accepted or args.keep_rejected:
+                write_pairs([pair.item], folder, [pair.name])
+                counts["written"] += 1
+            remove_pairs(other, [pair.name])  # made before with other settings, on the other side
+            bar.update(1)
+            bar.set_postfix(accepted=counts["accepted"], rejected=counts["rejected"])
+    finally:
+        bar.close()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    counts = share.sum(counts)  # the pairs of all processes
+    share.finish(out, sides=("", REJECTED_FOLDER))  # a barrier, then process 0 merges the parts into OUTPUT
+    if not share.main:
+        return
+    made = counts["accepted"] + counts["rejected"]
+    where = f"{out} (images/, masks/, metadata.jsonl)"
+    if args.keep_rejected and counts["rejected"]:
+        where += f"; rejected ones in {out / REJECTED_FOLDER}"
+    line = f"wrote {counts['written']} pairs to {where}"
+    if scorer is not None:
+        line += f": {counts['accepted']} accepted, {counts['rejected']} rejected"
+        line += f" (fidelity >= {args.min_fidelity:g})" if args.min_fidelity is not None else " (no --min-fidelity)"
+    if done:
+        line += f"; {len(done)} already there, kept"
+    if stop.is_set():
+        line += f"; stopped after {made} of {len(paths) * args.num_images - len(done)}: the same command resumes"
+    print(line)
 
 
 def _train_decoder(args: argparse.Namespace) -> None:
@@ -122,6 +165,16 @@ def _train_decoder(args: argparse.Namespace) -> None:
     print(f"learned decoder saved in {out}/codec/decoder")
 
 
+def _train_scorer(args: argparse.Namespace) -> None:
+    from .fidelity import ScorerConfig, add_scorer, load_scorer, scorer_summary
+
+    config = ScorerConfig(steps=args.steps, resolution=args.resolution, batch_size=args.batch_size, lr=args.lr,
+                          seed=args.seed)
+    config.validate()
+    out = add_scorer(args.model, args.data, config, output=args.output, holdout=args.holdout, progress_bar=True)
+    print(f"fidelity scorer saved in {out}/segmenter: {scorer_summary(load_scorer(out))}")
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluate import EvalConfig, evaluate, format_report
 
@@ -130,6 +183,9 @@ def _evaluate(args: argparse.Namespace) -> None:
         seg_steps=args.seg_steps, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
         control_scale=args.control_scale,
         resolution=args.resolution, output=args.output, seed=args.seed, max_test=args.max_test,
+        max_synthetic=args.max_synthetic, curation=args.curation, curation_thresholds=tuple(args.curation_thresholds),
+        curation_compare=None if args.curation_compare is None else tuple(args.curation_compare),
+        save_scorer=not args.no_save_scorer,
     )
     report = evaluate(config, progress_bar=True)
     print(format_report(report))
@@ -150,6 +206,17 @@ def _push(args: argparse.Namespace) -> None:
 
     url = push_folder(args.run, args.repo_id, private=args.private, token=args.token)
     print(f"uploaded {args.run} to {args.repo_id}: {url}")
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    """'0.5,0.7' -> (0.5, 0.7); argparse turns the ValueError into its one-line error."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers between 0 and 1, got '{text}'") from None
+    if not values or not all(0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers between 0 and 1, got '{text}'")
+    return values
 
 
 class _Parser(argparse.ArgumentParser):
@@ -211,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--report-to", default="none", choices=("none", "tensorboard", "wandb"),
                    help="also log the losses, lr and previews to TensorBoard (OUTPUT/logs) or W&B, through "
                         "accelerate's trackers (the package must be installed); default none")
+    t.add_argument("--scorer-steps", type=int, default=200,
+                   help="at the end, train the fidelity scorer (segmenter/, see train-scorer) this many steps on the "
+                        "training pairs; 0: none")
     t.set_defaults(func=_train)
 
     s = sub.add_parser("sample", help="generate images from masks")
@@ -226,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
     s.add_argument("--prompt", default=None, help="default: the model's prompt")
     s.add_argument("--augment-masks", action="store_true", help="each image from a randomly augmented mask")
+    s.add_argument("--min-fidelity", type=float, default=None,
+                   help="write only pairs whose fidelity (the model's scorer's Dice between its segmentation of the "
+                        "image and the mask) is at least this, in [0, 1]; needs a scorer (train-scorer)")
+    s.add_argument("--keep-rejected", action="store_true",
+                   help="write the pairs below --min-fidelity too, to OUTPUT/rejected/ (with its own metadata.jsonl)")
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.set_defaults(func=_sample)
@@ -247,6 +322,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_train_decoder)
 
+    f = sub.add_parser("train-scorer", help="train the fidelity scorer (a small segmentation network on the "
+                       "model's real training pairs) and add it to the model folder (segmenter/)")
+    f.add_argument("--model", required=True, help="model folder")
+    f.add_argument("--data", required=True, help="folder of real pairs (the model's training data)")
+    f.add_argument("--output", default=None, help="write the model with its scorer here (default: in place)")
+    f.add_argument("--steps", type=int, default=600)
+    f.add_argument("--resolution", type=int, default=128, help="input size of the scorer's network")
+    f.add_argument("--batch-size", type=int, default=16)
+    f.add_argument("--lr", type=float, default=2e-3)
+    f.add_argument("--holdout", type=float, default=None,
+                   help="fraction of pairs left out (default: the split the model was trained with, from its "
+                        "train_config.json; else 0.2, the split `evaluate` tests on, seed 0); measured on them")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=_train_scorer)
+
     e = sub.add_parser("evaluate", help="score a model on held-out real pairs (fidelity, benefit, realism, "
                        "diversity, mask use)")
     e.add_argument("--data", required=True, help="folder of real pairs (images/ and masks/)")
@@ -262,6 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--control-scale", type=float, default=None, help=CONTROL_SCALE_HELP)
     e.add_argument("--resolution", type=int, default=128, help="segmentation network input size")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--max-synthetic", type=int, default=200,
+                   help="synthetic training pairs of the downstream test (and the curation pool); 0: as many as real")
+    e.add_argument("--curation", action="store_true",
+                   help="also measure whether curation pays: acceptance rates of the fidelity scorer, and real + n "
+                        "filtered vs real + n unfiltered synthetic pairs (slower: 2 networks per seed and threshold)")
+    e.add_argument("--curation-thresholds", type=_fractions, default=(0.5, 0.6, 0.7, 0.8),
+                   help="fidelity thresholds whose acceptance rates are reported (comma-separated)")
+    e.add_argument("--curation-compare", type=_fractions, default=None,
+                   help="thresholds compared downstream (default: all of --curation-thresholds)")
+    e.add_argument("--no-save-scorer", action="store_true",
+                   help="do not save the evaluation's network as the model's fidelity scorer when it has none")
     e.set_defaults(func=_evaluate)
 
     c = sub.add_parser("convert", help="convert a reference-implementation checkpoint (ControlLDM .ckpt/.pth/"

@@ -195,6 +195,10 @@ def add_decoder(
     codec.set_decoder(decoder)
     if output is not None and Path(output).resolve() != Path(model_path).resolve():
         out = model.save_pretrained(output, dtype=torch.float16 if _is_half(model_path) else None)
+        if (Path(model_path) / "segmenter").is_dir():  # the fidelity scorer travels with the model
+            import shutil
+
+            shutil.copytree(Path(model_path) / "segmenter", out / "segmenter", dirs_exist_ok=True)
         (out / "codec" / "decoder" / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
         return out
     # in place: the decoder folder appears whole (written beside, then renamed), then the config names it

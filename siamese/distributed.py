@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .export import _metadata_image, _read_lines, atomic_write
+from .export import _metadata_image, _read_lines, atomic_write, remove_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -77,17 +77,26 @@ class Share:
         """Where this process writes its pairs: OUTPUT itself with one process, else OUTPUT/.parts/rank-R/."""
         return Path(out) if self.world == 1 else Path(out) / PARTS / f"rank-{self.rank:05d}"
 
+    def sum(self, counts: dict[str, int]) -> dict[str, int]:
+        """Every process's `counts` added up (the counts themselves with one process)."""
+        if self.world == 1:
+            return counts
+        from accelerate.utils import gather_object
+
+        return {k: sum(c[k] for c in gather_object([counts])) for k in counts}
+
     def wait(self) -> None:
         if self.world > 1:
             self._state.wait_for_everyone()
 
-    def finish(self, out: str | Path) -> int | None:
-        """Barrier, then process 0 merges every part into OUTPUT; returns the number of pairs merged (process 0;
-        None elsewhere). With one process: nothing to merge, returns None."""
+    def finish(self, out: str | Path, sides: tuple[str, ...] = ("",)) -> int | None:
+        """Barrier, then process 0 merges every part into OUTPUT (`sides`: its subfolders with pairs, "" for
+        OUTPUT itself); returns the number of pairs merged (process 0; None elsewhere). With one process:
+        nothing to merge, returns None."""
         if self.world == 1:
             return None
         self.wait()
-        merged = merge_parts(out, self.world) if self.main else None
+        merged = merge_parts(out, self.world, sides) if self.main else None
         self.wait()  # no process leaves before OUTPUT is complete
         return merged
 
@@ -118,23 +127,35 @@ def clear_part(share: Share, out: str | Path) -> Path:
     return folder
 
 
-def merge_parts(out: str | Path, world: int) -> int:
-    """Move OUTPUT/.parts/rank-R/{images,masks}/* into OUTPUT and merge their metadata.jsonl lines into
-    OUTPUT/metadata.jsonl in rank order, with `write_pairs`' rule: a name written again replaces its line, lines
-    of other names stay. Returns the number of pairs merged; the parts are removed."""
+def merge_parts(out: str | Path, world: int, sides: tuple[str, ...] = ("",)) -> int:
+    """Move OUTPUT/.parts/rank-R/SIDE/{images,masks}/* into OUTPUT/SIDE and merge their metadata.jsonl lines into
+    OUTPUT/SIDE/metadata.jsonl in rank order, with `write_pairs`' rule: a name written again replaces its line, lines
+    of other names stay. A pair merged into one side leaves the others (as `sample` does with one process: made
+    before with other settings, it was accepted then and is rejected now, or the reverse). Returns the number of
+    pairs merged; the parts are removed."""
     out = Path(out)
-    lines: list[str] = []
-    for rank in range(world):
-        part = out / PARTS / f"rank-{rank:05d}"
-        for sub in ("images", "masks"):
-            if (part / sub).is_dir():
-                (out / sub).mkdir(parents=True, exist_ok=True)
-                for path in sorted((part / sub).iterdir()):
-                    os.replace(path, out / sub / path.name)
-        lines += _read_lines(part / "metadata.jsonl")
-    replaced = {_metadata_image(line) for line in lines}
-    kept = [line for line in _read_lines(out / "metadata.jsonl") if _metadata_image(line) not in replaced]
-    atomic_write(out / "metadata.jsonl", "".join(line + "\n" for line in kept + lines).encode("utf-8", "surrogateescape"))
+    names: dict[str, list[str]] = {}
+    for side in sides:
+        lines: list[str] = []
+        for rank in range(world):
+            part = out / PARTS / f"rank-{rank:05d}" / side
+            for sub in ("images", "masks"):
+                if (part / sub).is_dir():
+                    (out / side / sub).mkdir(parents=True, exist_ok=True)
+                    for path in sorted((part / sub).iterdir()):
+                        os.replace(path, out / side / sub / path.name)
+            lines += _read_lines(part / "metadata.jsonl")
+        replaced = {_metadata_image(line) for line in lines}
+        if lines:
+            meta = out / side / "metadata.jsonl"
+            kept = [line for line in _read_lines(meta) if _metadata_image(line) not in replaced]
+            atomic_write(meta, "".join(line + "\n" for line in kept + lines).encode("utf-8", "surrogateescape"))
+        names[side] = [Path(image).stem for image in replaced if image]
+    for side in sides:
+        for other in sides:
+            if other != side:
+                remove_pairs(out / other, names[side])
     shutil.rmtree(out / PARTS, ignore_errors=True)
-    logger.info("merged %d pairs from %d processes into %s", len(lines), world, out)
-    return len(lines)
+    total = sum(len(v) for v in names.values())
+    logger.info("merged %d pairs from %d processes into %s", total, world, out)
+    return total

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from .curation import format_curation
 from .data import Pair, read_image
 from .export import atomic_write
 
@@ -137,6 +138,7 @@ def format_report(report: dict) -> str:
                            ("reconstructed", "codec reconstructions of the real")):
             lines.append(f"   {label:<40}{ratio[key]:>18.3f}")
         lines.append(f"   codec reconstruction PSNR {pix['codec_psnr_db']:.2f} dB")
+    lines += format_curation(report)
     t = report["timings"]
     lines += ["", f"time: {t['total']:.0f} s in all; generation {t['generation']:.0f} s "
                   f"({report['generated_images']} images, {report['seconds_per_image']:.2f} s each), "

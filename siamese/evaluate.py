@@ -51,6 +51,7 @@ from .networks import controlnet_residuals, unet_decode, unet_encode
 from .objective import q_sample
 from .quality import block_edge_ratio, psnr, reconstruct
 from .sampling import MAX_SEED, Generated, SamplingParams, generate
+from .curation import evaluation_scorer, measure_curation, validate_curation
 from .segnet import build_segnet, dice_iou, predict_masks, segnet_features, train_segnet
 
 logger = logging.getLogger(__name__)
@@ -91,8 +92,13 @@ class EvalConfig:
     kid_subsets: int = 100
     kid_subset_size: int = 50
     device: str = "cpu"
+    curation: bool = False  # section 7 (`curation`): unfiltered vs filtered synthetic pairs of the same number
+    curation_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8)  # acceptance rates at each
+    curation_compare: tuple[float, ...] | None = None  # thresholds compared downstream (None: all)
+    save_scorer: bool = True  # a model without a fidelity scorer gets the instrument, when trained on its split
 
     def validate(self) -> None:
+        validate_curation(self.curation_thresholds, self.curation_compare)
         if not 0.0 < float(self.test_fraction) < 1.0:
             raise ValueError(f"test fraction must be between 0 and 1 (exclusive), got {self.test_fraction}")
         for name, low in (("seeds", 1), ("seg_steps", 1), ("max_test", 0), ("max_synthetic", 0),
@@ -459,10 +465,17 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
     downstream.update(num_real=len(train_pairs), num_synthetic=len(syn),
                       num_synthetic_augmented=sum(bool(i.params.get("augmented_mask")) for i in generated.synthetic),
                       synthetic_cap=config.max_synthetic, seeds=config.seeds, test_pairs=len(test_pairs))
+    # 11. the fidelity scorer (the instrument becomes the model's when it has none), and curation
+    scorer, scorer_note = evaluation_scorer(model_path, net, config, _generator_training(model_path),
+                                            fidelity["real"]["dice"], len(kept))
+    curation = None if not config.curation else measure_curation(
+        scorer, generated.synthetic, (syn_images, syn_masks), (train_images, train_masks), (test_images, test_masks),
+        downstream["real"]["dice"]["per_seed"], config.curation_thresholds, config.curation_compare, config.seeds,
+        config.seed, seg_kw)
     lap("segmentation_training")
     timings["total"] = time.perf_counter() - t_start
 
-    # 11. report
+    # 12. report
     notes, gen_data = _notes(config, model_path, len(train_pairs), len(held_pairs), len(test_pairs), generated)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     settings.update(model=str(model_path), seg_channels=list(config.seg_channels),
@@ -484,6 +497,8 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
         "diversity": diversity,
         "mask_use": usage,
         "pixels": pixels,
+        "fidelity_scorer": scorer_note,
+        **({"curation": curation} if curation is not None else {}),
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "generated_images": generated.images,
         "seconds_per_image": round(generated.seconds / max(1, generated.images), 3),

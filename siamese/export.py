@@ -24,8 +24,8 @@ from .sampling import Generated
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["png_bytes", "parameters_text", "write_pairs", "export_zip", "pair_name", "atomic_write", "atomic_folder",
-           "check_writable"]
+__all__ = ["png_bytes", "parameters_text", "write_pairs", "remove_pairs", "export_zip", "pair_name", "atomic_write",
+           "atomic_folder", "check_writable"]
 
 
 def parameters_text(params: dict) -> str:
@@ -122,6 +122,26 @@ def write_pairs(items: Sequence[Generated], folder: str | Path, names: Sequence[
     kept = [line for line in _read_lines(meta) if _metadata_image(line) not in replaced]
     atomic_write(meta, "".join(line + "\n" for line in kept + lines).encode("utf-8", "surrogateescape"))
     return names
+
+
+def remove_pairs(folder: str | Path, names: Sequence[str]) -> list[str]:
+    """Remove `images/NAME.png`, `masks/NAME.png` and their `metadata.jsonl` lines where present (the line
+    first: a pair is listed only while its files exist); returns the names that were there."""
+    folder = Path(folder)
+    meta = folder / "metadata.jsonl"
+    targets = {f"images/{name}.png": name for name in names}
+    lines = _read_lines(meta)
+    kept = [line for line in lines if _metadata_image(line) not in targets]
+    if len(kept) != len(lines):
+        atomic_write(meta, "".join(line + "\n" for line in kept).encode("utf-8", "surrogateescape"))
+    removed = []
+    for name in names:
+        paths = [folder / "images" / f"{name}.png", folder / "masks" / f"{name}.png"]
+        if any(p.is_file() for p in paths):
+            removed.append(name)
+        for p in paths:
+            p.unlink(missing_ok=True)
+    return removed
 
 
 def _read_lines(path: Path) -> list[str]:

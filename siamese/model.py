@@ -44,7 +44,8 @@ DHI_WIDTHS = (16, 32, 64, 128, 256)
 # what a model folder holds (and all that is fetched of a hub repo: not its single-file checkpoints)
 MODEL_SUBFOLDERS = ("unet", "controlnet", "vae", "codec", "text_encoder", "tokenizer", "scheduler")
 # what is fetched of a hub repo (`snapshot_download` patterns): the model folder's files, no pickles
-HUB_ALLOW_PATTERNS = ["*.json", "*.md", *(f"{sub}/*" for sub in MODEL_SUBFOLDERS)]
+# (segmenter/: the model's fidelity scorer, `siamese.fidelity`)
+HUB_ALLOW_PATTERNS = ["*.json", "*.md", *(f"{sub}/*" for sub in (*MODEL_SUBFOLDERS, "segmenter"))]
 HUB_IGNORE_PATTERNS = ["*.fp16.safetensors", "*non_ema*", "*.ckpt", "*.bin", "*.msgpack", "*.onnx*"]
 
 

@@ -94,7 +94,9 @@ def train_segnet(
 def predict_masks(net: nn.Module, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """(N, R, R, 3) uint8 -> predicted masks (N, R, R) uint8 in {0, 1} (sigmoid > 0.5)."""
     net.eval()
-    out = [net(_to_input(torch.from_numpy(images[i:i + batch_size]))) > 0 for i in range(0, len(images), batch_size)]
+    device = next(net.parameters()).device
+    out = [(net(_to_input(torch.from_numpy(images[i:i + batch_size])).to(device)) > 0).cpu()
+           for i in range(0, len(images), batch_size)]
     return torch.cat(out)[:, 0].numpy().astype(np.uint8)
 
 

@@ -49,6 +49,7 @@ from .checkpoints import EMA, checkpoint_metrics, ema_decay_at, latest_checkpoin
 from .codec import PatchCodec
 from .data import PairDataset, find_pairs, split_pairs
 from .export import atomic_folder, atomic_write, check_writable
+from .fidelity import ScorerConfig, add_scorer
 from .model import ModelLoadError, SiameseModel, build_tiny, load_model
 from .objective import LOSS_KEYS, base_losses, controlnet_losses, siamese_losses
 
@@ -101,6 +102,7 @@ class TrainConfig:
     resume: str | None = None  # "latest" or a checkpoint folder
     name: str = ""
     report_to: str = "none"  # tensorboard | wandb | none: accelerate's trackers (siamese.tracking)
+    scorer_steps: int = 200  # at the end, a fidelity scorer on the training pairs (`fidelity`, segmenter/); 0: none
 
     def validate(self) -> None:
         """Every setting, with a message naming it; called before anything is read or written."""
@@ -117,6 +119,7 @@ class TrainConfig:
         for name, low, high in (("batch_size", 1, None), ("max_steps", 1, None), ("gradient_accumulation", 1, None),
                                 ("checkpoint_every", 1, None), ("log_every", 1, None), ("keep_checkpoints", 1, None),
                                 ("base_steps", 0, None), ("warmup_steps", 0, None), ("preview_every", 0, None),
+                                ("scorer_steps", 0, None),
                                 ("seed", 0, MAX_SEED), ("holdout_seed", 0, MAX_SEED), ("resolution", 64, 1024)):
             value = getattr(self, name)
             if not _whole(value) or value < low or (high is not None and value > high):
@@ -560,6 +563,10 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
                 m.to(memory_format=torch.contiguous_format)
         model.eval().save_pretrained(output)
         logger.info("saved model at step %d to %s", step, output)
+        if config.scorer_steps and model.controlnet is not None and not stopped:  # 9. the fidelity scorer
+            add_scorer(output, config.data, ScorerConfig(resolution=min(128, config.resolution),
+                                                         steps=config.scorer_steps), holdout=config.holdout,
+                       holdout_seed=config.holdout_seed, progress_bar=bar is not None)
     accelerator.wait_for_everyone()
     emit({"type": "end", "step": step, "stopped": stopped, "output": str(output)})
     return output

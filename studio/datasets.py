@@ -1,4 +1,4 @@
-"""Training data from visitors: a folder under the server's data root, or an uploaded zip.
+"""Data from visitors: a folder under the server's data root, or an uploaded zip (training datasets, batch masks).
 
 A typed folder is read relative to the data root ($SIAMESE_DATA_ROOT, default: the working directory) and must
 stay inside it after following links; anything else gets one message, whether or not it exists. A zip is
@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from siamese import DataError
+from siamese.data import IMAGE_EXTENSIONS, find_pairs, list_masks
 
 from .settings import DEFAULT_MAX_UPLOAD, ZIP_EXPANSION, parse_size
 
@@ -37,13 +38,11 @@ def dataset_folder(text: str, data_root: Path) -> Path:
     return folder
 
 
-def safe_extract_zip(path: str | Path, dest: Path, max_bytes: int = MAX_ZIP_UNPACKED_BYTES,
-                     max_files: int = MAX_ZIP_FILES, reserve_bytes: int = DISK_RESERVE_BYTES) -> Path:
-    """Extract a dataset zip into `dest`, refusing absolute paths, `..`, links, archives that unpack to more than
-    `max_bytes`, and archives that would leave less than `reserve_bytes` of free disk space.
-
-    Returns the dataset folder inside: the shallowest folder with images/ + masks/ or prompt.json.
-    """
+def extract_zip(path: str | Path, dest: Path, max_bytes: int = MAX_ZIP_UNPACKED_BYTES,
+                max_files: int = MAX_ZIP_FILES, reserve_bytes: int = DISK_RESERVE_BYTES) -> Path:
+    """Extract a zip into `dest`, refusing absolute paths, `..`, links, archives that unpack to more than
+    `max_bytes`, and archives that would leave less than `reserve_bytes` of free disk space. Returns `dest`,
+    resolved."""
     path = Path(path)
     try:
         zf = zipfile.ZipFile(path)
@@ -83,8 +82,51 @@ def safe_extract_zip(path: str | Path, dest: Path, max_bytes: int = MAX_ZIP_UNPA
                     if written > min(total, max_bytes):  # the sizes in the header may lie
                         raise DataError(f"{path.name} unpacks to more than its listed {human_size(total)}")
                     out.write(chunk)
+    return root
+
+
+def safe_extract_zip(path: str | Path, dest: Path, max_bytes: int = MAX_ZIP_UNPACKED_BYTES,
+                     max_files: int = MAX_ZIP_FILES, reserve_bytes: int = DISK_RESERVE_BYTES) -> Path:
+    """Extract a dataset zip into `dest` (safely: `extract_zip`). Returns the dataset folder inside: the
+    shallowest folder with images/ + masks/ or prompt.json."""
+    path = Path(path)
+    root = extract_zip(path, dest, max_bytes, max_files, reserve_bytes)
     candidates = [p for p in [root, *sorted(root.rglob("*"))] if p.is_dir()
                   and ((p / "prompt.json").is_file() or ((p / "images").is_dir() and (p / "masks").is_dir()))]
     if not candidates:
         raise DataError(f"{path.name}: no dataset inside (expected images/ and masks/ folders, or prompt.json)")
     return min(candidates, key=lambda p: len(p.parts))
+
+
+def mask_sources(folder: Path, shown: str) -> list[tuple[str, Path]]:
+    """The masks of a folder as (name, file): its masks/ folder (a dataset), the masks its prompt.json names, else
+    every image file in it and its subfolders (named by their path inside it, without the suffix). `shown` names
+    the folder in messages; two files of one name are an error, files that are not images are skipped."""
+    if not folder.is_dir():
+        raise DataError(f"{shown}: no such folder")
+    if (folder / "masks").is_dir():
+        return _inside(folder, [(p.stem, p) for p in list_masks(folder / "masks")], shown)
+    if (folder / "prompt.json").is_file():
+        return _inside(folder, [(Path(pair.mask).stem, Path(pair.mask)) for pair in find_pairs(folder)], shown)
+    found: dict[str, Path] = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if (p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file()
+                or any(part.startswith(".") or part == "__MACOSX" for part in rel.parts)):
+            continue
+        name = rel.with_suffix("").as_posix()
+        if name in found:
+            raise DataError(f"{shown}: {found[name].relative_to(folder)} and {rel} have the same name; keep one")
+        found[name] = p
+    if not found:
+        raise DataError(f"{shown}: no mask images in it (PNG, JPEG, BMP, TIFF or WebP files)")
+    return _inside(folder, list(found.items()), shown)
+
+
+def _inside(folder: Path, files: list[tuple[str, Path]], shown: str) -> list[tuple[str, Path]]:
+    """`files`, if none is a link that leads out of `folder`."""
+    root = folder.resolve()
+    for name, path in files:
+        if not path.resolve().is_relative_to(root):
+            raise DataError(f"{shown}: {name} is a link that leads out of the folder")
+    return files

@@ -21,6 +21,7 @@ from . import inputs
 from .masks import editor_value, mask_from_editor, outline, procedural_mask, read_mask_upload
 from .messages import Redactor, user_error
 from .models import ModelCatalog, ModelStore
+from .turns import Turns
 
 try:  # Hugging Face Spaces (ZeroGPU): present on a Space, absent locally
     import spaces
@@ -82,9 +83,10 @@ def results_view(pngs: PngFolder, shots: list[Shot], show_outline: bool = False,
 
 class GenerateHandlers:
     """The canvas and /generate; part of `Studio` (uses `self.examples`, `self.catalog`, `self.models`,
-    `self.pngs`, `self.redact`)."""
+    `self.pngs`, `self.redact`, `self.turns`)."""
 
     examples: list[Path]
+    turns: Turns
     catalog: ModelCatalog
     models: ModelStore
     pngs: PngFolder
@@ -167,8 +169,9 @@ class GenerateHandlers:
             m = self.models.get(inputs.text(model, "model") or self.catalog.default)
             t0 = time.perf_counter()
             progress((0, count * params.steps), desc="Sampling", unit="steps")
-            items = _sample(m, np.asarray(mask), count, base, params,
-                            lambda done, total: progress((done, total), desc="Sampling", unit="steps"), "studio")
+            with self.turns.interactive():  # before any batch's next step (studio.turns)
+                items = _sample(m, np.asarray(mask), count, base, params,
+                                lambda done, total: progress((done, total), desc="Sampling", unit="steps"), "studio")
         except (DataError, ModelLoadError, ValueError) as e:
             raise user_error(e, self.redact) from None
         shots = [self.pngs.shot(it) for it in items]

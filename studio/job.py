@@ -157,7 +157,7 @@ class TrainingJob:
                         eta_s=self.eta_s, output=self.output, error=self.error)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -171,7 +171,7 @@ def status_text(snap: dict) -> str:
     if snap["state"] in ACTIVE_STATES and snap["max_steps"]:
         text += f"\n\nStep **{snap['step']} / {snap['max_steps']}**"
         if snap["it_per_s"]:
-            text += f" · {snap['it_per_s']:.2f} it/s · ETA {_duration(snap['eta_s'])}"
+            text += f" · {snap['it_per_s']:.2f} it/s · ETA {duration(snap['eta_s'])}"
     if snap["rows"]:
         last = snap["rows"][-1]
         text += "\n\n" + " · ".join(f"{k} {last[k]:.4g}" for k in LOSS_KEYS if k in last)

@@ -1,5 +1,6 @@
 """The page: layout and wiring only. Every handler is a method of `Studio`; scripts use the stable API names
-(gradio_client): `/generate`, `/keep_all`, `/export`, `/train_start`, `/train_stop`, `/train_status`."""
+(gradio_client): `/generate`, `/keep_all`, `/export`, `/train_start`, `/train_stop`, `/train_status`, `/batch_start`,
+`/batch_status`, `/batch_stop`, `/batch_move`, `/batch_export`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import gradio as gr
 from siamese.objective import LOSS_KEYS
 from siamese.sampling import MAX_CONTROL_SCALE, MAX_SEED, SCHEDULERS
 
+from .batch import batch_tab
 from .generate import DEFAULTS
 from .job import LOSS_COLORS, status_text
 from .masks import CANVAS, editor_value
@@ -49,6 +51,7 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
         results_sel = gr.State(None)
         coll_sel = gr.State(None)
         train_seen = gr.State(-1)
+        batch_key = gr.BrowserState("")  # the session's batch key, kept by the browser: a reload finds the batch
 
         gr.Markdown(INTRO)
         with gr.Row():
@@ -167,6 +170,8 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
                                            interactive=False, format="png")
                 timer = gr.Timer(POLL_SECONDS, active=False)  # on only while a run is active (train_poll)
 
+            batch_tab(demo, studio, model, batch_key)  # studio.batch: the Batch tab and its wiring
+
             with gr.Tab("API", id="api"):
                 gr.Markdown(API_HELP)
 
@@ -237,6 +242,10 @@ zip_path = client.predict(nnunet=True, label="polyp", api_name="/export")
 client.predict(data_folder="data/kvasir-seg", max_steps=200, api_name="/train_start")  # in the data folder
 status = client.predict(api_name="/train_status")  # dict: state, step, max_steps, it_per_s, eta_s, losses...
 client.predict(api_name="/train_stop")
+status, key = client.predict(mask_files=[handle_file("masks.zip")], num_images=2, min_fidelity=0.5,
+                             api_name="/batch_start")                  # runs in the background
+client.predict(batch_key=key, api_name="/batch_status")  # dict: state, done, total, accepted, rejected, pairs...
+zip_path = client.predict(batch_key=key, nnunet=True, api_name="/batch_export")  # the accepted pairs
 ```
 `seed` below 0 means random; image *i* gets seed + *i*. Each generated PNG carries its parameters in the
 PNG text `parameters` (Stable Diffusion convention) and the full record in `siamese`."""

@@ -6,6 +6,10 @@
     SIAMESE_DATA_ROOT          the only folder training datasets are read from (default: the working directory)
     SIAMESE_DISABLE_TRAINING=1 no training (always off on ZeroGPU Spaces)
     SIAMESE_MAX_UPLOAD         the largest upload (default 500mb); a dataset zip may unpack to 4x this
+    SIAMESE_DISABLE_BATCH=1    no Batch tab runs (always off on ZeroGPU Spaces)
+    SIAMESE_BATCH_MAX_MASKS    the most masks one batch takes (default 1000)
+    SIAMESE_BATCH_MAX_IMAGES   the most images per mask in a batch (default 4)
+    SIAMESE_BATCH_MAX_ACTIVE   the most batches running at once on the server, one per session (default 2)
     SIAMESE_DEVICE, SIAMESE_DTYPE   where and in which precision models run (default: cuda if present, float32)
 """
 
@@ -26,6 +30,7 @@ RUNS_DIR = ROOT / "runs" / "app"
 
 DEFAULT_MAX_UPLOAD = "500mb"
 ZIP_EXPANSION = 4  # a dataset zip may unpack to at most this many times the upload limit
+BATCH_MAX_MASKS, BATCH_MAX_IMAGES, BATCH_MAX_ACTIVE = 1000, 4, 2  # the defaults of the SIAMESE_BATCH_* limits
 _UNITS = {"b": 1, "kb": 2**10, "mb": 2**20, "gb": 2**30, "tb": 2**40}  # as Gradio reads max_file_size
 
 
@@ -54,6 +59,26 @@ def training_disabled_reason(environ: Mapping[str, str] | None = None) -> str | 
     return None
 
 
+def batch_disabled_reason(environ: Mapping[str, str] | None = None) -> str | None:
+    """Why batches are off here, or None: an explicit switch, or a ZeroGPU Space (a batch is a long GPU job)."""
+    env = os.environ if environ is None else environ
+    if _on(env.get("SIAMESE_DISABLE_BATCH")):
+        return "Batches are disabled on this server (SIAMESE_DISABLE_BATCH=1). Run the app locally for batches."
+    if env.get("SPACES_ZERO_GPU"):
+        return ("Batches are disabled on ZeroGPU Spaces: GPU time comes in short slices, too short for a batch. "
+                "Use Generate, or run the app locally (or `python -m siamese sample --min-fidelity`).")
+    return None
+
+
+def _limit(env: Mapping[str, str], name: str, default: int) -> int:
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name} must be a whole number 1 or more, got '{text}'")
+    return int(text)
+
+
 def device_and_dtype(environ: Mapping[str, str] | None = None) -> tuple[str, torch.dtype]:
     """cuda when present (a GPU Space), else cpu; float32 unless SIAMESE_DTYPE=float16|bfloat16."""
     env = os.environ if environ is None else environ
@@ -71,6 +96,10 @@ class Settings:
     allow_hub: bool = False  # hub ids may be loaded (the default model may be one regardless)
     max_upload: str = DEFAULT_MAX_UPLOAD  # Gradio refuses bigger uploads
     training_disabled: str | None = None  # why, or None
+    batch_disabled: str | None = None  # why, or None
+    batch_max_masks: int = BATCH_MAX_MASKS  # per batch
+    batch_max_images: int = BATCH_MAX_IMAGES  # per mask
+    batch_max_active: int = BATCH_MAX_ACTIVE  # batches running at once (each session runs one at a time)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -80,7 +109,11 @@ class Settings:
                        models_root=Path(models_root).expanduser().resolve() if models_root else None,
                        allow_hub=_on(env.get("SIAMESE_ALLOW_HUB")),
                        max_upload=env.get("SIAMESE_MAX_UPLOAD") or DEFAULT_MAX_UPLOAD,
-                       training_disabled=training_disabled_reason(env))
+                       training_disabled=training_disabled_reason(env),
+                       batch_disabled=batch_disabled_reason(env),
+                       batch_max_masks=_limit(env, "SIAMESE_BATCH_MAX_MASKS", BATCH_MAX_MASKS),
+                       batch_max_images=_limit(env, "SIAMESE_BATCH_MAX_IMAGES", BATCH_MAX_IMAGES),
+                       batch_max_active=_limit(env, "SIAMESE_BATCH_MAX_ACTIVE", BATCH_MAX_ACTIVE))
         parse_size(settings.max_upload)  # a bad value fails at start, not at the first upload
         return settings
 

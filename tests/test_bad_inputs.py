@@ -336,3 +336,62 @@ def test_app(case, tmp_path, tiny_model_dir, studio):
 
 def test_there_are_at_least_40_cases():
     assert len(CLI) + len(LIBRARY) + len(APP) >= 40
+
+
+# -- the fidelity threshold and the scorer (issue 15) ---------------------------------------------
+def model_with_scorer(i: Inputs, damage=None) -> Path:
+    """The tiny model with a fidelity scorer (2 training steps), its config.json optionally damaged."""
+    from siamese.fidelity import ScorerConfig, save_scorer, train_scorer
+
+    folder = shutil.copytree(i.model, i.tmp / "scored")
+    images = np.zeros((2, 64, 64, 3), np.uint8)
+    masks = np.zeros((2, 64, 64), np.uint8)
+    masks[:, 20:40, 20:40] = 1
+    save_scorer(train_scorer(images, masks, ScorerConfig(resolution=64, channels=(8, 16), steps=2, batch_size=2)),
+                folder)
+    if damage is not None:
+        (folder / "segmenter" / "config.json").write_bytes(damage)
+    return folder
+
+
+FIDELITY_CLI = {
+    "sample min fidelity 1.5": (lambda i: sample(i, "--min-fidelity", "1.5"),
+                                "minimum fidelity must be a Dice score between 0 and 1, got 1.5"),
+    "sample min fidelity -0.1": (lambda i: sample(i, "--min-fidelity", "-0.1"), "between 0 and 1, got -0.1"),
+    "sample min fidelity nan": (lambda i: sample(i, "--min-fidelity", "nan"), "between 0 and 1, got nan"),
+    "sample keep rejected alone": (lambda i: sample(i, "--keep-rejected"), "give --min-fidelity too"),
+    "sample threshold without scorer": (lambda i: sample(i, "--min-fidelity", "0.5"),
+                                        "python -m siamese train-scorer --model MODEL --data DATA"),
+    "sample scorer config bad JSON": (lambda i: sample(i, "--min-fidelity", "0.5", model=model_with_scorer(i, b"{")),
+                                      "segmenter/config.json: not valid JSON"),
+    "sample scorer config unknown key": (
+        lambda i: sample(i, model=model_with_scorer(i, b'{"colour": 1}')), "config.json: unknown keys ['colour']"),
+    "train-scorer 0 steps": (lambda i: ["train-scorer", "--model", str(i.model), "--data", str(i.data()),
+                                        "--output", str(i.out), "--steps", "0"], "scorer steps must be a whole number"),
+    "train-scorer resolution 100": (lambda i: ["train-scorer", "--model", str(i.model), "--data", str(i.data()),
+                                               "--output", str(i.out), "--resolution", "100"],
+                                    "scorer resolution must be between 32 and 1024 and a multiple of 16"),
+    "train-scorer not a model": (lambda i: ["train-scorer", "--model", str(i.data()), "--data", str(i.data()),
+                                            "--output", str(i.out)], "no siamese_config.json"),
+    "train scorer steps -1": (lambda i: train_args(i, "--scorer-steps", "-1"), "scorer steps must be a whole number"),
+    "evaluate curation threshold 2": (lambda i: ["evaluate", "--data", str(i.data()), "--curation",
+                                                 "--curation-thresholds", "0.5,2"],
+                                      "expected comma-separated numbers between 0 and 1, got '0.5,2'"),
+}
+
+
+@pytest.mark.parametrize("case", list(FIDELITY_CLI))
+def test_cli_fidelity(case, tmp_path, tiny_model_dir, capsys, signal_handlers):
+    build, message = FIDELITY_CLI[case]
+    inputs = Inputs(tmp_path, tiny_model_dir)
+    args = build(inputs)
+    capsys.readouterr()
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse
+        code = e.code
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert code == 2, err
+    assert last.startswith("error: ") and message in last, last
+    assert "Traceback" not in err and not inputs.out.exists()

@@ -10,7 +10,8 @@ DATA=${1:-../shared/data/kvasir-seg}
 RUNS=${2:-runs}
 PY=${PYTHON:-python}
 SEED=0
-COMMON=(--data "$DATA" --resolution 256 --batch-size 8 --seed $SEED --holdout 0.2 --name siamese-kvasir-tiny --resume latest)
+COMMON=(--data "$DATA" --resolution 256 --batch-size 8 --seed $SEED --holdout 0.2 --name siamese-kvasir-tiny --resume latest \
+  --scorer-steps 0)  # the fidelity scorer is trained longer below
 # Stage 1: text-to-image pre-training of the tiny UNet on 16 whitened PCA channels of 8x8 patches.
 $PY -m siamese train "${COMMON[@]}" --output "$RUNS/kvasir-base" --model tiny --objective base \
   --max-steps 3600 --lr 3e-4 --warmup-steps 100 --ema-decay 0.999 --checkpoint-every 200 --log-every 50
@@ -22,6 +23,11 @@ $PY -m siamese train "${COMMON[@]}" --output "$RUNS/kvasir-siamese" --model "$RU
 if [ ! -f "$RUNS/kvasir-siamese/codec/decoder/config.json" ]; then
   $PY -m siamese train-decoder --model "$RUNS/kvasir-siamese" --data "$DATA" --holdout 0.2 --steps 4000 --seed $SEED
 fi
+# The fidelity scorer (segmenter/, for `sample --min-fidelity`): a MONAI UNet on the same 720 training pairs at
+# 128x128, 2000 steps (about 10 minutes on one busy CPU thread); its Dice on the 180 held-out pairs is in its config.
+if ! grep -qs '"steps": 2000' "$RUNS/kvasir-siamese/segmenter/config.json"; then
+  $PY -m siamese train-scorer --model "$RUNS/kvasir-siamese" --data "$DATA" --steps 2000 --seed $SEED
+fi
 # Ship: fp16 weights, no optimiser state or checkpoints; the recommended mask strength (control scale)
 # chosen by the evaluation in the model card.
 $PY - "$RUNS/kvasir-siamese" "$(dirname "$0")" "$RUNS/kvasir-base" <<'PY'
@@ -32,6 +38,7 @@ model = load_model(run)
 model.config.control_scale = 2.0
 model.save_pretrained(ship, dtype=torch.float16)
 shutil.copy(f"{run}/codec/decoder/train_config.json", f"{ship}/codec/decoder/")
+shutil.copytree(f"{run}/segmenter", f"{ship}/segmenter", dirs_exist_ok=True)
 for folder, suffix in ((base, "-stage1"), (run, "")):
     for name in ("train_config.json", "metrics.csv"):
         shutil.copy(f"{folder}/{name}", f"{ship}/{name.replace('.', suffix + '.')}")

@@ -1,0 +1,381 @@
+"""The Batch tab: many masks -> N pairs each, scored and sorted into accepted and rejected, curated, exported.
+
+Masks come from uploaded files (mask images, or zips of them) or a dataset folder in the server's data folder;
+the library's `siamese.batch.run_batch` makes and scores the pairs in a background job of the session
+(`studio.batch_job`), so the batch survives a page reload and other visitors' Generate goes first
+(`studio.turns`). The page polls only while the batch runs, as the Train tab does. Scripts: `/batch_start`,
+`/batch_status`, `/batch_stop`, `/batch_move`, `/batch_export`, each with the `batch_key` /batch_start returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from siamese import DataError, ModelLoadError, SamplingParams, export_zip
+from siamese.batch import run_batch
+from siamese.data import resize_pair
+from siamese.sampling import MAX_CONTROL_SCALE, MAX_SEED, SCHEDULERS, random_seed, validate_request
+
+from . import inputs
+from .batch_job import ACTIVE_STATES, BatchJob, BatchPair, BatchRegistry
+from .datasets import DISK_RESERVE_BYTES, dataset_folder, extract_zip, human_size, mask_sources
+from .generate import DEFAULTS, PngFolder
+from .job import duration
+from .masks import read_mask_upload
+from .messages import Redactor, md_escape, user_error
+from .models import ModelCatalog, ModelStore, hub_snapshot
+from .settings import Settings
+from .training import POLL_SECONDS
+from .turns import Turns
+
+logger = logging.getLogger(__name__)
+
+STEP_IMAGES = 4  # images made per turn of the models: a waiting Generate waits for at most this many
+GALLERY_MAX = 100  # pairs shown per gallery: the ones nearest the threshold (all count, all are exported)
+DEFAULT_MIN_FIDELITY = 0.5
+
+
+def read_masks(sources: list[tuple[str, Path]], shown: str, resolution: int) -> list[tuple[str, np.ndarray]]:
+    """Mask files -> (name, (R, R) {0, 255} at the model resolution), refusing unreadable, empty and all-white
+    masks and masks whose lesion vanishes at the model resolution, each named in the message."""
+    masks = []
+    for name, path in sources:
+        try:
+            mask = read_mask_upload(path)  # the library's one mask rule, the upload's size limit
+        except DataError as e:
+            raise DataError(f"{shown}: {str(e).replace(str(path), path.name)}") from None
+        _, small = resize_pair(None, mask, resolution)
+        if not small.any():
+            raise DataError(f"{shown}: {path.name}: the lesion vanishes at the model's {resolution}x{resolution} pixels "
+                            "(too small): leave this mask out")
+        masks.append((name, small * 255))
+    return masks
+
+
+def batch_status_text(snap: dict) -> str:
+    """The progress readout: pairs done, accepted and rejected of the total, a bar, speed and ETA."""
+    icon = {"idle": "", "running": "⏳ ", "stopping": "⏳ ", "finished": "✅ ", "stopped": "⏹️ ",
+            "failed": "❌ "}[snap["state"]]
+    text = icon + snap["message"]
+    if snap["state"] == "idle":
+        return text
+    done, total = snap["done"], snap["total"]
+    threshold = (f" (min fidelity {snap['min_fidelity']:.2f})" if snap["scored"] and snap["min_fidelity"] is not None
+                 else " (unscored: this model has no fidelity scorer)" if not snap["scored"] else "")
+    text += (f"\n\n**{done} / {total}** pairs · ✓ **{snap['accepted']}** accepted · ✗ **{snap['rejected']}** "
+             f"rejected{threshold}")
+    filled = round(20 * done / total) if total else 0
+    text += f"\n\n`{'█' * filled}{'░' * (20 - filled)}` {100 * done / max(total, 1):.0f}%"
+    if snap["state"] in ACTIVE_STATES and snap["s_per_pair"]:
+        text += f" · {snap['s_per_pair']:.1f} s per pair · ETA {duration(snap['eta_s'])}"
+    return text + (f"\n\n{snap['describe']}" if snap["describe"] else "")
+
+
+def _caption(p: BatchPair) -> str:
+    score = "unscored" if p.fidelity is None else f"{p.fidelity:.2f}"
+    return f"#{p.id} · {score} · {p.name}" + (" · moved" if p.moved else "")
+
+
+def pair_galleries(snap: dict) -> tuple[gr.Gallery, gr.Gallery]:
+    """The accepted and rejected galleries, nearest the threshold first (the pairs worth a second look)."""
+    pairs = snap["pairs"]
+    accepted = sorted((p for p in pairs if p.accepted), key=lambda p: (p.fidelity is None, p.fidelity or 0, p.id))
+    rejected = sorted((p for p in pairs if not p.accepted), key=lambda p: (-(p.fidelity or 0), p.id))
+
+    def gallery(items: list[BatchPair], what: str, other: str) -> gr.Gallery:
+        shown = f" (the {GALLERY_MAX} nearest the threshold shown)" if len(items) > GALLERY_MAX else ""
+        return gr.Gallery(value=[(p.image, _caption(p)) for p in items[:GALLERY_MAX]], selected_index=None,
+                          label=f"{what}: {len(items)}{shown}. Click a pair to move it to {other}")
+
+    return gallery(accepted, "Accepted", "Rejected"), gallery(rejected, "Rejected", "Accepted")
+
+
+class BatchHandlers:
+    """The Batch tab's handlers; part of `Studio` (uses `self.settings`, `self.catalog`, `self.models`,
+    `self.pngs`, `self.redact`, `self.batches`, `self.turns` and `self.load_scorer`)."""
+
+    settings: Settings
+    catalog: ModelCatalog
+    models: ModelStore
+    pngs: PngFolder
+    redact: Redactor
+    batches: BatchRegistry
+    turns: Turns
+    load_scorer: Callable  # (model folder, device) -> FidelityScorer | None: siamese.fidelity.load_scorer
+    _scorers: dict
+
+    def scorer_for(self, model: str):
+        """The fidelity scorer of the model a request names (loaded once), or None when it has none."""
+        ref = self.catalog.resolve(model)
+        if ref.location not in self._scorers:
+            folder = hub_snapshot(ref.location) if ref.hub else Path(ref.location)
+            self._scorers[ref.location] = self.load_scorer(folder, device=self.models.device)
+        return self._scorers[ref.location]
+
+    def _batch_masks(self, mask_files, data_folder: str | None, resolution: int, tmp: Path) -> tuple[list, str]:
+        files = [str(f) for f in (mask_files if isinstance(mask_files, (list, tuple)) else [mask_files]) if f]
+        sources, names = [], []
+        budget = self.settings.max_unpacked_bytes  # for all the zips together
+        if files:
+            for k, f in enumerate(files):
+                path = Path(f)
+                if path.suffix.lower() == ".zip":
+                    root = extract_zip(path, tmp / str(k), max_bytes=budget)
+                    budget -= sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+                    found = mask_sources(root, path.name)
+                    sources.append((path.name, [(f"{path.stem}/{n}" if len(files) > 1 else n, p)
+                                                for n, p in found]))
+                else:
+                    sources.append(("the uploaded masks", [(path.stem, path)]))
+                names.append(path.name)
+            shown = f"{len(files)} uploaded files" if len(files) > 1 else f"the uploaded {names[0]}"
+        elif data_folder:
+            folder = dataset_folder(data_folder, self.settings.data_root)
+            shown = f"`{self.redact(str(folder))}`"
+            sources.append((self.redact(str(folder)), mask_sources(folder, self.redact(str(folder)))))
+        else:
+            raise DataError("no masks: upload mask images or a zip of them, or type a dataset folder of the "
+                            "server's data folder")
+        count = sum(len(found) for _, found in sources)
+        if count > self.settings.batch_max_masks:
+            raise DataError(f"{shown} holds {count:,} masks; a batch takes at most {self.settings.batch_max_masks:,} "
+                            "(SIAMESE_BATCH_MAX_MASKS): split them")
+        masks = [m for where, found in sources for m in read_masks(found, where, resolution)]
+        taken = set()
+        for name, _ in masks:
+            if name in taken:
+                raise DataError(f"two masks are named {name}: rename one (pairs are named by their mask)")
+            taken.add(name)
+        return masks, shown
+
+    def batch_start(self, mask_files: list[str] | str | None = None, data_folder: str | None = None,
+                    augment: bool = False, num_images: int = 2, min_fidelity: float | None = DEFAULT_MIN_FIDELITY,
+                    prompt: str | None = None, steps: int = DEFAULTS["steps"],
+                    guidance_scale: float = DEFAULTS["guidance_scale"], seed: int | None = None,
+                    scheduler: str = DEFAULTS["scheduler"], control_scale: float | None = None,
+                    model: str | None = None, batch_key: str | None = None, randomize: bool = False):
+        """Start a batch in the background: `num_images` pairs per mask (uploaded mask images or zips of them,
+        else the masks of `data_folder` in the server's data folder), optionally augmented (flips, scaling,
+        shift-scale-rotate), each scored by the model's fidelity scorer and accepted when it scores at least
+        `min_fidelity`. Returns the status and the session's `batch_key` (pass it to the other /batch_* calls).
+        `seed` None or negative: random; a new batch replaces the session's previous one."""
+        if self.settings.batch_disabled:
+            raise gr.Error(self.settings.batch_disabled, title="Batches disabled")
+        tmp = Path(tempfile.mkdtemp(prefix="batch-masks-", dir=self.pngs.path))
+        try:
+            count = inputs.number(num_images, "images per mask", whole=True)
+            if not 1 <= count <= self.settings.batch_max_images:
+                raise ValueError(f"images per mask must be between 1 and {self.settings.batch_max_images} "
+                                 f"(SIAMESE_BATCH_MAX_IMAGES), got {count}")
+            threshold = inputs.number(min_fidelity, "min fidelity", optional=True)
+            if threshold is not None and not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"min fidelity must be between 0 and 1 (a Dice score), got {threshold:g}")
+            params = SamplingParams(prompt=inputs.text(prompt, "prompt"),
+                                    steps=inputs.number(steps, "steps", whole=True),
+                                    guidance_scale=inputs.number(guidance_scale, "guidance scale"),
+                                    scheduler=inputs.text(scheduler, "scheduler") or "",
+                                    control_scale=inputs.number(control_scale, "control scale", optional=True))
+            params.validate()
+            seed = inputs.number(seed, "seed", whole=True, optional=True)
+            seed = random_seed() if randomize or seed is None or seed < 0 else seed
+            validate_request(count, seed, STEP_IMAGES)
+            self.batches.check(batch_key)  # before the masks are read; the job is made when all is checked
+            model = inputs.text(model, "model") or self.catalog.default
+            m = self.models.get(model)
+            res = m.config.resolution
+            masks, shown = self._batch_masks(mask_files, inputs.text(data_folder, "dataset folder"), res, tmp)
+            total = len(masks) * count
+            need = total * 4 * res * res  # an upper bound of the PNGs: RGB image + mask, uncompressed
+            if need + DISK_RESERVE_BYTES > shutil.disk_usage(self.pngs.path).free:
+                raise DataError(f"{total:,} pairs need up to {human_size(need)}, more than the server's free disk "
+                                "space allows: fewer masks or fewer images per mask")
+            try:
+                scorer = self.scorer_for(model)
+            except (ModelLoadError, ValueError, OSError) as e:
+                raise ModelLoadError(f"the model's fidelity scorer (segmenter/) cannot be loaded: {e}") from None
+            if scorer is None and threshold:
+                gr.Warning("This model has no fidelity scorer (segmenter/), so the min fidelity cannot apply: every "
+                           "pair is accepted, unscored. Add one with `python -m siamese train-scorer`.",
+                           title="No fidelity scorer")
+            threshold = threshold if scorer is not None else None
+            describe = (f"{len(masks)} masks from {shown}{' (augmented)' if augment else ''} × {count} images · "
+                        f"seeds from {seed} · model `{self.catalog.resolve(model).public}`")
+
+            def make_pairs(stop):
+                return run_batch(m, masks, count, seed, params, augment=bool(augment), scorer=scorer,
+                                 min_fidelity=threshold, stop=stop, batch_size=STEP_IMAGES)
+
+            job = self.batches.job_for(batch_key)
+            job.start(make_pairs, total, threshold, scorer is not None, md_escape(describe).replace("\\`", "`"),
+                      self.turns)
+        except (DataError, ModelLoadError, ValueError, RuntimeError) as e:
+            raise user_error(e, self.redact) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return batch_status_text(job.snapshot()), job.key
+
+    def _job(self, batch_key: str | None) -> BatchJob | None:
+        return self.batches.get(batch_key) if batch_key else None
+
+    def batch_stop(self, batch_key: str | None = None) -> str:
+        """Stop the session's batch after the images in progress; every pair made is kept."""
+        job = self._job(batch_key)
+        if job is None or not job.stop():
+            gr.Warning("No batch is running in this session.")
+        return batch_status_text(job.snapshot()) if job else gr.skip()
+
+    def batch_status(self, batch_key: str | None = None) -> dict:
+        """The session's batch as JSON: state (idle, running, stopping, finished, stopped, failed), done, total,
+        accepted, rejected, s_per_pair, eta_s, min_fidelity, scored, error, message (Markdown) and pairs (id, mask
+        name, seed, fidelity, accepted, moved)."""
+        job = self._job(batch_key)
+        if job is None:
+            return {"state": "idle", "done": 0, "total": 0, "accepted": 0, "rejected": 0, "pairs": [],
+                    "message": "No batch in this session."}
+        snap = job.snapshot()
+        keys = ("state", "done", "total", "accepted", "rejected", "s_per_pair", "eta_s", "min_fidelity", "scored",
+                "error")
+        pairs = [dict(id=p.id, name=p.name, seed=p.seed, fidelity=p.fidelity, accepted=p.accepted, moved=p.moved)
+                 for p in snap["pairs"]]
+        return {**{k: snap[k] for k in keys}, "message": batch_status_text(snap), "pairs": pairs}
+
+    def batch_move(self, batch_key: str | None = None, pair: int = 0) -> str:
+        """Move pair #`pair` to the other set (accepted <-> rejected); returns the status."""
+        job = self._job(batch_key)
+        try:
+            if job is None:
+                raise ValueError("no batch in this session: start one first")
+            job.move(inputs.number(pair, "pair", whole=True))
+        except ValueError as e:
+            raise user_error(e, self.redact) from None
+        return batch_status_text(job.snapshot())
+
+    def batch_pick(self, batch_key: str | None, evt: gr.SelectData) -> None:
+        """A click in either gallery: move that pair (named by its caption, "#ID · ...") to the other set."""
+        caption = (evt.value or {}).get("caption") if isinstance(evt.value, dict) else None
+        match = re.match(r"#(\d+) ", caption or "")
+        if match:
+            self.batch_move(batch_key, int(match[1]))
+
+    def batch_poll(self, batch_key: str | None = None, seen: int = -1):
+        """For the page (on load, after Start and Stop, after a move, each tick): status, the two galleries, the
+        version shown, the timer (active only while the batch runs) and the download button (reset when the
+        pairs changed). Parts that did not change since version `seen` are skipped."""
+        job = self._job(batch_key)
+        snap = job.snapshot() if job else None
+        timer = gr.Timer(POLL_SECONDS, active=bool(snap) and snap["state"] in ACTIVE_STATES)
+        if snap is None or snap["version"] == seen:
+            return gr.skip(), gr.skip(), gr.skip(), seen, timer, gr.skip()
+        if snap["state"] == "failed" and seen >= 0:
+            gr.Warning(snap["error"], title="Batch failed")
+        return (batch_status_text(snap), *pair_galleries(snap), snap["version"], timer,
+                gr.DownloadButton(value=None, label="Download zip (prepare it first)", interactive=False))
+
+    def batch_export(self, batch_key: str | None = None, nnunet: bool = False, label: str = "lesion") -> str:
+        """A zip of the batch's accepted pairs (images/, masks/, metadata.jsonl with each pair's fidelity, the
+        threshold and how it was curated, README.txt; nnU-Net v2 layout as an option), as Keep's export."""
+        job = self._job(batch_key)
+        accepted = [p for p in (job.snapshot()["pairs"] if job else []) if p.accepted]
+        if not accepted:
+            raise gr.Error("nothing to export: no accepted pairs in this session's batch", title="Nothing accepted")
+        label = re.sub(r"[^A-Za-z0-9_-]+", "_", (label or "").strip()) or "lesion"
+        folder = Path(tempfile.mkdtemp(prefix="export-", dir=self.pngs.path))
+        items = [p.generated() for p in accepted]
+        return str(export_zip(items, folder / f"siamese-batch-{len(items)}.zip", nnunet=bool(nnunet), label=label))
+
+    def batch_download_ready(self, batch_key: str | None = None):
+        job = self._job(batch_key)
+        n = job.snapshot()["accepted"] if job else 0
+        return gr.DownloadButton(label=f"Download {n} accepted pair{'s' if n != 1 else ''} (.zip)", interactive=True)
+
+    def batch_control_scale(self, model: str | None):
+        """The batch's mask strength slider follows the selected model's recommendation (as Generate's does)."""
+        try:
+            return gr.Slider(value=self.models.get(model).config.control_scale)
+        except ModelLoadError:
+            return gr.skip()  # Generate's model box says why
+
+
+def batch_tab(demo: gr.Blocks, studio, model: gr.Dropdown, key: gr.BrowserState) -> None:
+    """The Batch tab and its wiring; called inside the page's gr.Tabs (`model`: the page's model selector, `key`:
+    the session's batch key, a gr.BrowserState outside the tabs so that it is read when the page loads)."""
+    settings = studio.settings
+    with gr.Tab("Batch", id="batch") as tab:
+        if settings.batch_disabled:
+            gr.Markdown(f"⚠️ {settings.batch_disabled}")
+        with gr.Row():
+            with gr.Column(scale=1):
+                files = gr.File(label="Masks: mask images, or a zip of them (white = lesion)", file_count="multiple",
+                                file_types=[".zip", "image"], type="filepath", elem_id="batch-files")
+                folder = gr.Textbox(label="...or the masks of a dataset folder on the server",
+                                    placeholder="e.g. data/kvasir-seg, in the server's data folder (its masks/)")
+                augment = gr.Checkbox(False, label="Augment each mask (flips, scaling, shift-scale-rotate)")
+                with gr.Row():
+                    count = gr.Slider(1, settings.batch_max_images, value=min(2, settings.batch_max_images), step=1,
+                                      label="Images per mask")
+                    threshold = gr.Slider(0.0, 1.0, value=DEFAULT_MIN_FIDELITY, step=0.05, label="Min fidelity",
+                                          info="the scorer's Dice between its segmentation of the image and the mask")
+                with gr.Accordion("Sampling (as in Generate)", open=False):
+                    prompt = gr.Textbox(label="Prompt", placeholder="empty: the model's default prompt", lines=1)
+                    with gr.Row():
+                        steps = gr.Slider(1, 100, value=DEFAULTS["steps"], step=1, label="Steps", elem_id="batch-steps")
+                        guidance = gr.Slider(0.0, 15.0, value=DEFAULTS["guidance_scale"], step=0.5,
+                                             label="Guidance scale")
+                        control = gr.Slider(0.0, MAX_CONTROL_SCALE, value=studio.default_control_scale(), step=0.25,
+                                            label="Mask strength (control scale)", info="preset per model")
+                    with gr.Row():
+                        scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULTS["scheduler"], label="Scheduler")
+                        seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
+                        randomize = gr.Checkbox(True, label="Randomise seed")
+                gr.Markdown(f"At most {settings.batch_max_masks:,} masks and {settings.batch_max_images} images per "
+                            "mask. The batch runs on the server: it goes on when this page closes and shows again "
+                            "when it reopens. Starting a new batch replaces this one.")
+                with gr.Row():
+                    start = gr.Button("Start batch", variant="primary", interactive=not settings.batch_disabled,
+                                      elem_id="batch-start")
+                    stop = gr.Button("Stop", variant="stop", elem_id="batch-stop")
+            with gr.Column(scale=1):
+                status = gr.Markdown("", elem_id="batch-status", label="Status")
+                accepted = gr.Gallery(label="Accepted", columns=5, height=300, format="png", object_fit="contain",
+                                      allow_preview=False, interactive=False, fit_columns=False,
+                                      elem_id="batch-accepted")
+                rejected = gr.Gallery(label="Rejected", columns=5, height=200, format="png", object_fit="contain",
+                                      allow_preview=False, interactive=False, fit_columns=False,
+                                      elem_id="batch-rejected")
+                with gr.Row():
+                    nnunet = gr.Checkbox(False, label="Also the nnU-Net v2 layout")
+                    label = gr.Textbox("lesion", label="Label name (nnU-Net)", max_lines=1)
+                    export = gr.Button("Prepare zip of the accepted pairs", variant="primary",
+                                       elem_id="batch-export")
+                    download = gr.DownloadButton("Download zip (prepare it first)", interactive=False,
+                                                 elem_id="batch-download")
+        seen = gr.State(-1)
+        timer = gr.Timer(POLL_SECONDS, active=False)  # on only while the batch runs (batch_poll)
+
+        # wiring (inside the tab: gr.api adds a block). Polled as the Train tab is: on load, when the tab opens,
+        # after Start, Stop and a move, and on each tick of a timer that is on only while the batch runs.
+        poll = dict(fn=studio.batch_poll, inputs=[key, seen],
+                    outputs=[status, accepted, rejected, seen, timer, download], api_visibility="private",
+                    show_progress="hidden", concurrency_limit=None)
+        demo.load(**poll)
+        tab.select(**poll)  # the tab's content mounts when it opens: show it and start its timer then
+        model.change(studio.batch_control_scale, model, control, api_visibility="private")
+        start.click(studio.batch_start, [files, folder, augment, count, threshold, prompt, steps, guidance, seed,
+                                         scheduler, control, model, key, randomize],
+                    [status, key], api_name="batch_start").success(**poll)
+        stop.click(studio.batch_stop, key, status, api_name="batch_stop").then(**poll)
+        for gallery in (accepted, rejected):
+            gallery.select(studio.batch_pick, key, None, api_visibility="private").then(**poll)
+        export.click(studio.batch_export, [key, nnunet, label], download, api_name="batch_export").success(
+            studio.batch_download_ready, key, download, api_visibility="private")
+        timer.tick(**poll)
+        gr.api(studio.batch_status, api_name="batch_status", concurrency_limit=None)
+        gr.api(studio.batch_move, api_name="batch_move")
