@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -74,3 +75,18 @@ def sd15_dir(tmp_path_factory) -> Path:
     from sd15_layout import write_tiny_sd15
 
     return write_tiny_sd15(tmp_path_factory.mktemp("sd15") / "stable-diffusion-v1-5")
+
+
+@pytest.fixture(scope="session")
+def scored_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with a (barely trained) fidelity scorer in segmenter/."""
+    from siamese.data import read_image, read_mask
+    from siamese.fidelity import ScorerConfig, save_scorer, train_scorer
+
+    data = write_dataset(tmp_path_factory.mktemp("scorer-data") / "d", n=6, size=64)
+    folder = shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("models") / "scored")
+    images = np.stack([read_image(p) for p in sorted((data / "images").iterdir())])
+    labels = np.stack([read_mask(p) for p in sorted((data / "masks").iterdir())])
+    save_scorer(train_scorer(images, labels, ScorerConfig(resolution=64, channels=(8, 16, 32), steps=5,
+                                                          batch_size=4)), folder)
+    return folder

@@ -15,8 +15,8 @@ import torch
 
 from siamese.batch import ScoredPair, finished_pairs, run_batch
 from siamese.cli import main
-from siamese.data import read_image, read_mask
-from siamese.fidelity import ScorerConfig, load_scorer, save_scorer, train_scorer
+from siamese.data import read_mask
+from siamese.fidelity import load_scorer
 from siamese.sampling import SamplingParams
 
 PARAMS = SamplingParams(steps=2, guidance_scale=3.0, scheduler="dpm++")
@@ -33,20 +33,6 @@ def one_thread():
 @pytest.fixture
 def masks(dataset) -> list[tuple[str, np.ndarray]]:
     return [(p.stem, read_mask(p)) for p in sorted((dataset / "masks").iterdir())[:3]]
-
-
-@pytest.fixture(scope="module")
-def scored_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model with a (barely trained) fidelity scorer in segmenter/."""
-    from conftest import write_dataset
-
-    data = write_dataset(tmp_path_factory.mktemp("scorer-data") / "d", n=6, size=64)
-    folder = shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("models") / "scored")
-    images = np.stack([read_image(p) for p in sorted((data / "images").iterdir())])
-    labels = np.stack([read_mask(p) for p in sorted((data / "masks").iterdir())])
-    save_scorer(train_scorer(images, labels, ScorerConfig(resolution=64, channels=(8, 16, 32), steps=5,
-                                                          batch_size=4)), folder)
-    return folder
 
 
 def _same(a: list[ScoredPair], b: list[ScoredPair]) -> None:

@@ -107,3 +107,23 @@ def test_one_process_removes_the_parts_an_interrupted_run_left(tmp_path):
     assert not (tmp_path / "out" / PARTS).exists()
     own = clear_part(Share(1, 2, range(0)), tmp_path / "other")
     assert own == tmp_path / "other" / PARTS / "rank-00001" and not own.exists()
+
+
+def test_two_processes_curate_as_one_process_does(scored_model_dir, tmp_path):
+    """With the model's fidelity scorer, --min-fidelity and --keep-rejected: two processes write the accepted pairs
+    and rejected/ as one process does; pairs a looser run had accepted move to rejected/ (no pair on both sides)."""
+    data = write_dataset(tmp_path / "data", n=3)
+    sample = ["sample", "--model", str(scored_model_dir), "--masks", str(data / "masks"), "--num-images", "2",
+              "--steps", "2", "--device", "cpu", "--seed", "5", "--keep-rejected"]
+    done = _torchrun([*sample, "--min-fidelity", "0", "--output", str(tmp_path / "two")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores = sorted(json.loads(line)["fidelity"] for line in (tmp_path / "two" / "metadata.jsonl").read_text().splitlines())
+    assert len(scores) == 6
+    threshold = f"{(scores[2] + scores[3]) / 2:.6f}"  # three pairs on each side
+    assert main([*sample, "--min-fidelity", threshold, "--output", str(tmp_path / "one")]) == 0
+    done = _torchrun([*sample, "--min-fidelity", threshold, "--output", str(tmp_path / "two")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "0 accepted, 3 rejected" in done.stdout and "3 already there, kept" in done.stdout  # resumed
+    one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert len([k for k in one if k.startswith("rejected/images/")]) == 3
+    assert one.keys() == two.keys() and [k for k in one if one[k] != two[k]] == []
