@@ -98,6 +98,9 @@ class Share:
         self.wait()
         merged = merge_parts(out, self.world, sides) if self.main else None
         self.wait()  # no process leaves before OUTPUT is complete
+        # leave the process group in order: a process that exits with gloo's threads still running can abort
+        # ("terminate called without an active exception") and take the whole torchrun down with it
+        self._state.destroy_process_group()
         return merged
 
 
