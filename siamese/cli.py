@@ -20,7 +20,8 @@ def _train(args: argparse.Namespace) -> None:
 
     config = TrainConfig(
         data=args.data, output=args.output, model=args.model, objective=args.objective, base_steps=args.base_steps,
-        resolution=args.resolution, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
+        resolution=args.resolution, batch_size=args.batch_size, max_steps=args.max_steps, stop_at=args.stop_at,
+        lr=args.lr,
         zero_lr_scale=args.zero_lr_scale, timestep_bias=args.timestep_bias,
         timestep_bias_multiplier=args.timestep_bias_multiplier, timestep_bias_portion=args.timestep_bias_portion,
         warmup_steps=args.warmup_steps, ema_decay=args.ema_decay, gradient_accumulation=args.gradient_accumulation,
@@ -247,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resolution", type=int, default=256)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--max-steps", type=int, default=1000)
+    t.add_argument("--stop-at", type=int, default=0,
+                   help="stop at this step as Ctrl-C would (checkpoint and model saved, --resume latest continues); "
+                        "the schedules still run to --max-steps (0: off)")
     t.add_argument("--lr", type=float, default=1e-5)
     t.add_argument("--zero-lr-scale", type=float, default=1.0,
                    help="lr multiplier of the ControlNet's zero-initialised layers (zero convolutions, the DHI's "

@@ -348,10 +348,10 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
     t0 = t_row = t_event = time.perf_counter()
     timed_row = 0  # steps of this process since t_row (a resumed row's first steps ran in another process)
     step = start
-    stopped = False
+    stopped = 0 < config.stop_at <= start  # resumed at or past --stop-at: saved again as it is
     t_weights = timestep_weights(config, len(alphas_cumprod))
     try:
-        while step < config.max_steps:
+        while step < config.max_steps and not stopped:
             # 3. learning rate
             lr = lr_at(step, config)
             for group in optimizer.param_groups:
@@ -438,7 +438,7 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
                     write_model_card(output)  # README.md: the run's settings and last losses so far
                     emit({"type": "checkpoint", "step": step, "path": str(path)})
                 accelerator.wait_for_everyone()
-            if stop is not None and stop.is_set():
+            if (stop is not None and stop.is_set()) or step == config.stop_at:  # Ctrl-C, the app's Stop, --stop-at
                 stopped = True
                 break
     finally:

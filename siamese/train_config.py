@@ -29,6 +29,7 @@ class TrainConfig:
     resolution: int = 256
     batch_size: int = 8  # per process and micro-step
     max_steps: int = 1000
+    stop_at: int = 0  # > 0: stop at this step as a Ctrl-C would (checkpoint + model saved; resume continues)
     lr: float = 1e-5
     zero_lr_scale: float = 1.0  # lr multiplier of the ControlNet's zero-initialised layers (see zero_initialised)
     timestep_bias: str = "none"  # diffusers' --timestep_bias_strategy: none (METHOD.md's U{0..999}), later, earlier
@@ -73,7 +74,8 @@ class TrainConfig:
                                 ("checkpoint_every", 1, None), ("log_every", 1, None), ("keep_checkpoints", 1, None),
                                 ("base_steps", 0, None), ("warmup_steps", 0, None), ("preview_every", 0, None),
                                 ("scorer_steps", 0, None),
-                                ("seed", 0, MAX_SEED), ("holdout_seed", 0, MAX_SEED), ("resolution", 64, 1024)):
+                                ("seed", 0, MAX_SEED), ("holdout_seed", 0, MAX_SEED), ("resolution", 64, 1024),
+                                ("stop_at", 0, None)):
             value = getattr(self, name)
             if not _whole(value) or value < low or (high is not None and value > high):
                 limits = f"between {low} and {high}" if high is not None else f"{low} or more"

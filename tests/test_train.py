@@ -365,3 +365,18 @@ def test_timestep_bias_follows_diffusers_semantics(dataset, tmp_path, monkeypatc
     monkeypatch.setattr(siamese.train, "timestep_weights", lambda c, n: torch.eye(n, dtype=torch.float64)[999])
     train(config)
     assert torch.cat(seen).eq(999).all()  # every timestep drawn from the weights the config asks for
+
+
+def test_stop_at_stops_as_ctrl_c_does_and_resumes_on_the_same_schedule(dataset, tmp_path):
+    """--stop-at 2 of 4 steps: checkpoint and model at step 2, schedules still set by max_steps; resuming with
+    --stop-at 2 again changes nothing; without it the run ends as an uninterrupted one."""
+    straight = train(_config(dataset, tmp_path / "a", scorer_steps=0))
+    run = train(_config(dataset, tmp_path / "b", stop_at=2, scorer_steps=0))
+    assert latest_checkpoint(run).name == "step-0000002" and load_model(run).controlnet is not None
+    rows = (run / "metrics.csv").read_bytes()
+    train(_config(dataset, run, stop_at=2, resume="latest", scorer_steps=0))
+    assert (run / "metrics.csv").read_bytes() == rows and latest_checkpoint(run).name == "step-0000002"
+    train(_config(dataset, run, resume="latest", scorer_steps=0))
+    assert [r["loss"] for r in _rows(run)] == [r["loss"] for r in _rows(straight)]
+    with pytest.raises(ValueError, match="stop at must be a whole number"):
+        _config(dataset, run, stop_at=-1).validate()
