@@ -99,7 +99,7 @@ def test_bundled_model_is_a_diffusers_pipeline():
             "folder, SiameseConfig.load(folder), True) (it writes no weights)")
     pipe = _load(BUNDLED)
     model = load_model(BUNDLED)
-    assert pipe.config.control_scale == model.config.control_scale == 2.0
+    assert pipe.config.control_scale == model.config.control_scale == 1.5
     items = generate(model, _mask(300), 1, seed=7, params=SamplingParams(steps=2, guidance_scale=3.0))
     out = pipe(image=_mask(300), num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(7))
     assert _max_diff(items, out.images) == 0
