@@ -26,6 +26,7 @@ from PIL import Image
 from siamese import DataError, Generated, ModelLoadError
 from siamese.export import png_bytes
 
+from .background import BackgroundJob
 from .messages import md_escape
 from .turns import Turns
 
@@ -74,29 +75,19 @@ class StoredPair(Generated):
             return np.asarray(im.convert("L"))
 
 
-class BatchJob:
+class BatchJob(BackgroundJob):
     """One session's batch: started, polled, stopped, curated (pairs moved between the sets) and exported."""
 
     def __init__(self, key: str, folder: Path, public: Callable[[str], str] = str) -> None:
+        super().__init__("No batch yet: upload masks (or name a dataset folder), then Start.")
         self.key, self.folder, self.public = key, folder, public
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self.version = 0  # bumped on every change the page shows
-        self.state = "idle"  # idle | running | stopping | finished | stopped | failed
-        self.message = "No batch yet: upload masks (or name a dataset folder), then Start."
         self.pairs: list[BatchPair] = []
         self.total = 0
         self.min_fidelity: float | None = None
         self.scored = False
         self.describe = ""
-        self.error = ""
         self._t0 = self._t1 = 0.0
         self.seen = time.monotonic()  # when a page last asked for it (the registry drops long-unseen jobs)
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def start(self, make_pairs: Callable[[threading.Event], Iterator], total: int, min_fidelity: float | None,
               scored: bool, describe: str, turns: Turns) -> None:
@@ -104,31 +95,16 @@ class BatchJob:
         with self._lock:
             if self.running:
                 raise RuntimeError("a batch is already running in this session: stop it first")
-            self._stop = threading.Event()
             self.state, self.pairs, self.total, self.error = "running", [], total, ""
             self.min_fidelity, self.scored, self.describe = min_fidelity, scored, describe
             self.message = "Starting: sampling the first images..."
             self._t0, self._t1 = time.monotonic(), 0.0
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder.mkdir(parents=True)
-            self.version += 1
-            self._thread = threading.Thread(target=self._run, args=(make_pairs, turns), name="siamese-batch",
-                                            daemon=True)
-            self._thread.start()
+            self._launch(self._run, (make_pairs, turns), "siamese-batch")
 
     def stop(self) -> bool:
-        with self._lock:
-            if not self.running:
-                return False
-            self._stop.set()
-            self.state = "stopping"
-            self.message = "Stopping after the images in progress; the pairs made are kept..."
-            self.version += 1
-            return True
-
-    def wait(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        return self._stop_with("Stopping after the images in progress; the pairs made are kept...")
 
     def _run(self, make_pairs: Callable[[threading.Event], Iterator], turns: Turns) -> None:
         try:

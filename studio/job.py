@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import threading
 from collections.abc import Callable
 
 import pandas as pd
@@ -17,6 +16,7 @@ from siamese import DataError, ModelLoadError
 from siamese.objective import LOSS_KEYS
 from siamese.train import TrainConfig, train
 
+from .background import BackgroundJob
 from .messages import md_escape
 
 logger = logging.getLogger(__name__)
@@ -24,17 +24,12 @@ logger = logging.getLogger(__name__)
 ACTIVE_STATES = ("running", "stopping")  # the page polls only while a run is in one of these
 
 
-class TrainingJob:
+class TrainingJob(BackgroundJob):
     """One training run at a time, in a background thread; the page polls `snapshot()`."""
 
     def __init__(self, public: Callable[[str], str] = str) -> None:
+        super().__init__("No training run yet.")
         self.public = public  # server paths -> what visitors may see
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self.version = 0  # bumped on every change the page shows
-        self.state = "idle"  # idle | running | stopping | finished | stopped | failed
-        self.message = "No training run yet."
         self.rows: list[dict] = []
         self.preview = None
         self.step = 0
@@ -45,12 +40,7 @@ class TrainingJob:
         self.it_per_s = 0.0
         self.eta_s = 0.0
         self.output: str | None = None
-        self.error = ""
         self._tmp: tempfile.TemporaryDirectory | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def start(self, config: TrainConfig, tmp: tempfile.TemporaryDirectory | None = None,
               prepare: Callable[[TrainConfig], TrainConfig] | None = None) -> None:
@@ -59,7 +49,6 @@ class TrainingJob:
         with self._lock:
             if self.running:
                 raise RuntimeError("a training run is already in progress: stop it first")
-            self._stop = threading.Event()
             self.state, self.rows, self.preview, self.error = "running", [], None, ""
             self._live_tail = False
             self.step, self.max_steps, self.it_per_s, self.eta_s = 0, config.base_steps + config.max_steps, 0.0, 0.0
@@ -67,24 +56,10 @@ class TrainingJob:
             self.output, self._tmp = config.output, tmp
             where = self.public(config.output)
             self.message = f"Starting: loading the data and building the model for `{where}`..."
-            self.version += 1
-            self._thread = threading.Thread(target=self._run, args=(config, prepare), name="siamese-train",
-                                            daemon=True)
-            self._thread.start()
+            self._launch(self._run, (config, prepare), "siamese-train")
 
     def stop(self) -> bool:
-        with self._lock:
-            if not self.running:
-                return False
-            self._stop.set()
-            self.state = "stopping"
-            self.message = f"Stopping after step {self.step + 1}; the model is saved first..."
-            self.version += 1
-            return True
-
-    def wait(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        return self._stop_with(f"Stopping after step {self.step + 1}; the model is saved first...")
 
     def _run(self, config: TrainConfig, prepare: Callable[[TrainConfig], TrainConfig] | None) -> None:
         try:
