@@ -210,6 +210,16 @@ def test_screenshots(browser, tmp_path):
                                timeout=900_000, polling=2000)
         page.wait_for_timeout(2500)
         page.screenshot(path=str(out / "train.png"), full_page=True)
+        # Batch: the example masks, two images each, scored and curated at the default threshold
+        page.get_by_role("tab", name="Batch").click()
+        page.locator("#batch-files input[type=file]").set_input_files(sorted(str(p) for p in
+                                                                             (ROOT / "assets" / "masks").glob("*.png")))
+        page.wait_for_timeout(1500)
+        page.locator("#batch-start").click()
+        page.wait_for_function("() => /Finished|failed/.test(document.querySelector('#batch-status').innerText)",
+                               timeout=900_000, polling=2000)
+        page.wait_for_timeout(2500)
+        page.screenshot(path=str(out / "batch.png"), full_page=True)
         page.close()
     finally:
         demo.studio.job.stop()
