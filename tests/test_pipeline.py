@@ -15,7 +15,7 @@ from PIL import Image
 
 from siamese.codec import VAECodec
 from siamese.model import SCHEDULE, SiameseConfig, SiameseModel, load_model, tiny_text_encoder, tiny_tokenizer
-from siamese.pipeline import MODEL_INDEX, PIPELINE_FILE, carried_files
+from siamese.pipeline import MODEL_INDEX, carried_files
 from siamese.sampling import SamplingParams, generate
 
 ROOT = Path(__file__).resolve().parents[1]
