@@ -199,9 +199,8 @@ def signal_handlers():
         signal.signal(sig, handler)
 
 
-@pytest.mark.parametrize("case", list(CLI))
-def test_cli(case, tmp_path, tiny_model_dir, capsys, signal_handlers):
-    build, message = CLI[case]
+def _cli_error(build, message: str, tmp_path, tiny_model_dir, capsys) -> Inputs:
+    """Run the CLI case: exit code 2, a last line `error: ...` holding `message`, no traceback; its Inputs."""
     inputs = Inputs(tmp_path, tiny_model_dir)
     args = build(inputs)
     capsys.readouterr()
@@ -214,6 +213,12 @@ def test_cli(case, tmp_path, tiny_model_dir, capsys, signal_handlers):
     assert code == 2, err
     assert last.startswith("error: ") and message in last, last
     assert "Traceback" not in err
+    return inputs
+
+
+@pytest.mark.parametrize("case", list(CLI))
+def test_cli(case, tmp_path, tiny_model_dir, capsys, signal_handlers):
+    inputs = _cli_error(*CLI[case], tmp_path, tiny_model_dir, capsys)
     assert not inputs.out.exists(), "output written"
     assert not list(tmp_path.rglob("*_00.png")) and not list(tmp_path.rglob("metadata.jsonl"))
     assert not list(tmp_path.rglob("train_config.json"))
@@ -382,16 +387,5 @@ FIDELITY_CLI = {
 
 @pytest.mark.parametrize("case", list(FIDELITY_CLI))
 def test_cli_fidelity(case, tmp_path, tiny_model_dir, capsys, signal_handlers):
-    build, message = FIDELITY_CLI[case]
-    inputs = Inputs(tmp_path, tiny_model_dir)
-    args = build(inputs)
-    capsys.readouterr()
-    try:
-        code = main(args)
-    except SystemExit as e:  # argparse
-        code = e.code
-    err = capsys.readouterr().err
-    last = err.strip().splitlines()[-1]
-    assert code == 2, err
-    assert last.startswith("error: ") and message in last, last
-    assert "Traceback" not in err and not inputs.out.exists()
+    inputs = _cli_error(*FIDELITY_CLI[case], tmp_path, tiny_model_dir, capsys)
+    assert not inputs.out.exists()
