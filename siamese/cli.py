@@ -147,7 +147,8 @@ def _train_decoder(args: argparse.Namespace) -> None:
     from .decoder import DecoderTrainConfig, add_decoder
 
     config = DecoderTrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
-                                latent_noise=args.latent_noise, width=args.width, seed=args.seed)
+                                latent_noise=args.latent_noise, width=args.width, seed=args.seed,
+                                adversarial_weight=args.adversarial_weight, adversarial_start=args.adversarial_start)
     from tqdm.auto import tqdm
 
     bars = []  # made at the first event: errors in the settings or the data come before any progress bar
@@ -159,7 +160,8 @@ def _train_decoder(args: argparse.Namespace) -> None:
         bars[0].set_postfix(loss=f"{event['loss']:.4f}")
 
     try:
-        out = add_decoder(args.model, args.data, config, output=args.output, holdout=args.holdout, callback=progress)
+        out = add_decoder(args.model, args.data, config, output=args.output, holdout=args.holdout, callback=progress,
+                          fine_tune=args.fine_tune)
     finally:
         for bar in bars:
             bar.close()
@@ -321,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--latent-noise", type=float, default=0.3,
                    help="latents get Gaussian noise of a random std up to this, so generated latents decode cleanly")
     d.add_argument("--width", type=int, default=48, help="channels of every decoder level")
+    d.add_argument("--adversarial-weight", type=float, default=0.0,
+                   help="weight of a PatchGAN critic's loss beside L1 (0: L1 only); sharper texture, highlights, blacks")
+    d.add_argument("--adversarial-start", type=int, default=0, help="step from which the critic counts")
+    d.add_argument("--fine-tune", action="store_true", help="start from the model's own learned decoder")
     d.add_argument("--holdout", type=float, default=0.2,
                    help="fraction of pairs left out (the split `evaluate` tests on, seed 0); measured on them")
     d.add_argument("--seed", type=int, default=0)

@@ -100,3 +100,45 @@ def test_add_decoder_in_place_writes_the_decoder_whole_then_the_config(tiny_mode
         assert torch.equal(p, q), n  # nothing else in the folder was rewritten
     with pytest.raises(ValueError, match="not a local model folder"):
         add_decoder("owner/name", str(dataset), DecoderTrainConfig(steps=1))
+
+
+def test_adversarial_term_trains_a_critic_from_its_start_step():
+    images = _images(n=6, size=64)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    codec = PatchCodec.fit(x, PatchCodecConfig(channels=4))
+    runs = {}
+    for weight in (0.0, 0.5):
+        config = DecoderTrainConfig(steps=6, batch_size=2, crop=32, width=8, log_every=1, adversarial_weight=weight,
+                                    adversarial_start=3, critic_channels=8)
+        events = []
+        runs[weight] = (train_decoder(codec, images, config, callback=events.append), events)
+    (plain, plain_events), (gan, gan_events) = runs[0.0], runs[0.5]
+    assert [e["loss"] for e in gan_events[:3]] == [e["loss"] for e in plain_events[:3]]  # same run until the start
+    assert all("critic" not in e for e in gan_events[:3] + plain_events)
+    assert all(e["critic"] > 0 and e["adversarial"] > 0 for e in gan_events[3:])
+    assert any(not torch.equal(p, q) for p, q in zip(plain.parameters(), gan.parameters()))
+    with pytest.raises(ValueError, match="adversarial weight"):
+        DecoderTrainConfig(adversarial_weight=-1).validate(8)
+    with pytest.raises(ValueError, match="adversarial start"):
+        DecoderTrainConfig(steps=10, adversarial_start=10).validate(8)
+
+
+def test_fine_tune_starts_from_the_folders_decoder_and_records_it(tiny_model_dir, dataset, tmp_path):
+    from siamese.decoder import add_decoder
+
+    with pytest.raises(ValueError, match="no learned decoder to fine-tune"):
+        add_decoder(str(tiny_model_dir), str(dataset), DecoderTrainConfig(steps=1, crop=32, width=8), fine_tune=True,
+                    output=str(tmp_path / "never"))
+    assert not (tmp_path / "never").exists()
+    first = add_decoder(str(tiny_model_dir), str(dataset), DecoderTrainConfig(steps=2, crop=32, width=8, num_blocks=(1, 0, 0, 0)),
+                        output=str(tmp_path / "a"), holdout=0.34)
+    before = load_model(first).codec.decoder
+    out = add_decoder(str(first), str(dataset), DecoderTrainConfig(steps=1, crop=32, lr=1e-9, adversarial_weight=0.1,
+                                                                   critic_channels=8),
+                      output=str(tmp_path / "b"), holdout=0.34, fine_tune=True)
+    after = load_model(out).codec.decoder
+    assert after.config.width == 8 and tuple(after.config.num_blocks) == (1, 0, 0, 0)  # the folder's, not the config's
+    for p, q in zip(before.parameters(), after.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0)  # started from it (lr ~ 0)
+    record = json.loads((out / "codec" / "decoder" / "train_config.json").read_text())
+    assert record["adversarial_weight"] == 0.1 and record["fine_tuned_from"]["steps"] == 2
