@@ -314,7 +314,8 @@ def convert_state_dict(
 
     config = SiameseConfig(resolution=resolution, prompt=prompt, codec={"type": "vae"}, dhi_widths=dhi_widths(sd),
                            name=name)
-    schedule = base.scheduler_config if base is not None else SCHEDULE
+    # the reference code's DDIM sampler spaces its steps "leading" (range(0, 1000, 1000 // n) + 1): kept for its models
+    schedule = base.scheduler_config if base is not None else {**SCHEDULE, "timestep_spacing": "leading"}
     return SiameseModel(config, unet, VAECodec(vae), text_encoder.eval(), tokenizer, schedule, controlnet,
                         source="converted").eval()
 

@@ -49,8 +49,7 @@ def test_saved_folder_is_a_diffusers_pipeline_with_generates_pixels(tiny_model_d
     for rel, source in carried_files(True, "patch").items():
         assert (tiny_model_dir / rel).read_bytes() == source.read_bytes(), rel
     pipe = _load(tiny_model_dir)
-    # the model as siamese loads it (a model built in memory has SCHEDULE without the saved scheduler's
-    # timestep_spacing "leading": its dpm++ and unipc timesteps differ from the same model loaded back)
+    # the model as siamese loads it, from the same folder
     model = load_model(tiny_model_dir)
     assert type(pipe).__name__ == "SiameseDiffusionPipeline" and type(pipe.controlnet).__name__ == "DHIControlNetModel"
     items = generate(model, _mask(), 2, seed=11, params=SamplingParams(steps=3, guidance_scale=3.0))

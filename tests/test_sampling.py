@@ -143,7 +143,7 @@ def test_every_mask_type_gives_the_same_pairs(tiny_model, mask):
 
 def test_a_model_in_memory_samples_on_the_timesteps_of_its_saved_copy(tiny_model, tiny_model_dir):
     """The schedule a model is built with and the one its folder holds give every sampler the same timesteps
-    (DDPMScheduler saves timestep_spacing 'leading'; DPM-Solver++ and UniPC default to 'linspace')."""
+    (a built model's schedule names its timestep_spacing, 'trailing'; DPM-Solver++ and UniPC default to 'linspace')."""
     from siamese.model import load_model
     from siamese.sampling import SCHEDULERS, make_scheduler
 
@@ -153,3 +153,14 @@ def test_a_model_in_memory_samples_on_the_timesteps_of_its_saved_copy(tiny_model
         a.set_timesteps(20)
         b.set_timesteps(20)
         assert a.timesteps.tolist() == b.timesteps.tolist(), name
+
+
+def test_sampling_starts_at_the_last_training_timestep(tiny_model):
+    """Steps are spaced "trailing": every sampler's first step is t = 999 (with "leading", 20 steps began at 951,
+    from pure noise that the model had learned to expect at 999, and images came out low in contrast)."""
+    from siamese.sampling import SCHEDULERS, make_scheduler
+
+    for name in SCHEDULERS:
+        scheduler = make_scheduler(name, tiny_model.scheduler_config)
+        scheduler.set_timesteps(20)
+        assert int(scheduler.timesteps[0]) == 999 and int(scheduler.timesteps[-1]) < 60, name
