@@ -28,7 +28,7 @@ try:  # Hugging Face Spaces (ZeroGPU): present on a Space, absent locally
 except ImportError:
     spaces = None
 
-DEFAULTS = dict(scheduler="dpm++", steps=20, guidance_scale=3.0, num_images=4)
+DEFAULTS = dict(scheduler="dpm++", steps=20, guidance_scale=6.0, num_images=4)
 
 
 def _sample(model, mask: np.ndarray, num_images: int, seed: int, params: SamplingParams, callback, source: str):

@@ -353,7 +353,7 @@ def test_build_demo_exposes_the_stable_api(tiny_model_dir, tmp_path):
     assert params[:7] == ["mask", "prompt", "num_images", "steps", "guidance_scale", "seed", "scheduler"]
     assert {"/export", "/keep_all", "/train_start", "/train_stop", "/train_status"} <= set(api)
     defaults = {p["parameter_name"]: p["parameter_default"] for p in api["/generate"]["parameters"]}
-    assert defaults["scheduler"] == "dpm++" and defaults["steps"] == 20 and defaults["guidance_scale"] == 3.0
+    assert defaults["scheduler"] == "dpm++" and defaults["steps"] == 20 and defaults["guidance_scale"] == 6.0
     assert defaults["num_images"] == 4 and defaults["control_scale"] == 2.5  # the model's recommendation
     assert defaults["model"] == "checkpoints/model" and str(tmp_path) not in json.dumps(api)  # ids, no paths
     timers = [b for b in demo.blocks.values() if isinstance(b, gr.Timer)]
