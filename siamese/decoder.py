@@ -156,7 +156,7 @@ def train_decoder(
         critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=config.critic_lr, betas=(0.5, 0.9))
     c, h, w = config.crop // p, latents.shape[-2], latents.shape[-1]
     decoder.train()
-    t0, totals = time.perf_counter(), {"loss": 0.0, "adversarial": 0.0, "critic": 0.0}
+    t0, totals = time.perf_counter(), {"loss": 0.0, "adversarial": 0.0, "critic": 0.0, "critic_steps": 0}
     for step in range(config.steps):
         # 1. random crops on the patch grid
         idx = torch.randint(0, len(latents), (config.batch_size,), generator=gen)
@@ -192,16 +192,18 @@ def train_decoder(
             critic_loss.backward()
             critic_optimizer.step()
             totals["critic"] += float(critic_loss.detach())
+            totals["critic_steps"] += 1
         # 5. log
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             n = (step % config.log_every) + 1
             event = {"step": step + 1, "loss": totals["loss"] / n, "lr": lr, "elapsed_s": time.perf_counter() - t0}
-            if gan:
-                event.update(adversarial=totals["adversarial"] / n, critic=totals["critic"] / n)
+            if gan:  # averaged over the steps the critic trained in this window
+                k = totals["critic_steps"]
+                event.update(adversarial=totals["adversarial"] / k, critic=totals["critic"] / k)
             logger.info("decoder step %d loss %.4f", event["step"], event["loss"])
             if callback is not None:
                 callback(event)
-            totals = dict.fromkeys(totals, 0.0)
+            totals = dict.fromkeys(totals, 0)
     return decoder.eval().requires_grad_(False)
 
 

@@ -118,6 +118,13 @@ def test_train_decoder_adds_a_learned_decoder_to_a_model_folder(tiny_model_dir, 
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == "error: decoder crop must be a multiple of the patch size 8, got 30"
     assert not (tmp_path / "bad").exists()
+    for args, message in ((["--adversarial-weight", "-1"], "adversarial weight must be between 0 and 10, got -1.0"),
+                          (["--fine-tune"], f"{tiny_model_dir} has no learned decoder to fine-tune: train one first "
+                                            "(without --fine-tune)")):
+        bad = _run("train-decoder", "--model", str(tiny_model_dir), "--data", str(dataset), "--output",
+                   str(tmp_path / "bad"), *args)
+        assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == f"error: {message}"
+        assert not (tmp_path / "bad").exists()
 
 
 def test_sample_again_into_the_same_folder_keeps_one_line_per_file(tiny_model_dir, dataset, tmp_path):
