@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=int, default=2, help="segmentation training seeds for the downstream test")
     e.add_argument("--seg-steps", type=int, default=600, help="segmentation network training steps")
     e.add_argument("--steps", type=int, default=20)
-    e.add_argument("--guidance", type=float, default=3.0)
+    e.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance (the app's default)")
     e.add_argument("--scheduler", default="dpm++", choices=SCHEDULERS)
     e.add_argument("--control-scale", type=float, default=None, help=CONTROL_SCALE_HELP)
     e.add_argument("--resolution", type=int, default=128, help="segmentation network input size")

@@ -74,7 +74,7 @@ class EvalConfig:
     seeds: int = 2  # segmentation training seeds for the downstream test
     seg_steps: int = 600  # training steps of each segmentation network
     steps: int = 20  # sampling steps
-    guidance_scale: float = 3.0
+    guidance_scale: float = 6.0  # the app's default (studio DEFAULTS)
     scheduler: str = "dpm++"
     control_scale: float | None = None  # None: the model's recommended value
     resolution: int = 128  # segmentation network input size

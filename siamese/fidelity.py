@@ -148,13 +148,14 @@ def _local_folder(model_folder: str | Path) -> Path | None:
     folder = Path(model_folder).expanduser()
     if folder.is_dir():
         return folder
-    text = str(model_folder)
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+    from .model import is_hub_id
+
+    if not is_hub_id(str(model_folder)):
         return None
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(text, local_files_only=True, allow_patterns=[f"{SCORER_FOLDER}/*"]))
+        return Path(snapshot_download(str(model_folder), local_files_only=True, allow_patterns=[f"{SCORER_FOLDER}/*"]))
     except Exception:  # not cached: no scorer
         return None
 

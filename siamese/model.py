@@ -325,6 +325,11 @@ def build_tiny(
     return SiameseModel(config, unet, codec, text_encoder, tokenizer, SCHEDULE, source="tiny")
 
 
+def is_hub_id(text: str) -> bool:
+    """Whether a name that is not a local folder reads as a hub repo id ("owner/name")."""
+    return text.count("/") == 1 and not text.startswith((".", "/", "~"))
+
+
 def _resolve(path_or_id: str | Path, cache_dir: str | Path | None = None) -> Path:
     """A local folder as is; otherwise a hub repo id fetched with huggingface-hub (offline mode honoured)."""
     path = Path(path_or_id).expanduser()
@@ -333,7 +338,7 @@ def _resolve(path_or_id: str | Path, cache_dir: str | Path | None = None) -> Pat
             raise ModelLoadError(f"{path} is a file; expected a model folder (with unet/ and siamese_config.json)")
         return path
     text = str(path_or_id)
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+    if not is_hub_id(text):
         raise ModelLoadError(f"No model folder at '{text}', and it is not a hub repo id of the form 'owner/name'")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
