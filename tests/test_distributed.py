@@ -1,15 +1,19 @@
 """Synthesis across processes: the split of the masks, the merge of the parts, and a real 2-process torchrun on
-the CPU (gloo) writing the same files, byte for byte, and the same metadata lines as one process."""
+the CPU (gloo) writing the same files and the same metadata lines as one process (images equal to the last bit
+of float rounding)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import write_dataset
 from siamese.cli import main
@@ -64,6 +68,21 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _assert_same_outputs(one: dict[str, bytes], two: dict[str, bytes]) -> None:
+    """The same files; metadata.jsonl line for line; images equal but for float rounding: torch on a CPU does
+    not promise bit-equal sums across processes (memory alignment picks the vector kernels), and a 2-step
+    sample from t = 999 magnifies the last bit into an occasional 1-level pixel step. A mask sampled with a
+    wrong seed or put in the wrong place differs everywhere."""
+    assert one.keys() == two.keys()  # no .parts/ left behind
+    for name in one:
+        if not name.endswith(".png") or one[name] == two[name]:
+            assert one[name] == two[name], name
+            continue
+        a, b = (np.asarray(Image.open(io.BytesIO(one[name]))).astype(int),
+                np.asarray(Image.open(io.BytesIO(two[name]))).astype(int))
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1 and (a != b).mean() < 1e-3, name
+
+
 def test_two_processes_write_what_one_process_writes(tiny_model_dir, tmp_path):
     data = write_dataset(tmp_path / "data", n=5)  # 5 masks: 3 for process 0, 2 for process 1
     sample = ["sample", "--model", str(tiny_model_dir), "--masks", str(data / "masks"), "--num-images", "2",
@@ -74,8 +93,7 @@ def test_two_processes_write_what_one_process_writes(tiny_model_dir, tmp_path):
     assert done.stdout.count("wrote 10 pairs") == 1  # one summary, from process 0
     one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert len([k for k in one if k.startswith("images/")]) == 10
-    assert one.keys() == two.keys()  # no .parts/ left behind
-    assert [k for k in one if one[k] != two[k]] == []  # every PNG byte for byte, and metadata.jsonl line for line
+    _assert_same_outputs(one, two)
 
     # no --seed: process 0 draws the seed and every process uses it (mask m's images have seeds base + 2m + i);
     # sampling again into the same folder replaces the pairs' lines, one line per pair
@@ -126,4 +144,4 @@ def test_two_processes_curate_as_one_process_does(scored_model_dir, tmp_path):
     assert "0 accepted, 3 rejected" in done.stdout and "3 already there, kept" in done.stdout  # resumed
     one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert len([k for k in one if k.startswith("rejected/images/")]) == 3
-    assert one.keys() == two.keys() and [k for k in one if one[k] != two[k]] == []
+    _assert_same_outputs(one, two)
