@@ -37,8 +37,8 @@ CONFIG_NAME = "siamese_config.json"
 
 # METHOD.md: 1000 steps, scaled_linear betas 0.00085..0.012, epsilon prediction (SD 1.5's schedule). Sampling
 # steps are spaced "trailing" (the first step at t = 999, Lin et al. 2024, "Common diffusion noise schedules and
-# sample steps are flawed"): "leading" starts 20-step sampling at t = 951 from pure noise, and the tiny Kvasir
-# model's images came out low in contrast (latent std 0.82 of real) with colour/texture KID 43 against 19.
+# sample steps are flawed"): "leading" starts 20 DPM-Solver++ steps at t = 941 (DDIM: 951) from pure noise; the
+# tiny Kvasir model's images came out low in contrast (latent std 0.82 of real), colour/texture KID 43 against 19.
 # Training does not depend on it; a folder's scheduler config keeps what it was saved with.
 SCHEDULE = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",

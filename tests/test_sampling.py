@@ -156,7 +156,7 @@ def test_a_model_in_memory_samples_on_the_timesteps_of_its_saved_copy(tiny_model
 
 
 def test_sampling_starts_at_the_last_training_timestep(tiny_model):
-    """Steps are spaced "trailing": every sampler's first step is t = 999 (with "leading", 20 steps began at 951,
+    """Steps are spaced "trailing": every sampler's first step is t = 999 (with "leading", 20 steps began at 941-951,
     from pure noise that the model had learned to expect at 999, and images came out low in contrast)."""
     from siamese.sampling import SCHEDULERS, make_scheduler
 
