@@ -29,39 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.autoencoders.vae import DecoderTiny
-from diffusers.models.modeling_utils import ModelMixin
-from torch import Tensor
+
+from .carried.patch_codec import PatchDecoder  # one class: model folders carry the same file for diffusers
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PatchDecoder", "DecoderTrainConfig", "train_decoder", "add_decoder"]
-
-
-class PatchDecoder(ModelMixin, ConfigMixin):
-    """Latents (B, C, h, w) -> images (B, 3, h * 2**(L-1), w * 2**(L-1)) in [-1, 1], L = len(num_blocks).
-
-    `num_blocks[i]` residual blocks at level i (level 0 at latent resolution), all levels
-    `width` channels wide (DecoderTiny's layout); the defaults upsample x8 with 0.38 M parameters and
-    keep the costly full-resolution level to one convolution.
-    """
-
-    @register_to_config
-    def __init__(self, latent_channels: int = 16, width: int = 48, num_blocks: tuple[int, ...] = (3, 1, 1, 0)) -> None:
-        super().__init__()
-        self.decoder = DecoderTiny(
-            in_channels=latent_channels, out_channels=3, num_blocks=tuple(num_blocks),
-            block_out_channels=(width,) * len(num_blocks), upsampling_scaling_factor=2, act_fn="relu",
-            upsample_fn="nearest",
-        )
-
-    @property
-    def upscale(self) -> int:
-        return 2 ** (len(self.config.num_blocks) - 1)
-
-    def forward(self, latents: Tensor) -> Tensor:
-        return self.decoder(latents)
 
 
 @dataclass

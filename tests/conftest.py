@@ -47,6 +47,28 @@ def dataset(tmp_path: Path) -> Path:
     return write_dataset(tmp_path / "data")
 
 
+def wake_controlnet(model, std: float, seed: int = 1):
+    """Fill a fresh ControlNet's all-zero layers (zero convolutions, DHI output) with seeded noise of `std`, so that
+    the mask acts (a fresh ControlNet is a no-op by design). Returns the model in eval mode."""
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        for p in model.controlnet.parameters():
+            if not p.abs().sum():
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model.eval()
+
+
+def fake_hub_cache(model_dir: Path, cache: Path, repo_id: str = "someone/siamese-test") -> str:
+    """Lay a model folder out as huggingface-hub's cache holds a downloaded repo (snapshot + refs/main); returns
+    the repo id, which then resolves from `cache` with no network."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return repo_id
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """The tiny preset at 64x64 with its ControlNet, seeded; the DHI output is made non-zero so the
@@ -56,12 +78,7 @@ def tiny_model():
     model = build_tiny(resolution=64, prompt="a test image", seed=0, block_out_channels=(16, 32, 32),
                        norm_num_groups=8)
     model.add_controlnet(0)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(1)
-        for p in model.controlnet.parameters():
-            if not p.abs().sum():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    return model.eval()
+    return wake_controlnet(model, 0.02)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import wake_controlnet
 from reference_layout import (ReferenceFeatureExtractor, controlnet_to_reference, reference_hint_block,
                               to_reference_state_dict)
 from siamese.cli import main
@@ -32,12 +33,7 @@ def model(sd15_dir):
     model = load_model(sd15_dir)
     model.config.resolution, model.config.prompt = 64, "a polyp"
     model.add_controlnet(0)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(1)
-        for p in model.controlnet.parameters():
-            if not p.abs().sum():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
+    return wake_controlnet(model, 0.05)
 
 
 def _mask() -> np.ndarray:

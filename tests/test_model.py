@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import fake_hub_cache
 from siamese.model import ModelLoadError, load_model
 
 
@@ -51,11 +52,7 @@ def test_hub_id_loads_from_local_cache_offline(tiny_model_dir, tmp_path, monkeyp
     import huggingface_hub.constants as hf_constants
 
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    repo = tmp_path / "cache" / "models--someone--siamese-test"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    fake_hub_cache(tiny_model_dir, tmp_path / "cache")
     model = load_model("someone/siamese-test", cache_dir=tmp_path / "cache")
     assert model.controlnet is not None and model.source == "someone/siamese-test"
     with pytest.raises(ModelLoadError, match="not in the local cache"):

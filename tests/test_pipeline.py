@@ -13,6 +13,7 @@ import torch
 from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 from PIL import Image
 
+from conftest import fake_hub_cache, wake_controlnet
 from siamese.codec import VAECodec
 from siamese.model import SCHEDULE, SiameseConfig, SiameseModel, load_model, tiny_text_encoder, tiny_tokenizer
 from siamese.pipeline import MODEL_INDEX, carried_files
@@ -129,12 +130,7 @@ def build_sd15_tiny() -> SiameseModel:
     config = SiameseConfig(resolution=64, prompt="a test image", dhi_widths=(4, 8, 16, 32, 64), name="sd15-tiny")
     model = SiameseModel(config, unet, VAECodec(vae), text_encoder, tokenizer, SCHEDULE)
     model.add_controlnet(0)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(1)
-        for p in model.controlnet.parameters():
-            if not p.abs().sum():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
+    return wake_controlnet(model, 0.05)
 
 
 def test_sd15_folder_through_our_pipeline_and_stable_diffusion_controlnet_pipeline(sd15_model, tmp_path):
@@ -179,16 +175,10 @@ def test_sd15_folder_through_our_pipeline_and_stable_diffusion_controlnet_pipeli
 
 def test_a_hub_repo_loads_as_a_pipeline_from_the_local_cache_offline(tiny_model_dir, tmp_path, monkeypatch):
     """As after `python -m siamese push`: the repo id through huggingface-hub's cache layout, no network."""
-    import shutil
-
     import huggingface_hub.constants as hf_constants
 
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    repo = tmp_path / "cache" / "models--someone--siamese-test"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    fake_hub_cache(tiny_model_dir, tmp_path / "cache")
     pipe = DiffusionPipeline.from_pretrained("someone/siamese-test", cache_dir=str(tmp_path / "cache"),
                                              trust_remote_code=True, dtype=torch.float32)
     items = generate(load_model(tiny_model_dir), _mask(), 1, seed=2, params=SamplingParams(steps=2, guidance_scale=3.0))

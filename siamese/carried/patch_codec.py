@@ -21,8 +21,12 @@ from torch import Tensor, nn
 
 
 class PatchDecoder(ModelMixin, ConfigMixin):
-    """Latents (B, C, h, w) -> images (B, 3, h * 2**(L-1), w * 2**(L-1)) in [-1, 1]: DecoderTiny over the latents
-    (`siamese.decoder.PatchDecoder`, same config and weights)."""
+    """Latents (B, C, h, w) -> images (B, 3, h * 2**(L-1), w * 2**(L-1)) in [-1, 1], L = len(num_blocks).
+
+    diffusers' DecoderTiny (the TAESD decoder) over the latents: `num_blocks[i]` ReLU residual blocks at level i
+    (level 0 at latent resolution), every level `width` channels wide, nearest x2 upsampling between levels; the
+    defaults upsample x8 with 0.38 M parameters. The `siamese` package uses this class (`siamese.decoder`).
+    """
 
     @register_to_config
     def __init__(self, latent_channels: int = 16, width: int = 48, num_blocks: tuple[int, ...] = (3, 1, 1, 0)) -> None:
@@ -32,6 +36,10 @@ class PatchDecoder(ModelMixin, ConfigMixin):
             block_out_channels=(width,) * len(num_blocks), upsampling_scaling_factor=2, act_fn="relu",
             upsample_fn="nearest",
         )
+
+    @property
+    def upscale(self) -> int:
+        return 2 ** (len(self.config.num_blocks) - 1)
 
     def forward(self, latents: Tensor) -> Tensor:
         return self.decoder(latents)
