@@ -174,7 +174,8 @@ def _sample_section(results: dict, mode: dict, device: torch.device, dtype: torc
     model, which = load()
     # as the app runs it: contiguous memory format on the CPU (load_model); channels_last on CUDA
     prepare_networks(model, device, dtype, channels_last=device.type == "cuda", compile=args.compile)
-    settings = {**SETTINGS, "control_scale": model.config.control_scale}  # the app presets the model's value
+    settings = {**SETTINGS, "control_scale": model.config.control_scale,  # the app uses the model's values
+                "control_end": model.config.control_end}
     if mode["sample_steps"]:
         settings["steps"] = mode["sample_steps"]
     results["sample_model"] = which

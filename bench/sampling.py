@@ -26,9 +26,9 @@ from .workload import PROMPT, mask_hints
 __all__ = ["SETTINGS", "diffusers_loop_sample", "pipeline_sample", "compare_samplers", "images_per_second",
            "compare_memory_formats"]
 
-# The app's defaults (studio/generate.py DEFAULTS): DPM-Solver++ 2M, 20 steps, guidance 6.0, batches of 4;
+# The app's defaults (studio/generate.py DEFAULTS): DPM-Solver++ 2M, 20 steps, guidance 9.0, batches of 4;
 # the app's control scale is the model's recommended one (bench/run.py adds it)
-SETTINGS = dict(scheduler="dpm++", steps=20, guidance_scale=6.0)
+SETTINGS = dict(scheduler="dpm++", steps=20, guidance_scale=9.0)
 
 
 def _generators(n: int, seed: int) -> list[torch.Generator]:
@@ -39,8 +39,10 @@ def _generators(n: int, seed: int) -> list[torch.Generator]:
 def diffusers_loop_sample(
     model: SiameseModel, mask_hint: Tensor, prompts: list[str], generators: list[torch.Generator],
     steps: int, guidance_scale: float, scheduler: str, eta: float = 0.0, control_scale: float = 1.0,
+    control_end: float = 1.0,
 ) -> Tensor:
-    """The pipeline's denoising loop with stock forwards. Returns images (B, 3, H, W) in [0, 1]."""
+    """The pipeline's denoising loop with stock forwards. Returns images (B, 3, H, W) in [0, 1]. After
+    `control_end` of the steps the ControlNet runs at scale 0, as diffusers' `control_guidance_end` does."""
     device, dtype = model.device, model.dtype
     sched = make_scheduler(scheduler, model.scheduler_config)
     sched.set_timesteps(steps, device=device)
@@ -57,11 +59,13 @@ def diffusers_loop_sample(
     latents = randn_tensor((B, c, s, s), generator=generators, device=device, dtype=dtype) * sched.init_noise_sigma
     extra = {"eta": eta} if scheduler == "ddim" else {}
     # 3. denoising loop
-    for t in sched.timesteps:
+    n = len(sched.timesteps)
+    for i, t in enumerate(sched.timesteps):
         x = torch.cat([latents, latents]) if guided else latents
         x = sched.scale_model_input(x, t)
+        keep = float((i + 1) / n <= control_end)  # the pipeline's controlnet_keep
         down, mid = model.controlnet(x, t, encoder_hidden_states=prompt_embeds, controlnet_cond=control,
-                                     conditioning_scale=control_scale, return_dict=False)
+                                     conditioning_scale=control_scale * keep, return_dict=False)
         eps = model.unet(x, t, encoder_hidden_states=prompt_embeds, down_block_additional_residuals=down,
                          mid_block_additional_residual=mid, return_dict=False)[0]
         if guided:
@@ -95,11 +99,12 @@ def build_pipeline(model: SiameseModel, scheduler: str):
 @torch.no_grad()
 def pipeline_sample(pipe, model: SiameseModel, mask_hint: Tensor, prompts: list[str],
                     generators: list[torch.Generator], steps: int, guidance_scale: float,
-                    control_scale: float = 1.0) -> Tensor:
+                    control_scale: float = 1.0, control_end: float = 1.0) -> Tensor:
     R = model.config.resolution
     latents = pipe(prompt=list(prompts), image=mask_hint.to(model.device, model.dtype), height=R, width=R,
                    num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators,
-                   controlnet_conditioning_scale=control_scale, output_type="latent").images
+                   controlnet_conditioning_scale=control_scale, control_guidance_end=control_end,
+                   output_type="latent").images
     return (model.codec.decode(latents).float() / 2 + 0.5).clamp(0, 1)
 
 
@@ -119,7 +124,8 @@ def compare_samplers(
         pipe = build_pipeline(model, settings["scheduler"])
         runs["diffusers_pipeline"] = lambda: pipeline_sample(pipe, model, hint, prompts, _generators(batch, seed),
                                                              settings["steps"], settings["guidance_scale"],
-                                                             settings.get("control_scale", 1.0))
+                                                             settings.get("control_scale", 1.0),
+                                                             settings.get("control_end", 1.0))
     log(f"  warm-up {', '.join(runs)} (and image comparison)")
     images = {name: run() for name, run in runs.items()}
     log(f"  timing interleaved, {repeats} repeats")

@@ -33,7 +33,8 @@ __all__ = ["ScoredPair", "run_batch", "pair_seed", "validate_min_fidelity", "fin
 
 REJECTED_FOLDER = "rejected"
 # the settings a finished pair must have been made with to count as done (`finished_pairs`)
-_SAME = ("seed", "steps", "guidance_scale", "scheduler", "eta", "control_scale", "prompt", "resolution")
+_SAME = ("seed", "steps", "guidance_scale", "scheduler", "eta", "control_scale", "control_end", "prompt",
+         "resolution")
 
 
 @dataclass
@@ -169,6 +170,7 @@ def finished_pairs(
     placed = {"accepted": _records(output), "rejected": _records(output / REJECTED_FOLDER)}
     expected = {"steps": params.steps, "guidance_scale": params.guidance_scale, "scheduler": params.scheduler,
                 "eta": params.eta, "control_scale": params.control_scale_for(model),
+                "control_end": params.control_end_for(model),
                 "prompt": model.config.prompt if params.prompt is None else params.prompt,
                 "resolution": model.config.resolution}
     fingerprint = model.identity()["fingerprint"]

@@ -13,6 +13,8 @@ logger = logging.getLogger(__name__)
 
 CONTROL_SCALE_HELP = ("multiplies the ControlNet residuals: how strongly the mask acts (1: as trained, 0: ignored; "
                       "default: the model's recommended value)")
+CONTROL_END_HELP = ("fraction of the sampling steps, from the first, in which the mask acts (1: all; 0.5: the noisier "
+                    "half, which decides the layout; default: the model's recommended value)")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -59,7 +61,8 @@ def _sample(args: argparse.Namespace) -> None:
 
     # 1. every setting, every mask file and the output folder, before the (possibly slow) model load
     params = SamplingParams(prompt=args.prompt, steps=args.steps, guidance_scale=args.guidance,
-                            scheduler=args.scheduler, eta=args.eta, control_scale=args.control_scale)
+                            scheduler=args.scheduler, eta=args.eta, control_scale=args.control_scale,
+                            control_end=args.control_end)
     params.validate()
     validate_request(args.num_images, args.seed, args.batch_size)
     validate_min_fidelity(args.min_fidelity, check_scorer=False)
@@ -184,7 +187,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     config = EvalConfig(
         data=args.data, model=args.model, test_fraction=args.test_fraction, seeds=args.seeds,
         seg_steps=args.seg_steps, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
-        control_scale=args.control_scale,
+        control_scale=args.control_scale, control_end=args.control_end,
         resolution=args.resolution, output=args.output, seed=args.seed, max_test=args.max_test,
         max_synthetic=args.max_synthetic, curation=args.curation, curation_thresholds=tuple(args.curation_thresholds),
         curation_compare=None if args.curation_compare is None else tuple(args.curation_compare),
@@ -299,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None, help="first seed (default: random); image i gets seed+i")
     s.add_argument("--scheduler", default="ddim", choices=SCHEDULERS)
     s.add_argument("--control-scale", type=float, default=None, help=CONTROL_SCALE_HELP)
+    s.add_argument("--control-end", type=float, default=None, help=CONTROL_END_HELP)
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
     s.add_argument("--prompt", default=None, help="default: the model's prompt")
     s.add_argument("--augment-masks", action="store_true", help="each image from a randomly augmented mask")
@@ -357,9 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=int, default=2, help="segmentation training seeds for the downstream test")
     e.add_argument("--seg-steps", type=int, default=600, help="segmentation network training steps")
     e.add_argument("--steps", type=int, default=20)
-    e.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance (the app's default)")
+    e.add_argument("--guidance", type=float, default=9.0, help="classifier-free guidance (the app's default)")
     e.add_argument("--scheduler", default="dpm++", choices=SCHEDULERS)
     e.add_argument("--control-scale", type=float, default=None, help=CONTROL_SCALE_HELP)
+    e.add_argument("--control-end", type=float, default=None, help=CONTROL_END_HELP)
     e.add_argument("--resolution", type=int, default=128, help="segmentation network input size")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--max-synthetic", type=int, default=200,

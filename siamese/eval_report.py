@@ -80,7 +80,8 @@ def format_report(report: dict) -> str:
         f"data {report['data']}: {p['total']} pairs, {p['train']} train, {p['held_out']} held out, "
         f"{p['test']} evaluated (split seed {s['seed']})",
         f"sampling: {s['scheduler']}, {s['steps']} steps, guidance {s['guidance_scale']}, "
-        f"control scale {s.get('control_scale', 1.0)}, {s['model_resolution']}x{s['model_resolution']}",
+        f"control scale {s.get('control_scale', 1.0)} in {s.get('control_end', 1.0):.0%} of the steps, "
+        f"{s['model_resolution']}x{s['model_resolution']}",
         f"segmentation network: {report['segmentation_network']}",
         "",
         "1. Mask fidelity: the real-trained network segments held-out images; Dice/IoU vs their masks",

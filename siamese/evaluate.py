@@ -74,9 +74,10 @@ class EvalConfig:
     seeds: int = 2  # segmentation training seeds for the downstream test
     seg_steps: int = 600  # training steps of each segmentation network
     steps: int = 20  # sampling steps
-    guidance_scale: float = 6.0  # the app's default (studio DEFAULTS)
+    guidance_scale: float = 9.0  # the app's default (studio DEFAULTS), METHOD.md's
     scheduler: str = "dpm++"
     control_scale: float | None = None  # None: the model's recommended value
+    control_end: float | None = None  # None: the model's recommended value
     resolution: int = 128  # segmentation network input size
     output: str | Path | None = None  # write report.json and sample grids here
     seed: int = 0
@@ -117,7 +118,7 @@ class EvalConfig:
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(steps=self.steps, guidance_scale=self.guidance_scale, scheduler=self.scheduler,
-                              control_scale=self.control_scale)
+                              control_scale=self.control_scale, control_end=self.control_end)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -432,7 +433,8 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     settings.update(model=str(model_path), seg_channels=list(config.seg_channels),
                     model_resolution=model.config.resolution,
-                    control_scale=config.sampling_params().control_scale_for(model))
+                    control_scale=config.sampling_params().control_scale_for(model),
+                    control_end=config.sampling_params().control_end_for(model))
     report = {
         "model": model.identity(),
         "data": str(config.data),

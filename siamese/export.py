@@ -33,7 +33,7 @@ def parameters_text(params: dict) -> str:
     model = params.get("model", {})
     fields = {
         "Steps": params.get("steps"), "Sampler": params.get("scheduler"), "CFG scale": params.get("guidance_scale"),
-        "Control scale": params.get("control_scale"),
+        "Control scale": params.get("control_scale"), "Control end": params.get("control_end"),
         "Seed": params.get("seed"), "Size": f"{params.get('resolution')}x{params.get('resolution')}",
         "Eta": params.get("eta"), "Model": model.get("name"), "Model hash": model.get("fingerprint"),
     }
@@ -163,7 +163,7 @@ README_TEXT = """Synthetic image-mask pairs made with Siamese-Diffusion Studio.
 
 images/NAME.png   generated image (RGB); its generation parameters are in the PNG text "parameters"
 masks/NAME.png    the mask it was generated from (binary 0/255, same size)
-metadata.jsonl    one JSON object per pair: file names, prompt, seed, steps, guidance, scheduler, control scale, model
+metadata.jsonl    one JSON object per pair: file names, prompt, seed, steps, guidance, scheduler, control scale and end, model
 {nnunet}
 Each image can be reproduced from its seed with the same model and settings.
 """

@@ -67,6 +67,7 @@ class SiameseConfig:
     dhi_widths: tuple[int, ...] = DHI_WIDTHS
     name: str = ""
     control_scale: float = 1.0  # recommended sampling control scale (SamplingParams.control_scale None uses it)
+    control_end: float = 1.0  # recommended fraction of the steps the ControlNet acts in (SamplingParams.control_end)
 
     def save(self, folder: Path) -> None:
         """siamese_config.json, written atomically (a temporary file renamed over it)."""
@@ -123,6 +124,9 @@ def _config_problem(key: str, value) -> str | None:
     if key == "control_scale":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
         return None if ok else "a number, 0 or more"
+    if key == "control_end":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
+        return None if ok else "a fraction of the sampling steps, above 0 and at most 1"
     return None
 
 

@@ -63,6 +63,7 @@ def model_index(config, has_controlnet: bool) -> dict:
         "resolution": int(config.resolution),
         "prompt": config.prompt,
         "control_scale": float(config.control_scale),
+        "control_end": float(config.control_end),
     }
 
 

@@ -13,6 +13,7 @@ Faster than a diffusers ControlNet pipeline with the same weights, for the same 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from .networks import controlnet_residuals, unet_decode, unet_encode
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCHEDULERS", "make_scheduler", "sample", "generate", "Generated", "SamplingParams", "random_seed",
+__all__ = ["SCHEDULERS", "make_scheduler", "sample", "controlled_steps", "generate", "Generated", "SamplingParams", "random_seed",
            "validate_request", "prepare_mask"]
 
 SCHEDULERS = ("ddim", "dpm++", "unipc")
@@ -44,7 +45,10 @@ class SamplingParams:
 
     control_scale multiplies the ControlNet's residuals (diffusers' `controlnet_conditioning_scale`):
     above 1 the mask acts more strongly, 0 ignores it; None: the model's recommended value
-    (`SiameseConfig.control_scale`, 1 unless its model card says otherwise).
+    (`SiameseConfig.control_scale`, 1 unless its model card says otherwise). control_end is the fraction of the
+    denoising steps, from the noisiest, in which the ControlNet acts (diffusers' `control_guidance_end`): the mask
+    decides the layout early, and the later steps draw texture without it; None: the model's recommended value
+    (`SiameseConfig.control_end`, 1: every step).
     """
 
     prompt: str | None = None  # None: the model's default prompt
@@ -53,6 +57,7 @@ class SamplingParams:
     scheduler: str = "ddim"
     eta: float = 0.0
     control_scale: float | None = None
+    control_end: float | None = None
 
     def validate(self) -> None:
         if self.prompt is not None and not isinstance(self.prompt, str):
@@ -67,10 +72,22 @@ class SamplingParams:
             raise ValueError(f"eta must be between 0 and 1, got {self.eta}")
         if self.control_scale is not None and not 0.0 <= float(self.control_scale) <= MAX_CONTROL_SCALE:
             raise ValueError(f"control scale must be between 0 and {MAX_CONTROL_SCALE:g}, got {self.control_scale}")
+        if self.control_end is not None and not 0.0 < float(self.control_end) <= 1.0:
+            raise ValueError(f"control end must be a fraction of the steps, above 0 and at most 1, got {self.control_end}")
 
     def control_scale_for(self, model: SiameseModel) -> float:
         """The control scale used with `model`: this one, or the model's recommended value when None."""
         return model.config.control_scale if self.control_scale is None else float(self.control_scale)
+
+    def control_end_for(self, model: SiameseModel) -> float:
+        """The control end used with `model`: this one, or the model's recommended value when None."""
+        return model.config.control_end if self.control_end is None else float(self.control_end)
+
+
+def controlled_steps(steps: int, control_end: float) -> int:
+    """How many of `steps` denoising steps, from the first, the ControlNet acts in: floor(control_end * steps) as
+    diffusers' `control_guidance_end` keeps them, but at least one."""
+    return max(1, math.floor(control_end * steps + 1e-6))
 
 
 @dataclass
@@ -121,11 +138,13 @@ def sample(
     eta: float = 0.0,
     callback: Callable[[int, int], None] | None = None,
     control_scale: float = 1.0,
+    control_end: float = 1.0,
 ) -> Tensor:
     """Mask-Diffusion sampling. mask_hint: (B, 3, H, W) in {0, 1}; one prompt and one generator per image.
 
     Guidance: eps = eps_uncond + g (eps_cond - eps_uncond), where the unconditional branch keeps the mask
-    and has the empty prompt; the ControlNet's residuals are multiplied by `control_scale` in both.
+    and has the empty prompt; the ControlNet's residuals are multiplied by `control_scale` in both. The ControlNet
+    runs in the first `controlled_steps(steps, control_end)` steps only (not at all in the others).
     Returns images (B, 3, H, W) in [0, 1], float32 on the model's device.
     `callback(step, steps)` is called after every denoising step.
     """
@@ -139,6 +158,7 @@ def sample(
     sched = make_scheduler(scheduler, model.scheduler_config)
     sched.set_timesteps(steps, device=device)
     guided = guidance_scale > 1.0
+    controlled = controlled_steps(len(sched.timesteps), control_end)
 
     # 1. conditions, computed once: hint embedding (B or 2B, C0, h, w), prompt embeddings (B or 2B, L, D). The DHI
     #    runs on the batch the ControlNet sees (with guidance both halves keep the mask), as diffusers' ControlNet
@@ -160,7 +180,8 @@ def sample(
         x = torch.cat([latents, latents]) if guided else latents
         x = sched.scale_model_input(x, t)
         tt = t.expand(x.shape[0]).to(device)
-        down, mid = controlnet_residuals(model.controlnet, x, tt, prompt_embeds, hint_emb, control_scale)
+        down, mid = (controlnet_residuals(model.controlnet, x, tt, prompt_embeds, hint_emb, control_scale)
+                     if i < controlled else (None, None))
         eps = unet_decode(model.unet, unet_encode(model.unet, x, tt, prompt_embeds), prompt_embeds, down, mid)
         if guided:
             eps_uncond, eps_cond = eps.chunk(2)
@@ -211,7 +232,7 @@ def generate(
     base = random_seed() if seed is None else int(seed)
     binary = prepare_mask(model, mask)
     prompt = model.config.prompt if params.prompt is None else params.prompt
-    control_scale = params.control_scale_for(model)
+    control_scale, control_end = params.control_scale_for(model), params.control_end_for(model)
     hint = mask_to_hint(binary)
     seeds = [(base + i) % (MAX_SEED + 1) for i in range(num_images)]
     total = len(seeds) * params.steps
@@ -225,12 +246,13 @@ def generate(
             done = start * params.steps
             step_cb = lambda i, n, done=done, k=len(chunk): callback(done + i * k, total)  # noqa: E731
         images = sample(model, hint.expand(len(chunk), -1, -1, -1), [prompt] * len(chunk), gens, params.steps,
-                        params.guidance_scale, params.scheduler, params.eta, step_cb, control_scale)
+                        params.guidance_scale, params.scheduler, params.eta, step_cb, control_scale,
+                        control_end)
         for s, img in zip(chunk, images):
             arr = (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
             meta = {"prompt": prompt, "steps": params.steps, "guidance_scale": params.guidance_scale,
                     "scheduler": params.scheduler, "eta": params.eta, "control_scale": control_scale,
-                    "seed": s,
+                    "control_end": control_end, "seed": s,
                     "resolution": model.config.resolution, "model": identity}
             if source:
                 meta["source_mask"] = source

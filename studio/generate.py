@@ -28,7 +28,7 @@ try:  # Hugging Face Spaces (ZeroGPU): present on a Space, absent locally
 except ImportError:
     spaces = None
 
-DEFAULTS = dict(scheduler="dpm++", steps=20, guidance_scale=6.0, num_images=4)
+DEFAULTS = dict(scheduler="dpm++", steps=20, guidance_scale=9.0, num_images=4)
 
 
 def _sample(model, mask: np.ndarray, num_images: int, seed: int, params: SamplingParams, callback, source: str):
@@ -145,13 +145,15 @@ class GenerateHandlers:
 
     # -- generation (the /generate API)
     def generate(self, mask: np.ndarray | None, prompt: str | None = None, num_images: int = 4, steps: int = 20,
-                 guidance_scale: float = 3.0, seed: int | None = None, scheduler: str = "dpm++",
-                 model: str | None = None, show_outline: bool = False, results: list | None = None,
-                 control_scale: float | None = None, progress=gr.Progress()):
+                 guidance_scale: float = DEFAULTS["guidance_scale"], seed: int | None = None,
+                 scheduler: str = DEFAULTS["scheduler"], model: str | None = None, show_outline: bool = False,
+                 results: list | None = None, control_scale: float | None = None, control_end: float | None = None,
+                 progress=gr.Progress()):
         """Generate images for one mask. Returns the gallery (PNG files with the parameters in their text),
         the session's new results and a status line. `seed` None or negative: random; image i has seed + i;
         an empty prompt uses the model's default; `control_scale` multiplies the ControlNet's residuals
-        (how strongly the mask acts; 1: as trained; None: the model's recommended value). `model`: one the
+        (how strongly the mask acts; 1: as trained) and `control_end` is the share of the steps, from the first,
+        in which it acts (None: the model's recommended values). `model`: one the
         server offers (see the model selector; None: the default)."""
         if mask is None:
             raise gr.Error("no mask: draw one, upload a mask file or click an example", title="Input problem")
@@ -160,7 +162,8 @@ class GenerateHandlers:
                                     steps=inputs.number(steps, "steps", whole=True),
                                     guidance_scale=inputs.number(guidance_scale, "guidance scale"),
                                     scheduler=inputs.text(scheduler, "scheduler") or "",
-                                    control_scale=inputs.number(control_scale, "control scale", optional=True))
+                                    control_scale=inputs.number(control_scale, "control scale", optional=True),
+                                    control_end=inputs.number(control_end, "control end", optional=True))
             params.validate()  # before the model load
             count = inputs.number(num_images, "number of images", whole=True)
             seed = inputs.number(seed, "seed", whole=True, optional=True)
@@ -178,7 +181,8 @@ class GenerateHandlers:
         took = time.perf_counter() - t0
         status = (f"{len(shots)} images in {took:.1f} s · seeds {shots[0].item.seed}–{shots[-1].item.seed} · "
                   f"{params.scheduler}, {params.steps} steps, guidance {params.guidance_scale:g}, "
-                  f"mask strength {items[0].params['control_scale']:g}. "
+                  f"mask strength {items[0].params['control_scale']:g} "
+                  f"(first {items[0].params['control_end']:.0%} of the steps). "
                   "Click an image, then Keep or Discard.")
         return self.render(shots, show_outline), shots, status
 

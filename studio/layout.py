@@ -96,12 +96,16 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
                             num_images = gr.Slider(1, 16, value=DEFAULTS["num_images"], step=1,
                                                    label="Number of images")
                             steps = gr.Slider(1, 100, value=DEFAULTS["steps"], step=1, label="Steps")
+                        guidance = gr.Slider(0.0, 15.0, value=DEFAULTS["guidance_scale"], step=0.5,
+                                             label="Guidance scale")
                         with gr.Row():
-                            guidance = gr.Slider(0.0, 15.0, value=DEFAULTS["guidance_scale"], step=0.5,
-                                                 label="Guidance scale")
                             control = gr.Slider(0.0, MAX_CONTROL_SCALE, value=studio.default_control_scale(),
                                                 step=0.25, label="Mask strength (control scale)",
                                                 info="1: as trained; preset per model")
+                            control_end = gr.Slider(0.05, 1.0, value=studio.default_control_end(), step=0.05,
+                                                    label="Mask steps (share of the steps)",
+                                                    info="the mask acts in the first steps, which set the "
+                                                         "layout; preset per model")
                         with gr.Row():
                             scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULTS["scheduler"], label="Scheduler")
                             seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
@@ -176,8 +180,8 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
                 gr.Markdown(API_HELP)
 
         # -- wiring: models
-        demo.load(studio.model_info, model, [model_md, control], api_visibility="private")
-        model.change(studio.model_info, model, [model_md, control], api_visibility="private")
+        demo.load(studio.model_info, model, [model_md, control, control_end], api_visibility="private")
+        model.change(studio.model_info, model, [model_md, control, control_end], api_visibility="private")
         refresh.click(studio.refresh_models, model, model, api_visibility="private")
 
         # -- wiring: the canvas
@@ -192,7 +196,7 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
         generate_btn.click(studio.prepare, [editor, seed, randomize], [mask_in, seed],
                            api_visibility="private").success(
             studio.generate, [mask_in, prompt, num_images, steps, guidance, seed, scheduler, model, show_outline,
-                              results, control],
+                              results, control, control_end],
             [gallery, results, gen_status], api_name="generate").success(
             lambda: None, None, results_sel, api_visibility="private")
         show_outline.change(studio.render, [results, show_outline], gallery, api_visibility="private")
@@ -235,8 +239,9 @@ API_HELP = """### Scripting with gradio_client
 from gradio_client import Client, handle_file
 client = Client("http://127.0.0.1:7860/")
 gallery, status = client.predict(mask=handle_file("mask.png"), prompt="", num_images=4, steps=20,
-                                 guidance_scale=3.0, seed=0, scheduler="dpm++", api_name="/generate")
-# control_scale=3.0 sets the mask strength (default: the default model's recommended value)
+                                 guidance_scale=6.0, seed=0, scheduler="dpm++", api_name="/generate")
+# control_scale=3.0 sets the mask strength, control_end=0.5 the share of the steps it acts in (from the first;
+# default: the default model's recommended values)
 client.predict(api_name="/keep_all")                            # keep every result of this session
 zip_path = client.predict(nnunet=True, label="polyp", api_name="/export")
 client.predict(data_folder="data/kvasir-seg", max_steps=200, api_name="/train_start")  # in the data folder

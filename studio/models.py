@@ -197,7 +197,8 @@ def model_summary(model) -> str:
     ident = model.identity()
     prompt = model.config.prompt or "(empty)"
     return (f"**{ident['name'] or 'model'}** · {model.config.resolution}×{model.config.resolution} px · "
-            f"default prompt: *{prompt}* · recommended mask strength {model.config.control_scale:g} · "
+            f"default prompt: *{prompt}* · recommended mask strength {model.config.control_scale:g} "
+            f"in the first {model.config.control_end:.0%} of the steps · "
             f"weights `{ident['fingerprint']}` · from `{ident['source']}`")
 
 
@@ -214,24 +215,32 @@ class ModelHandlers:
         """The model selector with a fresh list of folders (the selection kept)."""
         return gr.Dropdown(choices=self.model_choices(), value=model or self.catalog.default_id)
 
-    def default_control_scale(self) -> float:
-        """The default model's recommended mask strength, read from its config without loading it
-        (1 for a hub id: the slider follows the model once it loads)."""
+    def _default_config(self) -> SiameseConfig:
+        """The default model's config, read without loading the model (the package defaults for a hub id or a
+        folder that cannot load: the sliders follow the model once it loads, or its own error shows)."""
         folder = Path(self.catalog.default)
         try:
-            return SiameseConfig.load(folder).control_scale if folder.is_dir() else 1.0
+            return SiameseConfig.load(folder) if folder.is_dir() else SiameseConfig()
         except (ModelLoadError, ValueError, TypeError, OSError):
-            return 1.0  # the model's own error shows when it loads
+            return SiameseConfig()
+
+    def default_control_scale(self) -> float:
+        """The default model's recommended mask strength."""
+        return self._default_config().control_scale
+
+    def default_control_end(self) -> float:
+        """The default model's recommended share of the steps the mask acts in."""
+        return self._default_config().control_end
 
     def model_info(self, model: str | None):
-        """Load the selected model: its description and its recommended mask strength for the slider;
-        a clear message (not a crash, the slider left alone) when it cannot load."""
+        """Load the selected model: its description and its recommended mask strength and mask steps for the
+        sliders; a clear message (not a crash, the sliders left alone) when it cannot load."""
         try:
             m = self.models.get(model)
         except ModelLoadError as e:
             gr.Warning(str(e), title="Model not loaded")
-            return f"⚠️ {md_escape(str(e))}", gr.Slider()
-        return model_summary(m), gr.Slider(value=m.config.control_scale)
+            return f"⚠️ {md_escape(str(e))}", gr.Slider(), gr.Slider()
+        return model_summary(m), gr.Slider(value=m.config.control_scale), gr.Slider(value=m.config.control_end)
 
     def preload(self) -> None:
         """Load the default model in the background so the first generation starts at once."""

@@ -143,9 +143,10 @@ def test_model_choices_are_the_default_checkpoints_and_runs_by_public_id(tiny_mo
 
 
 def test_model_info_describes_the_model_or_says_why_not(studio, tiny_model_dir, tmp_path):
-    text, slider = studio.model_info(str(tiny_model_dir))
+    text, slider, steps = studio.model_info(str(tiny_model_dir))
     assert "64×64" in text and "a test image" in text and slider.value == 1.0  # the model's recommended scale
-    text, slider = studio.model_info(str(tmp_path / "nowhere"))
+    assert steps.value == 1.0 and "first 100% of the steps" in text
+    text, slider, steps = studio.model_info(str(tmp_path / "nowhere"))
     assert text.startswith("⚠️") and "nowhere" in text
 
 
@@ -189,6 +190,7 @@ def test_generate_writes_pngs_with_parameters_and_records_seeds(studio):
     (dict(scheduler="euler"), "scheduler"),
     (dict(steps=0), "steps"),
     (dict(control_scale=12), "control scale"),
+    (dict(control_end=0), "control end must be a fraction"),
     (dict(model="/no/such/model"), "not a model this server offers"),
     (dict(mask=None), "no mask"),
 ])
@@ -346,15 +348,16 @@ def test_from_scratch_runs_count_both_stages(studio):
 def test_build_demo_exposes_the_stable_api(tiny_model_dir, tmp_path):
     model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
     config = json.loads((model_dir / "siamese_config.json").read_text())
-    (model_dir / "siamese_config.json").write_text(json.dumps({**config, "control_scale": 2.5}))
+    (model_dir / "siamese_config.json").write_text(json.dumps({**config, "control_scale": 2.5, "control_end": 0.6}))
     demo = app.build_demo(str(model_dir), runs_dir=tmp_path / "runs", checkpoints_dir=tmp_path)
     api = demo.get_api_info()["named_endpoints"]
     params = [p["parameter_name"] for p in api["/generate"]["parameters"]]
     assert params[:7] == ["mask", "prompt", "num_images", "steps", "guidance_scale", "seed", "scheduler"]
     assert {"/export", "/keep_all", "/train_start", "/train_stop", "/train_status"} <= set(api)
     defaults = {p["parameter_name"]: p["parameter_default"] for p in api["/generate"]["parameters"]}
-    assert defaults["scheduler"] == "dpm++" and defaults["steps"] == 20 and defaults["guidance_scale"] == 6.0
+    assert defaults["scheduler"] == "dpm++" and defaults["steps"] == 20 and defaults["guidance_scale"] == 9.0
     assert defaults["num_images"] == 4 and defaults["control_scale"] == 2.5  # the model's recommendation
+    assert defaults["control_end"] == 0.6
     assert defaults["model"] == "checkpoints/model" and str(tmp_path) not in json.dumps(api)  # ids, no paths
     timers = [b for b in demo.blocks.values() if isinstance(b, gr.Timer)]
     assert timers and not any(t.active for t in timers), "an idle page must not poll the server"

@@ -129,6 +129,7 @@ CLI = {
     "sample guidance -1": (lambda i: sample(i, "--guidance", "-1"), "guidance scale must be between 0 and 50"),
     "sample eta 2": (lambda i: sample(i, "--eta", "2"), "eta must be between 0 and 1"),
     "sample control scale 11": (lambda i: sample(i, "--control-scale", "11"), "control scale must be between 0 and 10"),
+    "sample control end 0": (lambda i: sample(i, "--control-end", "0"), "control end must be a fraction of the steps"),
     "sample unknown scheduler": (lambda i: sample(i, "--scheduler", "euler"), "argument --scheduler: invalid choice"),
     "sample images not a number": (lambda i: sample(i, "--num-images", "abc"), "invalid int value: 'abc'"),
     # sample: mask files, all read before any image is made

@@ -121,7 +121,7 @@ def test_float64_parity(smoke_model):
 def test_samplers_make_the_same_images(smoke_model):
     smoke_model.eval()
     r = compare_samplers(smoke_model, batch=2, repeats=1, settings=dict(scheduler="dpm++", steps=2,
-                         guidance_scale=3.0, control_scale=1.5), with_pipeline=True)
+                         guidance_scale=3.0, control_scale=1.5, control_end=0.5), with_pipeline=True)
     assert r["max_pixel_diff"] < 1e-4
     assert r["max_pixel_diff_vs_pipeline"] < 1e-4
     assert set(r["images_per_second"]) == {"ours", "diffusers_loop", "diffusers_pipeline"}

@@ -86,7 +86,8 @@ def test_sample_without_model_uses_the_bundled_one_offline(tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((tmp_path / "out" / "metadata.jsonl").read_text().splitlines()[0])
-    assert meta["model"]["name"] == "siamese-kvasir-tiny" and meta["control_scale"] == 1.5
+    assert meta["model"]["name"] == "siamese-kvasir-tiny" and meta["control_scale"] == 2.0
+    assert meta["control_end"] == 0.5  # the recommended values: the mask in the first half of the steps
     image = np.asarray(Image.open(tmp_path / "out" / meta["image"]))
     assert image.shape == (256, 256, 3) and image.std() > 10  # an image, not a flat fill
 
@@ -97,7 +98,8 @@ def test_bundled_model_folder_is_small_and_documented():
     assert size <= 50 * 2**20
     card = (folder / "README.md").read_text()
     assert "Kvasir-SEG" in card and "research and education" in card.lower() and "recipe.sh" in card
-    assert json.loads((folder / "siamese_config.json").read_text())["control_scale"] == 1.5
+    config = json.loads((folder / "siamese_config.json").read_text())
+    assert config["control_scale"] == 2.0 and config["control_end"] == 0.5
 
 
 def test_train_decoder_adds_a_learned_decoder_to_a_model_folder(tiny_model_dir, dataset, tmp_path):

@@ -166,7 +166,7 @@ def test_evaluate_reports_every_figure_and_writes_the_output(pairs12, tiny_model
                     "Pixels", "block-edge ratio", "codec reconstruction PSNR",
                     "control scale 1.0"):  # the model's recommended scale, as used
         assert heading in text
-    assert report["settings"]["control_scale"] == 1.0
+    assert report["settings"]["control_scale"] == 1.0 and report["settings"]["control_end"] == 1.0
 
 
 def test_mask_use_is_zero_for_a_fresh_controlnet_and_not_for_a_trained_one(tiny_model):

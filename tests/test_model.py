@@ -100,6 +100,8 @@ def test_pickled_weights_are_never_loaded(tiny_model_dir, tmp_path, sub, weights
     ("dhi_widths", [], "'dhi_widths' must be a list of positive whole numbers"),
     ("control_scale", "2", "'control_scale' must be a number, 0 or more, got '2'"),
     ("control_scale", -1, "'control_scale' must be a number, 0 or more"),
+    ("control_end", 0, "'control_end' must be a fraction of the sampling steps, above 0 and at most 1, got 0"),
+    ("control_end", 1.5, "'control_end' must be a fraction of the sampling steps"),
 ])
 def test_wrong_types_in_the_config_name_the_file_and_key(tiny_model_dir, tmp_path, key, value, expected):
     import json

@@ -66,6 +66,14 @@ def test_saved_folder_is_a_diffusers_pipeline_with_generates_pixels(tiny_model_d
     out = pipe(image=_mask(), num_inference_steps=3, guidance_scale=5.0, controlnet_conditioning_scale=1.5,
                generator=torch.Generator().manual_seed(3))
     assert _max_diff(items, out.images) == 0
+    # the ControlNet in the first half of the steps only: diffusers' control_guidance_end, the same pixels
+    items = generate(model, _mask(), 1, seed=3, params=SamplingParams(steps=4, guidance_scale=5.0, scheduler="dpm++",
+                                                                      control_scale=2.0, control_end=0.5))
+    out = pipe(image=_mask(), num_inference_steps=4, guidance_scale=5.0, controlnet_conditioning_scale=2.0,
+               control_guidance_end=0.5, generator=torch.Generator().manual_seed(3))
+    assert _max_diff(items, out.images) == 0
+    with pytest.raises(ValueError, match="control_guidance_end must be a fraction of the steps"):
+        pipe(image=_mask(), num_inference_steps=2, control_guidance_end=0.0)
     other = pipe(image=_mask(), num_inference_steps=3, guidance_scale=5.0, controlnet_conditioning_scale=0.0,
                  generator=torch.Generator().manual_seed(3))
     assert _max_diff(items, other.images) > 0  # the mask acts: the comparison can fail
@@ -99,9 +107,10 @@ def test_bundled_model_is_a_diffusers_pipeline():
             "folder, SiameseConfig.load(folder), True) (it writes no weights)")
     pipe = _load(BUNDLED)
     model = load_model(BUNDLED)
-    assert pipe.config.control_scale == model.config.control_scale == 1.5
-    items = generate(model, _mask(300), 1, seed=7, params=SamplingParams(steps=2, guidance_scale=3.0))
-    out = pipe(image=_mask(300), num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(7))
+    assert pipe.config.control_scale == model.config.control_scale == 2.0
+    assert pipe.config.control_end == model.config.control_end == 0.5
+    items = generate(model, _mask(300), 1, seed=7, params=SamplingParams(steps=4, guidance_scale=3.0))
+    out = pipe(image=_mask(300), num_inference_steps=4, guidance_scale=3.0, generator=torch.Generator().manual_seed(7))
     assert _max_diff(items, out.images) == 0
 
 

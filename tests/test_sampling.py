@@ -24,8 +24,9 @@ def _hint(model, n=2):
 
 
 @torch.no_grad()
-def _plain_loop(model, hint, prompts, seeds, steps, guidance, scheduler, control_scale=1.0):
-    """The diffusers ControlNet pipeline's loop with stock forwards (DHI run inside every call)."""
+def _plain_loop(model, hint, prompts, seeds, steps, guidance, scheduler, control_scale=1.0, control_end=1.0):
+    """The diffusers ControlNet pipeline's loop with stock forwards (DHI run inside every call); after
+    `control_end` of the steps the ControlNet runs at scale 0 (its `controlnet_keep`)."""
     sched = make_scheduler(scheduler, model.scheduler_config)
     sched.set_timesteps(steps)
     B = hint.shape[0]
@@ -34,10 +35,12 @@ def _plain_loop(model, hint, prompts, seeds, steps, guidance, scheduler, control
     c, s = model.codec.latent_channels, model.latent_size
     latents = randn_tensor((B, c, s, s), generator=[torch.Generator().manual_seed(x) for x in seeds])
     latents = latents * sched.init_noise_sigma
-    for t in sched.timesteps:
+    n = len(sched.timesteps)
+    for i, t in enumerate(sched.timesteps):
         x = sched.scale_model_input(torch.cat([latents, latents]), t)
         emb = torch.cat([uncond, cond])
-        down, mid = model.controlnet(x, t, emb, torch.cat([hint, hint]), conditioning_scale=control_scale,
+        keep = 1.0 - float((i + 1) / n > control_end)
+        down, mid = model.controlnet(x, t, emb, torch.cat([hint, hint]), conditioning_scale=control_scale * keep,
                                      return_dict=False)
         eps = model.unet(x, t, emb, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
         e_u, e_c = eps.chunk(2)
@@ -45,13 +48,14 @@ def _plain_loop(model, hint, prompts, seeds, steps, guidance, scheduler, control
     return (model.codec.decode(latents) / 2 + 0.5).clamp(0, 1)
 
 
-@pytest.mark.parametrize("scheduler, control_scale", [("ddim", 1.0), ("dpm++", 1.0), ("unipc", 1.0), ("dpm++", 2.5)])
-def test_same_images_as_plain_pipeline_loop(tiny_model, scheduler, control_scale):
+@pytest.mark.parametrize("scheduler, control_scale, control_end", [
+    ("ddim", 1.0, 1.0), ("dpm++", 1.0, 1.0), ("unipc", 1.0, 1.0), ("dpm++", 2.5, 1.0), ("dpm++", 2.0, 0.5)])
+def test_same_images_as_plain_pipeline_loop(tiny_model, scheduler, control_scale, control_end):
     hint = _hint(tiny_model)
     prompts = ["a test image"] * 2
     ours = sample(tiny_model, hint, prompts, [torch.Generator().manual_seed(s) for s in (3, 4)], steps=4,
-                  guidance_scale=5.0, scheduler=scheduler, control_scale=control_scale)
-    ref = _plain_loop(tiny_model, hint, prompts, (3, 4), 4, 5.0, scheduler, control_scale)
+                  guidance_scale=5.0, scheduler=scheduler, control_scale=control_scale, control_end=control_end)
+    ref = _plain_loop(tiny_model, hint, prompts, (3, 4), 4, 5.0, scheduler, control_scale, control_end)
     assert ours.shape == (2, 3, 64, 64)
     assert (ours - ref).abs().max() < 1e-4
 
@@ -88,6 +92,27 @@ def test_control_scale_sets_how_strongly_the_mask_acts(tiny_model):
     assert 0 < weak < strong
 
 
+@pytest.mark.parametrize("steps, control_end, runs", [(20, 1.0, 20), (20, 0.5, 10), (25, 0.5, 12), (20, 0.01, 1)])
+def test_control_end_runs_the_controlnet_in_the_first_steps_only(tiny_model, monkeypatch, steps, control_end, runs):
+    """As diffusers' control_guidance_end: the first floor(end * steps) steps (at least one); the mask then still
+    shapes the image, and a different window makes a different image."""
+    from siamese import sampling
+
+    calls = []
+    original = sampling.controlnet_residuals
+    monkeypatch.setattr(sampling, "controlnet_residuals", lambda *a: calls.append(a[2][0].item()) or original(*a))
+    params = SamplingParams(steps=steps, guidance_scale=3.0, scheduler="dpm++", control_end=control_end)
+    image = generate(tiny_model, _mask(), seed=4, params=params)[0]
+    sched = make_scheduler("dpm++", tiny_model.scheduler_config)
+    sched.set_timesteps(steps)
+    assert calls == sched.timesteps[:runs].tolist()  # the noisiest steps
+    assert image.params["control_end"] == control_end
+    if control_end < 1:
+        full = generate(tiny_model, _mask(), seed=4, params=SamplingParams(steps=steps, guidance_scale=3.0,
+                                                                           scheduler="dpm++"))[0]
+        assert np.abs(full.image.astype(int) - image.image.astype(int)).max() > 0
+
+
 def test_generated_pair_and_metadata(tiny_model):
     calls = []
     out = generate(tiny_model, _mask(200), num_images=2, seed=7, batch_size=1,
@@ -96,7 +121,7 @@ def test_generated_pair_and_metadata(tiny_model):
     assert g.image.shape == (64, 64, 3) and g.image.dtype == np.uint8
     assert g.mask.shape == (64, 64) and set(np.unique(g.mask)) <= {0, 255}
     assert g.params["seed"] == 7 and g.params["steps"] == 2 and g.params["scheduler"] == "ddim"
-    assert g.params["control_scale"] == 1.0
+    assert g.params["control_scale"] == 1.0 and g.params["control_end"] == 1.0
     assert g.params["prompt"] == "a test image" and g.params["model"]["fingerprint"]
     assert calls[-1] == (4, 4)
 

@@ -18,6 +18,7 @@ scheduler `from_config(pipe.scheduler.config)` as with any pipeline.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -94,8 +95,9 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
     """Masks -> images with a Siamese-Diffusion model: UNet, DHI ControlNet, CLIP text encoder and tokenizer,
     a scheduler, and a latent codec: `codec` (the tiny preset's patch codec) or `vae` (Stable Diffusion's).
 
-    Config: `resolution` (pixels, square), `prompt` (the model's default prompt) and `control_scale` (its
-    recommended ControlNet conditioning scale), copied from the folder's siamese_config.json when it is saved.
+    Config: `resolution` (pixels, square), `prompt` (the model's default prompt), `control_scale` (its
+    recommended ControlNet conditioning scale) and `control_end` (its recommended fraction of the steps the
+    ControlNet acts in), copied from the folder's siamese_config.json when it is saved.
     """
 
     model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
@@ -113,11 +115,13 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
         resolution: int = 512,
         prompt: str = "",
         control_scale: float = 1.0,
+        control_end: float = 1.0,
     ) -> None:
         super().__init__()
         self.register_modules(unet=unet, controlnet=controlnet, text_encoder=text_encoder, tokenizer=tokenizer,
                               scheduler=scheduler, codec=codec, vae=vae)
-        self.register_to_config(resolution=resolution, prompt=prompt, control_scale=control_scale)
+        self.register_to_config(resolution=resolution, prompt=prompt, control_scale=control_scale,
+                                control_end=control_end)
 
     @property
     def latent_downscale(self) -> int:
@@ -148,6 +152,7 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
         guidance_scale: float = 9.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         controlnet_conditioning_scale: float | None = None,
+        control_guidance_end: float | None = None,
         eta: float = 0.0,
         num_images_per_prompt: int = 1,
         output_type: str = "pil",
@@ -157,7 +162,8 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
         """Images from masks. `image`: one mask or a list (PIL images, arrays or tensors; any size, resized to
         the model resolution); `prompt`: one, or one per mask (None: the model's prompt); `generator`: one, or
         one per image (image i of `siamese.generate(seed=s)` is `generator=torch.Generator().manual_seed(s + i)`);
-        `controlnet_conditioning_scale` None: the model's recommended value. `output_type`: "pil", "np" (B, H, W, 3)
+        `controlnet_conditioning_scale` and `control_guidance_end` (the fraction of the steps, from the first, in
+        which the ControlNet runs) None: the model's recommended values. `output_type`: "pil", "np" (B, H, W, 3)
         float in [0, 1] or "pt" (B, 3, H, W). `callback(step, steps)` after every denoising step."""
         # 1. inputs
         if self.controlnet is None:
@@ -180,6 +186,9 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"generator: expected one generator, or a list of {len(masks) * n} (one per image), "
                              f"got a list of {len(generator)}")
         scale = self.config.control_scale if controlnet_conditioning_scale is None else controlnet_conditioning_scale
+        end = self.config.control_end if control_guidance_end is None else float(control_guidance_end)
+        if not 0.0 < end <= 1.0:
+            raise ValueError(f"control_guidance_end must be a fraction of the steps, above 0 and at most 1, got {end}")
         device, dtype = self._execution_device, self.unet.dtype
         resolution = int(self.config.resolution)
         hint = torch.cat([prepare_mask(m, resolution) for m in masks]).repeat_interleave(n, 0)  # B, R, R
@@ -204,11 +213,14 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
 
         # 4. denoising loop
         timesteps = self.scheduler.timesteps
+        controlled = max(1, math.floor(end * len(timesteps) + 1e-6))  # as diffusers' control_guidance_end, at least 1
         for i, t in enumerate(self.progress_bar(timesteps)):
             x = torch.cat([latents, latents]) if guided else latents
             x = self.scheduler.scale_model_input(x, t)
-            down, mid = self.controlnet(x, t, encoder_hidden_states=prompt_embeds, controlnet_cond=hint,
-                                        conditioning_scale=scale, return_dict=False)
+            down, mid = None, None
+            if i < controlled:
+                down, mid = self.controlnet(x, t, encoder_hidden_states=prompt_embeds, controlnet_cond=hint,
+                                            conditioning_scale=scale, return_dict=False)
             eps = self.unet(x, t, encoder_hidden_states=prompt_embeds, down_block_additional_residuals=down,
                             mid_block_additional_residual=mid, return_dict=False)[0]
             if guided:
