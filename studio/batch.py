@@ -161,7 +161,7 @@ class BatchHandlers:
                     prompt: str | None = None, steps: int = DEFAULTS["steps"],
                     guidance_scale: float = DEFAULTS["guidance_scale"], seed: int | None = None,
                     scheduler: str = DEFAULTS["scheduler"], control_scale: float | None = None,
-                    model: str | None = None, batch_key: str | None = None, randomize: bool = False):
+                    control_end: float | None = None, model: str | None = None, batch_key: str | None = None, randomize: bool = False):
         """Start a batch in the background: `num_images` pairs per mask (uploaded mask images or zips of them,
         else the masks of `data_folder` in the server's data folder), optionally augmented (flips, scaling,
         shift-scale-rotate), each scored by the model's fidelity scorer and accepted when it scores at least
@@ -182,7 +182,8 @@ class BatchHandlers:
                                     steps=inputs.number(steps, "steps", whole=True),
                                     guidance_scale=inputs.number(guidance_scale, "guidance scale"),
                                     scheduler=inputs.text(scheduler, "scheduler") or "",
-                                    control_scale=inputs.number(control_scale, "control scale", optional=True))
+                                    control_scale=inputs.number(control_scale, "control scale", optional=True),
+                                    control_end=inputs.number(control_end, "control end", optional=True))
             params.validate()
             seed = inputs.number(seed, "seed", whole=True, optional=True)
             seed = random_seed() if randomize or seed is None or seed < 0 else seed
@@ -296,12 +297,14 @@ class BatchHandlers:
         n = job.snapshot()["accepted"] if job else 0
         return gr.DownloadButton(label=f"Download {n} accepted pair{'s' if n != 1 else ''} (.zip)", interactive=True)
 
-    def batch_control_scale(self, model: str | None):
-        """The batch's mask strength slider follows the selected model's recommendation (as Generate's does)."""
+    def batch_control(self, model: str | None):
+        """The batch's mask strength and mask steps sliders follow the selected model's recommendations (as
+        Generate's do)."""
         try:
-            return gr.Slider(value=self.models.get(model).config.control_scale)
+            config = self.models.get(model).config
         except ModelLoadError:
-            return gr.skip()  # Generate's model box says why
+            return gr.skip(), gr.skip()  # Generate's model box says why
+        return gr.Slider(value=config.control_scale), gr.Slider(value=config.control_end)
 
 
 def batch_tab(demo: gr.Blocks, studio, model: gr.Dropdown, key: gr.BrowserState) -> None:
@@ -329,8 +332,11 @@ def batch_tab(demo: gr.Blocks, studio, model: gr.Dropdown, key: gr.BrowserState)
                         steps = gr.Slider(1, 100, value=DEFAULTS["steps"], step=1, label="Steps", elem_id="batch-steps")
                         guidance = gr.Slider(0.0, 15.0, value=DEFAULTS["guidance_scale"], step=0.5,
                                              label="Guidance scale")
+                    with gr.Row():
                         control = gr.Slider(0.0, MAX_CONTROL_SCALE, value=studio.default_control_scale(), step=0.25,
                                             label="Mask strength (control scale)", info="preset per model")
+                        control_end = gr.Slider(0.05, 1.0, value=studio.default_control_end(), step=0.05,
+                                                label="Mask steps (share of the steps)", info="preset per model")
                     with gr.Row():
                         scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULTS["scheduler"], label="Scheduler")
                         seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
@@ -367,9 +373,9 @@ def batch_tab(demo: gr.Blocks, studio, model: gr.Dropdown, key: gr.BrowserState)
                     show_progress="hidden", concurrency_limit=None)
         demo.load(**poll)
         tab.select(**poll)  # the tab's content mounts when it opens: show it and start its timer then
-        model.change(studio.batch_control_scale, model, control, api_visibility="private")
+        model.change(studio.batch_control, model, [control, control_end], api_visibility="private")
         start.click(studio.batch_start, [files, folder, augment, count, threshold, prompt, steps, guidance, seed,
-                                         scheduler, control, model, key, randomize],
+                                         scheduler, control, control_end, model, key, randomize],
                     [status, key], api_name="batch_start").success(**poll)
         stop.click(studio.batch_stop, key, status, api_name="batch_stop").then(**poll)
         for gallery in (accepted, rejected):

@@ -315,6 +315,7 @@ BAD = {
     "9 images per mask": (dict(num_images=9), "images per mask must be between 1 and 4"),
     "steps text": (dict(steps="many"), "steps must be a number, got 'many'"),
     "scheduler unknown": (dict(scheduler="euler"), "scheduler must be one of"),
+    "control end 2": (dict(control_end=2), "control end must be a fraction of the steps"),
     "dataset outside the root": (dict(data_folder="/etc"), "must be inside the server's data folder"),
     "dataset ..": (dict(data_folder="../.."), "must be inside the server's data folder"),
     "dataset missing": (dict(data_folder="nowhere"), "nowhere: no such folder"),
@@ -340,6 +341,12 @@ def test_bad_batch_inputs_are_clear_messages(case, tiny_model_dir, tmp_path):
     assert "\n" not in info.value.message and str(tmp_path) not in info.value.message
     assert studio.batches.active() == 0 and not list(studio.pngs.path.rglob("*.png"))
     assert studio.batches.get(None) is None and not studio.batches._jobs  # no job (nor key) for a refused batch
+
+
+def test_the_batch_sliders_follow_the_model(studio, tiny_model_dir, tmp_path):
+    scale, steps = studio.batch_control(str(tiny_model_dir))
+    assert (scale.value, steps.value) == (1.0, 1.0)  # the tiny model's recommendations
+    assert studio.batch_control(str(tmp_path / "nowhere")) == (gr.skip(), gr.skip())  # left alone
 
 
 def test_batch_limits_and_switch_come_from_the_environment(studio):
