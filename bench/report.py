@@ -108,7 +108,8 @@ def table(res: dict) -> str:
         rows = [(f"batch {b}", f"{v:.3f} images/s") for b, v in res["images_per_second"].items()]
         rows.append((f"seconds per image (batch {a['batch']}, as the app)", _s(res["seconds_per_image_app_defaults"])))
         lines += _rows(f"Images per second, app defaults ({a['scheduler']}, {a['steps']} steps, guidance "
-                       f"{a['guidance_scale']}, control scale {a.get('control_scale', 1.0)} in {a.get('control_end', 1.0):.0%} of the steps, "
+                       f"{a['guidance_scale']}, control scale {a.get('control_scale', 1.0)} "
+                       f"in {a.get('control_end', 1.0):.0%} of the steps, "
                        f"{a['resolution']}x{a['resolution']}; {a['model']})", rows)
     if "scaling" in res:
         rows = [(f"{r['resolution']}x{r['resolution']} batch {r['batch']}",

@@ -163,7 +163,8 @@ README_TEXT = """Synthetic image-mask pairs made with Siamese-Diffusion Studio.
 
 images/NAME.png   generated image (RGB); its generation parameters are in the PNG text "parameters"
 masks/NAME.png    the mask it was generated from (binary 0/255, same size)
-metadata.jsonl    one JSON object per pair: file names, prompt, seed, steps, guidance, scheduler, control scale and end, model
+metadata.jsonl    one JSON object per pair: file names, prompt, seed, steps, guidance, scheduler, control scale
+                  and end, model
 {nnunet}
 Each image can be reproduced from its seed with the same model and settings.
 """

@@ -30,8 +30,8 @@ from .networks import controlnet_residuals, unet_decode, unet_encode
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCHEDULERS", "make_scheduler", "sample", "controlled_steps", "generate", "Generated", "SamplingParams", "random_seed",
-           "validate_request", "prepare_mask"]
+__all__ = ["SCHEDULERS", "make_scheduler", "sample", "controlled_steps", "generate", "Generated", "SamplingParams",
+           "random_seed", "validate_request", "prepare_mask"]
 
 SCHEDULERS = ("ddim", "dpm++", "unipc")
 MAX_SEED = 2**32 - 1
@@ -73,7 +73,8 @@ class SamplingParams:
         if self.control_scale is not None and not 0.0 <= float(self.control_scale) <= MAX_CONTROL_SCALE:
             raise ValueError(f"control scale must be between 0 and {MAX_CONTROL_SCALE:g}, got {self.control_scale}")
         if self.control_end is not None and not 0.0 < float(self.control_end) <= 1.0:
-            raise ValueError(f"control end must be a fraction of the steps, above 0 and at most 1, got {self.control_end}")
+            raise ValueError(f"control end must be a fraction of the steps, above 0 and at most 1, "
+                             f"got {self.control_end}")
 
     def control_scale_for(self, model: SiameseModel) -> float:
         """The control scale used with `model`: this one, or the model's recommended value when None."""

@@ -161,7 +161,8 @@ class BatchHandlers:
                     prompt: str | None = None, steps: int = DEFAULTS["steps"],
                     guidance_scale: float = DEFAULTS["guidance_scale"], seed: int | None = None,
                     scheduler: str = DEFAULTS["scheduler"], control_scale: float | None = None,
-                    control_end: float | None = None, model: str | None = None, batch_key: str | None = None, randomize: bool = False):
+                    control_end: float | None = None, model: str | None = None, batch_key: str | None = None,
+                    randomize: bool = False):
         """Start a batch in the background: `num_images` pairs per mask (uploaded mask images or zips of them,
         else the masks of `data_folder` in the server's data folder), optionally augmented (flips, scaling,
         shift-scale-rotate), each scored by the model's fidelity scorer and accepted when it scores at least

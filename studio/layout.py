@@ -239,7 +239,7 @@ API_HELP = """### Scripting with gradio_client
 from gradio_client import Client, handle_file
 client = Client("http://127.0.0.1:7860/")
 gallery, status = client.predict(mask=handle_file("mask.png"), prompt="", num_images=4, steps=20,
-                                 guidance_scale=6.0, seed=0, scheduler="dpm++", api_name="/generate")
+                                 guidance_scale=9.0, seed=0, scheduler="dpm++", api_name="/generate")
 # control_scale=3.0 sets the mask strength, control_end=0.5 the share of the steps it acts in (from the first;
 # default: the default model's recommended values)
 client.predict(api_name="/keep_all")                            # keep every result of this session
