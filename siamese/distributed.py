@@ -4,8 +4,8 @@ Each process takes a contiguous share of the masks (`process_share`) and writes 
 (`OUTPUT/.parts/rank-R/`, with its own metadata.jsonl); after a barrier, process 0 moves the files into OUTPUT and
 merges the metadata lines in mask order. Seeds are a function of a mask's index in the whole list, and the random
 base seed (no `--seed`) is chosen by process 0 and broadcast, so N processes write the same files (the same images
-up to float rounding: an occasional pixel 1 level off) and the same metadata lines, in the same order, as one process: no line lost or doubled, whatever the order in
-which the processes finish.
+up to float rounding: an occasional pixel 1 level off) and the same metadata lines, in the same order, as one
+process: no line lost or doubled, whatever the order in which the processes finish.
 
 One process (no RANK/WORLD_SIZE in the environment, or WORLD_SIZE=1) writes straight into OUTPUT, as before;
 nothing distributed is started.

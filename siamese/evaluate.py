@@ -431,10 +431,10 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
     # 12. report
     notes, gen_data = _notes(config, model_path, len(train_pairs), len(held_pairs), len(test_pairs), generated)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    params = config.sampling_params()
     settings.update(model=str(model_path), seg_channels=list(config.seg_channels),
                     model_resolution=model.config.resolution,
-                    control_scale=config.sampling_params().control_scale_for(model),
-                    control_end=config.sampling_params().control_end_for(model))
+                    control_scale=params.control_scale_for(model), control_end=params.control_end_for(model))
     report = {
         "model": model.identity(),
         "data": str(config.data),

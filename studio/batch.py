@@ -312,6 +312,7 @@ def batch_tab(demo: gr.Blocks, studio, model: gr.Dropdown, key: gr.BrowserState)
     """The Batch tab and its wiring; called inside the page's gr.Tabs (`model`: the page's model selector, `key`:
     the session's batch key, a gr.BrowserState outside the tabs so that it is read when the page loads)."""
     settings = studio.settings
+    recommended = studio.default_config()  # the sliders' presets (they follow the selected model)
     with gr.Tab("Batch", id="batch") as tab:
         if settings.batch_disabled:
             gr.Markdown(f"⚠️ {settings.batch_disabled}")
@@ -334,9 +335,9 @@ def batch_tab(demo: gr.Blocks, studio, model: gr.Dropdown, key: gr.BrowserState)
                         guidance = gr.Slider(0.0, 15.0, value=DEFAULTS["guidance_scale"], step=0.5,
                                              label="Guidance scale")
                     with gr.Row():
-                        control = gr.Slider(0.0, MAX_CONTROL_SCALE, value=studio.default_control_scale(), step=0.25,
+                        control = gr.Slider(0.0, MAX_CONTROL_SCALE, value=recommended.control_scale, step=0.25,
                                             label="Mask strength (control scale)", info="preset per model")
-                        control_end = gr.Slider(0.05, 1.0, value=studio.default_control_end(), step=0.05,
+                        control_end = gr.Slider(0.05, 1.0, value=recommended.control_end, step=0.05,
                                                 label="Mask steps (share of the steps)", info="preset per model")
                     with gr.Row():
                         scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULTS["scheduler"], label="Scheduler")

@@ -44,6 +44,7 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
     visitors may reach (else read from the environment, see studio.settings)."""
     studio = Studio(model_path, Path(checkpoints_dir or CHECKPOINTS_DIR), Path(runs_dir or RUNS_DIR),
                     settings=settings)
+    recommended = studio.default_config()  # the mask sliders' presets (they follow the selected model)
     with gr.Blocks(title="Siamese-Diffusion Studio", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         demo.studio = studio  # for tests and scripts
         results = gr.State([])
@@ -99,10 +100,10 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
                         guidance = gr.Slider(0.0, 15.0, value=DEFAULTS["guidance_scale"], step=0.5,
                                              label="Guidance scale")
                         with gr.Row():
-                            control = gr.Slider(0.0, MAX_CONTROL_SCALE, value=studio.default_control_scale(),
+                            control = gr.Slider(0.0, MAX_CONTROL_SCALE, value=recommended.control_scale,
                                                 step=0.25, label="Mask strength (control scale)",
                                                 info="1: as trained; preset per model")
-                            control_end = gr.Slider(0.05, 1.0, value=studio.default_control_end(), step=0.05,
+                            control_end = gr.Slider(0.05, 1.0, value=recommended.control_end, step=0.05,
                                                     label="Mask steps (share of the steps)",
                                                     info="the mask acts in the first steps, which set the "
                                                          "layout; preset per model")

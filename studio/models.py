@@ -215,7 +215,7 @@ class ModelHandlers:
         """The model selector with a fresh list of folders (the selection kept)."""
         return gr.Dropdown(choices=self.model_choices(), value=model or self.catalog.default_id)
 
-    def _default_config(self) -> SiameseConfig:
+    def default_config(self) -> SiameseConfig:
         """The default model's config, read without loading the model (the package defaults for a hub id or a
         folder that cannot load: the sliders follow the model once it loads, or its own error shows)."""
         folder = Path(self.catalog.default)
@@ -223,14 +223,6 @@ class ModelHandlers:
             return SiameseConfig.load(folder) if folder.is_dir() else SiameseConfig()
         except (ModelLoadError, ValueError, TypeError, OSError):
             return SiameseConfig()
-
-    def default_control_scale(self) -> float:
-        """The default model's recommended mask strength."""
-        return self._default_config().control_scale
-
-    def default_control_end(self) -> float:
-        """The default model's recommended share of the steps the mask acts in."""
-        return self._default_config().control_end
 
     def model_info(self, model: str | None):
         """Load the selected model: its description and its recommended mask strength and mask steps for the
