@@ -100,15 +100,15 @@ def test_base_model_folder_loads_and_says_it_cannot_sample(tiny_model, tmp_path)
 
 
 def test_bundled_model_is_a_diffusers_pipeline():
-    """The bundled model (fp16 weights, learned decoder, control scale 2) through diffusers: generate's pixels."""
+    """The bundled model (fp16 weights, learned decoder, control scale 1.5) through diffusers: generate's pixels."""
     for rel, source in carried_files(True, "patch").items():  # the code it carries is this package's
         assert (BUNDLED / rel).read_bytes() == source.read_bytes(), (
             f"{BUNDLED / rel} differs from {source}: refresh it with siamese.pipeline.write_diffusers_files("
             "folder, SiameseConfig.load(folder), True) (it writes no weights)")
     pipe = _load(BUNDLED)
     model = load_model(BUNDLED)
-    assert pipe.config.control_scale == model.config.control_scale == 2.0
-    assert pipe.config.control_end == model.config.control_end == 0.5
+    assert pipe.config.control_scale == model.config.control_scale == 1.5
+    assert pipe.config.control_end == model.config.control_end == 1.0
     items = generate(model, _mask(300), 1, seed=7, params=SamplingParams(steps=4, guidance_scale=3.0))
     out = pipe(image=_mask(300), num_inference_steps=4, guidance_scale=3.0, generator=torch.Generator().manual_seed(7))
     assert _max_diff(items, out.images) == 0

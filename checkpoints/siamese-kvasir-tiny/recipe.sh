@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Retrains the bundled default model (version 5) from scratch on Kvasir-SEG, holding out the 20% split that
-# `python -m siamese evaluate` tests on. CPU: about 2.5 hours on 2 idle cores (stage 1 ~2 it/s, stages 2
-# and 3 ~0.5 it/s, the decoder ~2-3 it/s on one thread); on a busy machine set OMP_NUM_THREADS=1: oversubscribed torch threads
+# Retrains the bundled default model (version 6) from scratch on Kvasir-SEG, holding out the 20% split that
+# `python -m siamese evaluate` tests on. CPU: about 3.5 hours on 2 idle cores (stage 1 ~2 it/s, stages 2
+# to 4 ~0.4-0.5 it/s, the decoder ~2-3 it/s on one thread); on a busy machine set OMP_NUM_THREADS=1: oversubscribed torch threads
 # run several times slower. Every stage resumes from its last checkpoint or skips when done: run this
 # script again after an interruption.
 #   usage: bash checkpoints/siamese-kvasir-tiny/recipe.sh [DATA] [RUNS]
@@ -24,6 +24,12 @@ $PY -m siamese train "${COMMON[@]}" --output "$RUNS/kvasir-siamese" --model "$RU
 $PY -m siamese train "${COMMON[@]}" --output "$RUNS/kvasir-siamese-tb" --model "$RUNS/kvasir-siamese" --objective siamese \
   --max-steps 1000 --stop-at 701 --lr 2e-4 --warmup-steps 50 --ema-decay 0.99 --checkpoint-every 100 --log-every 20 \
   --timestep-bias later --timestep-bias-multiplier 3 --timestep-bias-portion 0.5
+# Stage 4 (version 6): 1200 more biased Siamese steps with the UNet decoder locked (`--lock-decoder`: the ControlNet
+# alone trains, as in the paper; unlocked, the image branch pulled the shared decoder away from real texture), on a
+# 2000-step schedule stopped at step 1201 as the shipped run was.
+$PY -m siamese train "${COMMON[@]}" --output "$RUNS/kvasir-siamese-locked" --model "$RUNS/kvasir-siamese-tb" \
+  --objective siamese --lock-decoder --max-steps 2000 --stop-at 1201 --lr 2e-4 --warmup-steps 50 --ema-decay 0.99 \
+  --checkpoint-every 100 --log-every 20 --timestep-bias later --timestep-bias-multiplier 3 --timestep-bias-portion 0.5
 # The learned decoder (version 2): DecoderTiny over the same PCA latents, on 96x96 crops with latent noise.
 # It depends on the codec alone (fitted in stage 1), so it is trained once, into the stage-2 folder.
 if [ ! -f "$RUNS/kvasir-siamese/codec/decoder/config.json" ]; then
@@ -34,21 +40,21 @@ fi
 if ! grep -qs '"steps": 2000' "$RUNS/kvasir-siamese/segmenter/config.json"; then
   $PY -m siamese train-scorer --model "$RUNS/kvasir-siamese" --data "$DATA" --steps 2000 --seed $SEED
 fi
-# Ship: fp16 weights, no optimiser state or checkpoints; the stage-3 generator with the decoder and the scorer; the
-# recommended mask strength (control scale 2) and mask steps (the first half: control end 0.5, version 5) chosen by
-# the sweep in the model card; sampling steps spaced "trailing" (version 4; the app's default guidance 9 goes with it).
-$PY - "$RUNS/kvasir-siamese-tb" "$(dirname "$0")" "$RUNS/kvasir-base" "$RUNS/kvasir-siamese" <<'PY'
+# Ship: fp16 weights, no optimiser state or checkpoints; the stage-4 generator with the decoder and the scorer; the
+# recommended mask strength (version 6: control scale 1.5 in every step, control end 1.0) chosen by the sweeps in
+# the model card; sampling steps spaced "trailing" (version 4; the app's default guidance 9 goes with it).
+$PY - "$RUNS/kvasir-siamese-locked" "$(dirname "$0")" "$RUNS/kvasir-base" "$RUNS/kvasir-siamese" "$RUNS/kvasir-siamese-tb" <<'PY'
 import shutil, sys, torch
 from siamese import load_model
-run, ship, base, stage2 = sys.argv[1:]
+run, ship, base, stage2, stage3 = sys.argv[1:]
 model = load_model(run)
 model.codec.set_decoder(load_model(stage2).codec.decoder)
-model.config.control_scale, model.config.control_end = 2.0, 0.5
+model.config.control_scale, model.config.control_end = 1.5, 1.0
 model.scheduler_config["timestep_spacing"] = "trailing"  # version 4: sampling starts at t = 999 (new runs have it)
 model.save_pretrained(ship, dtype=torch.float16)
 shutil.copy(f"{stage2}/codec/decoder/train_config.json", f"{ship}/codec/decoder/")
 shutil.copytree(f"{stage2}/segmenter", f"{ship}/segmenter", dirs_exist_ok=True)
-for folder, suffix in ((base, "-stage1"), (stage2, ""), (run, "-stage3")):
+for folder, suffix in ((base, "-stage1"), (stage2, ""), (stage3, "-stage3"), (run, "-stage4")):
     for name in ("train_config.json", "metrics.csv"):
         shutil.copy(f"{folder}/{name}", f"{ship}/{name.replace('.', suffix + '.')}")
 PY
