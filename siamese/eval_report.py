@@ -13,6 +13,7 @@ import numpy as np
 from .curation import format_curation
 from .data import Pair, read_image
 from .export import atomic_write
+from .sampling import describe_mask
 
 if TYPE_CHECKING:
     from .evaluate import _GeneratedSets
@@ -80,7 +81,7 @@ def format_report(report: dict) -> str:
         f"data {report['data']}: {p['total']} pairs, {p['train']} train, {p['held_out']} held out, "
         f"{p['test']} evaluated (split seed {s['seed']})",
         f"sampling: {s['scheduler']}, {s['steps']} steps, guidance {s['guidance_scale']}, "
-        f"control scale {s.get('control_scale', 1.0)} in {s.get('control_end', 1.0):.0%} of the steps, "
+        f"control scale {describe_mask(s.get('control_scale', 1.0), s.get('control_end', 1.0))}, "
         f"{s['model_resolution']}x{s['model_resolution']}",
         f"segmentation network: {report['segmentation_network']}",
         "",

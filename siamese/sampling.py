@@ -91,6 +91,12 @@ def controlled_steps(steps: int, control_end: float) -> int:
     return max(1, math.floor(control_end * steps + 1e-6))
 
 
+def describe_mask(control_scale: float, control_end: float) -> str:
+    """How the mask acts, in words: "1.5 in every step" or "2 in the first 50% of the steps"."""
+    where = "in every step" if control_end >= 1 else f"in the first {control_end:.0%} of the steps"
+    return f"{control_scale:g} {where}"
+
+
 @dataclass
 class Generated:
     """One generated pair: image (H, W, 3) uint8 RGB, mask (H, W) uint8 in {0, 255}, and how it was made."""

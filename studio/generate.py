@@ -15,7 +15,7 @@ import numpy as np
 
 from siamese import DataError, Generated, ModelLoadError, SamplingParams, augment_mask, generate, read_mask
 from siamese.export import png_bytes
-from siamese.sampling import random_seed, validate_request
+from siamese.sampling import describe_mask, random_seed, validate_request
 
 from . import inputs
 from .masks import editor_value, mask_from_editor, outline, procedural_mask, read_mask_upload
@@ -181,8 +181,7 @@ class GenerateHandlers:
         took = time.perf_counter() - t0
         status = (f"{len(shots)} images in {took:.1f} s · seeds {shots[0].item.seed}–{shots[-1].item.seed} · "
                   f"{params.scheduler}, {params.steps} steps, guidance {params.guidance_scale:g}, "
-                  f"mask strength {items[0].params['control_scale']:g} "
-                  f"(first {items[0].params['control_end']:.0%} of the steps). "
+                  f"mask strength {describe_mask(items[0].params['control_scale'], items[0].params['control_end'])}. "
                   "Click an image, then Keep or Discard.")
         return self.render(shots, show_outline), shots, status
 

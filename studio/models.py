@@ -27,6 +27,7 @@ import torch
 
 from siamese import ModelLoadError, SiameseConfig, load_model
 from siamese.model import HUB_ALLOW_PATTERNS, HUB_IGNORE_PATTERNS
+from siamese.sampling import describe_mask
 
 from .messages import Redactor, md_escape
 
@@ -197,8 +198,8 @@ def model_summary(model) -> str:
     ident = model.identity()
     prompt = model.config.prompt or "(empty)"
     return (f"**{ident['name'] or 'model'}** · {model.config.resolution}×{model.config.resolution} px · "
-            f"default prompt: *{prompt}* · recommended mask strength {model.config.control_scale:g} "
-            f"in the first {model.config.control_end:.0%} of the steps · "
+            f"default prompt: *{prompt}* · recommended mask strength "
+            f"{describe_mask(model.config.control_scale, model.config.control_end)} · "
             f"weights `{ident['fingerprint']}` · from `{ident['source']}`")
 
 

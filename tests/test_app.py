@@ -145,7 +145,7 @@ def test_model_choices_are_the_default_checkpoints_and_runs_by_public_id(tiny_mo
 def test_model_info_describes_the_model_or_says_why_not(studio, tiny_model_dir, tmp_path):
     text, slider, steps = studio.model_info(str(tiny_model_dir))
     assert "64×64" in text and "a test image" in text and slider.value == 1.0  # the model's recommended scale
-    assert steps.value == 1.0 and "first 100% of the steps" in text
+    assert steps.value == 1.0 and "mask strength 1 in every step" in text
     text, slider, steps = studio.model_info(str(tmp_path / "nowhere"))
     assert text.startswith("⚠️") and "nowhere" in text
 
