@@ -164,7 +164,7 @@ def test_evaluate_reports_every_figure_and_writes_the_output(pairs12, tiny_model
     text = format_report(report)
     for heading in ("Mask fidelity", "Downstream benefit", "Realism", "Diversity", "flat painting", "Mask use",
                     "Pixels", "block-edge ratio", "codec reconstruction PSNR",
-                    "control scale 1.0"):  # the model's recommended scale, as used
+                    "control scale 1 in every step"):  # the model's recommended scale and window, as used
         assert heading in text
     assert report["settings"]["control_scale"] == 1.0 and report["settings"]["control_end"] == 1.0
 

@@ -9,7 +9,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from siamese.data import DataError
-from siamese.sampling import SamplingParams, generate, make_scheduler, sample
+from siamese.sampling import SamplingParams, describe_mask, generate, make_scheduler, sample
 
 
 def _mask(size=64):
@@ -111,6 +111,11 @@ def test_control_end_runs_the_controlnet_in_the_first_steps_only(tiny_model, mon
         full = generate(tiny_model, _mask(), seed=4, params=SamplingParams(steps=steps, guidance_scale=3.0,
                                                                            scheduler="dpm++"))[0]
         assert np.abs(full.image.astype(int) - image.image.astype(int)).max() > 0
+
+
+def test_the_mask_window_in_words():
+    assert describe_mask(1.5, 1.0) == "1.5 in every step"
+    assert describe_mask(2.0, 0.5) == "2 in the first 50% of the steps"
 
 
 def test_generated_pair_and_metadata(tiny_model):
