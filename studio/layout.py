@@ -248,7 +248,7 @@ zip_path = client.predict(nnunet=True, label="polyp", api_name="/export")
 client.predict(data_folder="data/kvasir-seg", max_steps=200, api_name="/train_start")  # in the data folder
 status = client.predict(api_name="/train_status")  # dict: state, step, max_steps, it_per_s, eta_s, losses...
 client.predict(api_name="/train_stop")
-status, key = client.predict(mask_files=[handle_file("masks.zip")], num_images=2, min_fidelity=0.5,
+status, key = client.predict(mask_files=[handle_file("masks.zip")], num_images=2, min_fidelity=0.8,
                              api_name="/batch_start")                  # runs in the background
 client.predict(batch_key=key, api_name="/batch_status")  # dict: state, done, total, accepted, rejected, pairs...
 zip_path = client.predict(batch_key=key, nnunet=True, api_name="/batch_export")  # the accepted pairs
