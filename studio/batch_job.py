@@ -146,8 +146,9 @@ class BatchJob(BackgroundJob):
             if state == "failed":
                 self.message = f"The batch failed after {done} pairs (kept): {md_escape(self.error)}"
             else:
-                self.message = (f"{'Stopped' if state == 'stopped' else 'Finished'}: {done} of {self.total} pairs "
-                                "made, all kept. Click a pair to move it to the other set; export the accepted ones.")
+                made = f"{done} of {self.total} pairs made" + (" (those made are kept)" if state == "stopped" else "")
+                self.message = (f"{'Stopped' if state == 'stopped' else 'Finished'}: {made}. Click a pair to move it "
+                                "to the other set; export the accepted ones.")
             self.version += 1
 
     def move(self, pair_id: int) -> BatchPair:

@@ -146,7 +146,7 @@ def test_stop_keeps_the_pairs_made(studio, tmp_path):
     st = finished(studio, key)
     assert st["state"] == "stopped" and 0 < st["done"] < st["total"] == 12
     assert st["accepted"] + st["rejected"] == st["done"] == len(st["pairs"])
-    assert st["message"].startswith(f"⏹️ Stopped: {st['done']} of 12 pairs made, all kept")
+    assert st["message"].startswith(f"⏹️ Stopped: {st['done']} of 12 pairs made (those made are kept)")
     with zipfile.ZipFile(studio.batch_export(key)) as zf:
         assert len([n for n in zf.namelist() if n.startswith("images/")]) == st["accepted"]
 
