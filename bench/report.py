@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from siamese.sampling import describe_mask
+
 __all__ = ["table"]
 
 MIB = 2**20
@@ -94,7 +96,7 @@ def table(res: dict) -> str:
             rows.append(("max pixel diff vs pipeline", f"{s['max_pixel_diff_vs_pipeline']:.2e}"))
         lines += _rows(f"Sampling, batch {s['batch']}, {s['resolution']}x{s['resolution']}, {s['scheduler']}, "
                        f"{s['steps']} steps, guidance {s['guidance_scale']}, "
-                       f"control scale {s.get('control_scale', 1.0)} in {s.get('control_end', 1.0):.0%} of the steps "
+                       f"control scale {describe_mask(s.get('control_scale', 1.0), s.get('control_end', 1.0))} "
                        f"({res['sample_model']})", rows)
     if "sample_memory_format" in res:
         c = res["sample_memory_format"]
@@ -108,8 +110,8 @@ def table(res: dict) -> str:
         rows = [(f"batch {b}", f"{v:.3f} images/s") for b, v in res["images_per_second"].items()]
         rows.append((f"seconds per image (batch {a['batch']}, as the app)", _s(res["seconds_per_image_app_defaults"])))
         lines += _rows(f"Images per second, app defaults ({a['scheduler']}, {a['steps']} steps, guidance "
-                       f"{a['guidance_scale']}, control scale {a.get('control_scale', 1.0)} "
-                       f"in {a.get('control_end', 1.0):.0%} of the steps, "
+                       f"{a['guidance_scale']}, control scale "
+                       f"{describe_mask(a.get('control_scale', 1.0), a.get('control_end', 1.0))}, "
                        f"{a['resolution']}x{a['resolution']}; {a['model']})", rows)
     if "scaling" in res:
         rows = [(f"{r['resolution']}x{r['resolution']} batch {r['batch']}",

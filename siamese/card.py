@@ -18,6 +18,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 from .export import atomic_write
+from .sampling import describe_mask
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +111,8 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
     if settings:
         codec = settings.get("codec", {}).get("type", "vae")
         lines += ["", f"- default prompt: \"{settings.get('prompt', '')}\"",
-                  f"- recommended mask strength (ControlNet conditioning scale): {settings.get('control_scale', 1.0)}, "
-                  f"in the first {settings.get('control_end', 1.0):.0%} of the sampling steps",
+                  "- recommended mask strength (ControlNet conditioning scale): "
+                  f"{describe_mask(settings.get('control_scale', 1.0), settings.get('control_end', 1.0))}",
                   f"- latent codec: {'the tiny preset patch codec' if codec == 'patch' else 'Stable Diffusion VAE'}"]
     lines += ["", "**Generated images are synthetic and not for clinical use.** The terms of the training data and of "
               "the base model apply.", "", "## Use", "", "```bash",
