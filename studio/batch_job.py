@@ -146,9 +146,9 @@ class BatchJob(BackgroundJob):
             if state == "failed":
                 self.message = f"The batch failed after {done} pairs (kept): {md_escape(self.error)}"
             else:
-                made = f"{done} of {self.total} pairs made" + (" (those made are kept)" if state == "stopped" else "")
-                self.message = (f"{'Stopped' if state == 'stopped' else 'Finished'}: {made}. Click a pair to move it "
-                                "to the other set; export the accepted ones.")
+                verb, kept = ("Stopped", " (those made are kept)") if state == "stopped" else ("Finished", "")
+                self.message = (f"{verb}: {done} of {self.total} pairs made{kept}. Click a pair to move it to the "
+                                "other set; export the accepted ones.")
             self.version += 1
 
     def move(self, pair_id: int) -> BatchPair:
