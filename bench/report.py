@@ -109,9 +109,15 @@ def table(res: dict) -> str:
         a = res["app_defaults"]
         rows = [(f"batch {b}", f"{v:.3f} images/s") for b, v in res["images_per_second"].items()]
         rows.append((f"seconds per image (batch {a['batch']}, as the app)", _s(res["seconds_per_image_app_defaults"])))
+        if "autoguidance_cost" in res:
+            c = res["autoguidance_cost"]
+            rows.append((f"autoguidance {c['autoguidance']:g} / none (batch {c['batch']}, interleaved)",
+                         f"{_x(c['ratio'])}  ({_s(c['seconds_per_image_with'])} / {_s(c['seconds_per_image_without'])}"
+                         " per image)"))
         lines += _rows(f"Images per second, app defaults ({a['scheduler']}, {a['steps']} steps, guidance "
                        f"{a['guidance_scale']}, control scale "
                        f"{describe_mask(a.get('control_scale', 1.0), a.get('control_end', 1.0))}, "
+                       f"autoguidance {a.get('autoguidance', 1.0):g}, "
                        f"{a['resolution']}x{a['resolution']}; {a['model']})", rows)
     if "scaling" in res:
         rows = [(f"{r['resolution']}x{r['resolution']} batch {r['batch']}",

@@ -29,7 +29,7 @@ from diffusers.utils import logging as diffusers_logging
 
 from . import report
 from .estimate import sd15_training_memory
-from .sampling import SETTINGS, compare_memory_formats, compare_samplers, images_per_second
+from .sampling import SETTINGS, autoguidance_cost, compare_memory_formats, compare_samplers, images_per_second
 from .sd15 import run_sd15
 from .timing import load_average, median
 from .training import (
@@ -178,6 +178,10 @@ def _sample_section(results: dict, mode: dict, device: torch.device, dtype: torc
                 "control_end": model.config.control_end}
     if mode["sample_steps"]:
         settings["steps"] = mode["sample_steps"]
+    # the app's settings add the model's autoguidance; the comparison with the diffusers loop (which has none)
+    # runs without it, and the ips section measures what it costs
+    autoguidance = model.config.autoguidance
+    app_settings = {**settings, "autoguidance": autoguidance} if autoguidance != 1 else settings
     results["sample_model"] = which
     ips: dict[int, dict] = {}
     if "sample" in sections:
@@ -193,19 +197,27 @@ def _sample_section(results: dict, mode: dict, device: torch.device, dtype: torc
         ips[b] = {"batch": b, "seconds": seconds, "images_per_second": round(b / seconds, 4),
                   "seconds_per_image": round(seconds / b, 4), "wall_s": r["timings"]["ours"]["wall_s"]}
     if "ips" in sections:
+        if autoguidance != 1:  # batch 4 (the app's) with the model's autoguidance, against none
+            ips.pop(4, None)
+            log(f"ips: batch 4, autoguidance {autoguidance:g} (the model's) and none, interleaved")
+            cost = autoguidance_cost(model, 4, max(2, mode["ips_repeats"]), settings, autoguidance)
+            results["autoguidance_cost"] = cost
+            seconds = cost["seconds_with"]
+            ips[4] = {"batch": 4, "seconds": seconds, "images_per_second": round(4 / seconds, 4),
+                      "seconds_per_image": cost["seconds_per_image_with"], "wall_s": cost["wall_s"]}
         for b in mode["ips_batches"]:
             if b in ips:
                 log(f"ips: batch {b} (from the sample comparison)")
                 continue
             log(f"ips: batch {b}")
             warm = b <= 4 or mode["ips_repeats"] > 1  # quick mode: no separate warm-up call at batch 16
-            ips[b] = images_per_second(model, b, mode["ips_repeats"], settings, warm=warm)
+            ips[b] = images_per_second(model, b, mode["ips_repeats"], app_settings, warm=warm)
         ips = {b: ips[b] for b in sorted(ips)}
         results["images_per_second_detail"] = {str(b): v for b, v in ips.items()}
         results["images_per_second"] = {str(b): v["images_per_second"] for b, v in ips.items()}
         app_batch = 4 if 4 in ips else max(ips)  # the app generates in batches of 4
         results["seconds_per_image_app_defaults"] = ips[app_batch]["seconds_per_image"]
-        results["app_defaults"] = {**settings, "batch": app_batch, "resolution": model.config.resolution,
+        results["app_defaults"] = {**app_settings, "batch": app_batch, "resolution": model.config.resolution,
                                    "model": which, "threads": torch.get_num_threads()}
     if "sample" in sections and mode["formats_experiment"] and device.type == "cpu":
         log("sample: contiguous vs channels_last networks, ours and the diffusers loop, batch 4")

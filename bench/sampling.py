@@ -159,6 +159,21 @@ def images_per_second(model: SiameseModel, batch: int, repeats: int, settings: d
             "seconds_per_image": round(seconds / batch, 4), "wall_s": timings.wall["ours"]}
 
 
+def autoguidance_cost(model: SiameseModel, batch: int, repeats: int, settings: dict, weight: float,
+                      seed: int = 0) -> dict:
+    """Our sampler with the model's autoguidance `weight` and without (1), interleaved: what the guide costs."""
+    hint = mask_hints(batch, model.config.resolution, seed).to(model.device, model.dtype)
+    runs = {name: (lambda w=w: sample(model, hint, [PROMPT] * batch, _generators(batch, seed),
+                                      **{**settings, "autoguidance": w}))
+            for name, w in (("without", 1.0), ("with", weight))}
+    for run in runs.values():
+        run()
+    t = interleaved(runs, repeats, model.device)
+    return {"batch": batch, "autoguidance": weight, "ratio": round(t.ratio("with", "without"), 3),
+            **{f"seconds_per_image_{k}": round(t.median(k) / batch, 4) for k in runs},
+            "seconds_with": round(t.median("with"), 4), "wall_s": t.wall["with"]}
+
+
 def compare_memory_formats(contiguous: SiameseModel, channels_last: SiameseModel, batch: int, repeats: int,
                            settings: dict = SETTINGS, seed: int = 0) -> dict:
     """Our sampler and the baseline loop with the networks in contiguous and in channels_last format

@@ -33,8 +33,8 @@ __all__ = ["ScoredPair", "run_batch", "pair_seed", "validate_min_fidelity", "fin
 
 REJECTED_FOLDER = "rejected"
 # the settings a finished pair must have been made with to count as done (`finished_pairs`)
-_SAME = ("seed", "steps", "guidance_scale", "scheduler", "eta", "control_scale", "control_end", "prompt",
-         "resolution")
+_SAME = ("seed", "steps", "guidance_scale", "scheduler", "eta", "control_scale", "control_end", "autoguidance",
+         "prompt", "resolution")
 
 
 @dataclass
@@ -170,7 +170,7 @@ def finished_pairs(
     placed = {"accepted": _records(output), "rejected": _records(output / REJECTED_FOLDER)}
     expected = {"steps": params.steps, "guidance_scale": params.guidance_scale, "scheduler": params.scheduler,
                 "eta": params.eta, "control_scale": params.control_scale_for(model),
-                "control_end": params.control_end_for(model),
+                "control_end": params.control_end_for(model), "autoguidance": params.autoguidance_for(model),
                 "prompt": model.config.prompt if params.prompt is None else params.prompt,
                 "resolution": model.config.resolution}
     fingerprint = model.identity()["fingerprint"]
@@ -181,7 +181,8 @@ def finished_pairs(
             want = {**expected, "seed": pair_seed(seed, offset + m, num_images, i)}
             for side, records in placed.items():
                 record = records.get(name)
-                if record is None or any(record.get(k) != want[k] for k in _SAME):
+                if record is None or any(record.get(k, 1.0 if k == "autoguidance" else None) != want[k]
+                                         for k in _SAME):  # pairs made before autoguidance: made without
                     continue
                 if (record.get("model") or {}).get("fingerprint") != fingerprint:
                     continue

@@ -113,6 +113,9 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
         lines += ["", f"- default prompt: \"{settings.get('prompt', '')}\"",
                   "- recommended mask strength (ControlNet conditioning scale): "
                   f"{describe_mask(settings.get('control_scale', 1.0), settings.get('control_end', 1.0))}",
+                  f"- recommended autoguidance: {settings.get('autoguidance', 1.0):g}"
+                  + (" (with the guide in guide/, a weaker version of the model)" if settings.get('autoguidance', 1.0)
+                     != 1 else " (off)"),
                   f"- latent codec: {'the tiny preset patch codec' if codec == 'patch' else 'Stable Diffusion VAE'}"]
     lines += ["", "**Generated images are synthetic and not for clinical use.** The terms of the training data and of "
               "the base model apply.", "", "## Use", "", "```bash",

@@ -1,4 +1,5 @@
-"""Command line: `python -m siamese train | sample | evaluate | train-decoder | convert | push`: a thin front."""
+"""Command line: `python -m siamese train | sample | evaluate | train-decoder | train-scorer | add-guide | convert |
+push`: a thin front."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ logger = logging.getLogger(__name__)
 
 CONTROL_SCALE_HELP = ("multiplies the ControlNet residuals: how strongly the mask acts (1: as trained, 0: ignored; "
                       "default: the model's recommended value)")
+AUTOGUIDANCE_HELP = ("autoguidance weight: above 1 pushes the images away from the model's guide, a weaker version of "
+                     "it (1: off; needs a guide, see add-guide; default: the model's recommended value)")
 CONTROL_END_HELP = ("fraction of the sampling steps, from the first, in which the mask acts (1: all; 0.5: the noisier "
                     "half, which decides the layout; default: the model's recommended value)")
 
@@ -62,7 +65,7 @@ def _sample(args: argparse.Namespace) -> None:
     # 1. every setting, every mask file and the output folder, before the (possibly slow) model load
     params = SamplingParams(prompt=args.prompt, steps=args.steps, guidance_scale=args.guidance,
                             scheduler=args.scheduler, eta=args.eta, control_scale=args.control_scale,
-                            control_end=args.control_end)
+                            control_end=args.control_end, autoguidance=args.autoguidance)
     params.validate()
     validate_request(args.num_images, args.seed, args.batch_size)
     validate_min_fidelity(args.min_fidelity, check_scorer=False)
@@ -187,7 +190,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     config = EvalConfig(
         data=args.data, model=args.model, test_fraction=args.test_fraction, seeds=args.seeds,
         seg_steps=args.seg_steps, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
-        control_scale=args.control_scale, control_end=args.control_end,
+        control_scale=args.control_scale, control_end=args.control_end, autoguidance=args.autoguidance,
         resolution=args.resolution, output=args.output, seed=args.seed, max_test=args.max_test,
         max_synthetic=args.max_synthetic, curation=args.curation, curation_thresholds=tuple(args.curation_thresholds),
         curation_compare=None if args.curation_compare is None else tuple(args.curation_compare),
@@ -195,6 +198,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
     report = evaluate(config, progress_bar=True)
     print(format_report(report))
+
+
+def _add_guide(args: argparse.Namespace) -> None:
+    from .guide import add_guide
+
+    out = add_guide(args.model, args.guide, args.weight, output=args.output)
+    print(f"guide from {args.guide} added to {out}; it recommends autoguidance {args.weight:g}")
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -303,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler", default="ddim", choices=SCHEDULERS)
     s.add_argument("--control-scale", type=float, default=None, help=CONTROL_SCALE_HELP)
     s.add_argument("--control-end", type=float, default=None, help=CONTROL_END_HELP)
+    s.add_argument("--autoguidance", type=float, default=None, help=AUTOGUIDANCE_HELP)
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
     s.add_argument("--prompt", default=None, help="default: the model's prompt")
     s.add_argument("--augment-masks", action="store_true", help="each image from a randomly augmented mask")
@@ -365,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scheduler", default="dpm++", choices=SCHEDULERS)
     e.add_argument("--control-scale", type=float, default=None, help=CONTROL_SCALE_HELP)
     e.add_argument("--control-end", type=float, default=None, help=CONTROL_END_HELP)
+    e.add_argument("--autoguidance", type=float, default=None, help=AUTOGUIDANCE_HELP)
     e.add_argument("--resolution", type=int, default=128, help="segmentation network input size")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--max-synthetic", type=int, default=200,
@@ -379,6 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-save-scorer", action="store_true",
                    help="do not save the evaluation's network as the model's fidelity scorer when it has none")
     e.set_defaults(func=_evaluate)
+
+    g = sub.add_parser("add-guide", help="give a model a guide for autoguidance: a weaker version of it (an earlier "
+                       "stage of its training), which sampling pushes the images away from")
+    g.add_argument("--model", required=True, help="model folder")
+    g.add_argument("--guide", required=True, help="model folder of the same model trained less (same architecture)")
+    g.add_argument("--weight", type=float, default=2.0, help="the autoguidance weight the model recommends (default 2)")
+    g.add_argument("--output", default=None, help="write the model with its guide here (default: in place)")
+    g.set_defaults(func=_add_guide)
 
     c = sub.add_parser("convert", help="convert a reference-implementation checkpoint (ControlLDM .ckpt/.pth/"
                        ".safetensors, e.g. the authors' released weights) into a model folder")

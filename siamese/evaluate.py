@@ -78,6 +78,7 @@ class EvalConfig:
     scheduler: str = "dpm++"
     control_scale: float | None = None  # None: the model's recommended value
     control_end: float | None = None  # None: the model's recommended value
+    autoguidance: float | None = None  # None: the model's recommended value
     resolution: int = 128  # segmentation network input size
     output: str | Path | None = None  # write report.json and sample grids here
     seed: int = 0
@@ -118,7 +119,8 @@ class EvalConfig:
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(steps=self.steps, guidance_scale=self.guidance_scale, scheduler=self.scheduler,
-                              control_scale=self.control_scale, control_end=self.control_end)
+                              control_scale=self.control_scale, control_end=self.control_end,
+                              autoguidance=self.autoguidance)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -434,7 +436,8 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
     params = config.sampling_params()
     settings.update(model=str(model_path), seg_channels=list(config.seg_channels),
                     model_resolution=model.config.resolution,
-                    control_scale=params.control_scale_for(model), control_end=params.control_end_for(model))
+                    control_scale=params.control_scale_for(model), control_end=params.control_end_for(model),
+                    autoguidance=params.autoguidance_for(model))
     report = {
         "model": model.identity(),
         "data": str(config.data),

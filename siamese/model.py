@@ -26,6 +26,7 @@ from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .codec import Codec, PatchCodec, PatchCodecConfig, VAECodec, _save_module
+from .guide import MAX_AUTOGUIDANCE, Guide, GuideError, guide_of_model, load_guide, save_guide
 from .networks import DHIControlNetModel, _check_supported
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ SCHEDULE = dict(
 )
 DHI_WIDTHS = (16, 32, 64, 128, 256)
 # what a model folder holds (and all that is fetched of a hub repo: not its single-file checkpoints)
-MODEL_SUBFOLDERS = ("unet", "controlnet", "vae", "codec", "text_encoder", "tokenizer", "scheduler")
+MODEL_SUBFOLDERS = ("unet", "controlnet", "vae", "codec", "text_encoder", "tokenizer", "scheduler", "guide")
 # what is fetched of a hub repo (`snapshot_download` patterns): the model folder's files, no pickles
 # (segmenter/: the model's fidelity scorer, `siamese.fidelity`)
 HUB_ALLOW_PATTERNS = ["*.json", "*.md", *(f"{sub}/*" for sub in (*MODEL_SUBFOLDERS, "segmenter"))]
@@ -68,6 +69,7 @@ class SiameseConfig:
     name: str = ""
     control_scale: float = 1.0  # recommended sampling control scale (SamplingParams.control_scale None uses it)
     control_end: float = 1.0  # recommended fraction of the steps the ControlNet acts in (SamplingParams.control_end)
+    autoguidance: float = 1.0  # recommended autoguidance weight (SamplingParams.autoguidance; 1: off; needs guide/)
 
     def save(self, folder: Path) -> None:
         """siamese_config.json, written atomically (a temporary file renamed over it)."""
@@ -127,6 +129,9 @@ def _config_problem(key: str, value) -> str | None:
     if key == "control_end":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
         return None if ok else "a fraction of the sampling steps, above 0 and at most 1"
+    if key == "autoguidance":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 1 <= value <= MAX_AUTOGUIDANCE
+        return None if ok else f"a number from 1 (off) to {MAX_AUTOGUIDANCE:g}"
     return None
 
 
@@ -134,7 +139,8 @@ class SiameseModel:
     """All components of one model, on one device and dtype.
 
     `controlnet` is None for a base model (a UNet not yet paired with a ControlNet); `add_controlnet`
-    creates it from the UNet encoder, as ControlNet and METHOD.md do.
+    creates it from the UNet encoder, as ControlNet and METHOD.md do. `guide`, when set, is a weaker version of
+    the model for autoguidance (`siamese.guide`).
     """
 
     def __init__(
@@ -147,11 +153,13 @@ class SiameseModel:
         scheduler_config: dict,
         controlnet: DHIControlNetModel | None = None,
         source: str = "",
+        guide: Guide | None = None,
     ) -> None:
         _check_supported(unet)
         self.config = config
         self.unet = unet
         self.controlnet = controlnet
+        self.guide = guide
         self.codec = codec
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
@@ -182,7 +190,8 @@ class SiameseModel:
     def identity(self) -> dict:
         """Name, source and a short weight fingerprint, written into every generated pair's metadata."""
         h = hashlib.sha256()
-        for net in (self.controlnet, self.unet):
+        guide = self.guide.modules().values() if self.guide is not None else ()
+        for net in (self.controlnet, self.unet, *guide):
             if net is not None:
                 for name, p in list(net.state_dict().items())[:: max(1, len(net.state_dict()) // 16)]:
                     h.update(name.encode())
@@ -194,6 +203,8 @@ class SiameseModel:
         mods = {"unet": self.unet, "codec": self.codec, "text_encoder": self.text_encoder}
         if self.controlnet is not None:
             mods["controlnet"] = self.controlnet
+        if self.guide is not None:
+            mods.update(self.guide.modules())
         return mods
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SiameseModel:
@@ -248,6 +259,8 @@ class SiameseModel:
         self.tokenizer.save_pretrained(folder / "tokenizer")
         DDPMScheduler.from_config(self.scheduler_config).save_pretrained(folder / "scheduler")
         self.codec.save(folder, dtype)
+        if self.guide is not None:
+            save_guide(folder, guide_of_model(self.guide, self.unet, self.controlnet), self.guide.source, dtype)
         from .pipeline import write_diffusers_files  # model_index.json + the pipeline code diffusers loads
 
         write_diffusers_files(folder, self.config, self.controlnet is not None)
@@ -386,11 +399,19 @@ def load_model(
             codec = VAECodec(AutoencoderKL.from_pretrained(folder / "vae", **kw))
         scheduler_path = folder / "scheduler" / "scheduler_config.json"
         scheduler_config = json.loads(scheduler_path.read_text()) if scheduler_path.exists() else SCHEDULE
+        guide = load_guide(folder, unet, controlnet)
+    except GuideError as e:
+        raise ModelLoadError(f"{folder}: {e}") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelLoadError(f"Could not load the model in {folder}: {e}") from None
     schedule = {k: scheduler_config.get(k) for k in ("beta_schedule", "num_train_timesteps", "prediction_type")}
     if schedule["prediction_type"] not in (None, "epsilon"):
         raise ModelLoadError(f"{folder}: only epsilon prediction is supported, got {schedule}")
-    model = SiameseModel(config, unet, codec, text_encoder, tokenizer, scheduler_config, controlnet, source=str(path_or_id))
+    if config.autoguidance != 1 and guide is None:
+        raise ModelLoadError(f"{folder}: siamese_config.json recommends autoguidance {config.autoguidance:g}, which "
+                             f"needs a guide, but the folder has no guide/ (add one with `python -m siamese add-guide`, "
+                             f"or set autoguidance to 1)")
+    model = SiameseModel(config, unet, codec, text_encoder, tokenizer, scheduler_config, controlnet,
+                         source=str(path_or_id), guide=guide)
     logger.info("loaded model %s from %s", config.name, folder)
     return model.to(device=device, dtype=dtype).eval()

@@ -1,4 +1,5 @@
-"""Sampling: the Mask-Diffusion branch only (METHOD.md), with text-only classifier-free guidance.
+"""Sampling: the Mask-Diffusion branch only (METHOD.md), with text-only classifier-free guidance and, for a model
+with a guide, autoguidance (`siamese.guide`).
 
 `sample` is the loop (tensors in, tensors out); `generate` is what the CLI and the app call: one mask,
 several images, one recorded seed per image, batching and a progress callback.
@@ -25,13 +26,14 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from .data import DataError, binarize_mask, mask_to_hint, resize_pair
+from .guide import MAX_AUTOGUIDANCE
 from .model import SiameseModel
 from .networks import controlnet_residuals, unet_decode, unet_encode
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SCHEDULERS", "make_scheduler", "sample", "controlled_steps", "generate", "Generated", "SamplingParams",
-           "random_seed", "validate_request", "prepare_mask"]
+           "random_seed", "validate_request", "prepare_mask", "check_autoguidance"]
 
 SCHEDULERS = ("ddim", "dpm++", "unipc")
 MAX_SEED = 2**32 - 1
@@ -48,7 +50,9 @@ class SamplingParams:
     (`SiameseConfig.control_scale`, 1 unless its model card says otherwise). control_end is the fraction of the
     denoising steps, from the noisiest, in which the ControlNet acts (diffusers' `control_guidance_end`): the mask
     decides the layout early, and the later steps draw texture without it; None: the model's recommended value
-    (`SiameseConfig.control_end`, 1: every step).
+    (`SiameseConfig.control_end`, 1: every step). autoguidance is the weight w of autoguidance (`siamese.guide`):
+    1 is off, above 1 the prediction is pushed away from the model's guide (a weaker version of it) by w - 1;
+    None: the model's recommended value (`SiameseConfig.autoguidance`).
     """
 
     prompt: str | None = None  # None: the model's default prompt
@@ -58,6 +62,7 @@ class SamplingParams:
     eta: float = 0.0
     control_scale: float | None = None
     control_end: float | None = None
+    autoguidance: float | None = None
 
     def validate(self) -> None:
         if self.prompt is not None and not isinstance(self.prompt, str):
@@ -75,6 +80,8 @@ class SamplingParams:
         if self.control_end is not None and not 0.0 < float(self.control_end) <= 1.0:
             raise ValueError(f"control end must be a fraction of the steps, above 0 and at most 1, "
                              f"got {self.control_end}")
+        if self.autoguidance is not None and not 1.0 <= float(self.autoguidance) <= MAX_AUTOGUIDANCE:
+            raise ValueError(f"autoguidance must be between 1 (off) and {MAX_AUTOGUIDANCE:g}, got {self.autoguidance}")
 
     def control_scale_for(self, model: SiameseModel) -> float:
         """The control scale used with `model`: this one, or the model's recommended value when None."""
@@ -83,6 +90,20 @@ class SamplingParams:
     def control_end_for(self, model: SiameseModel) -> float:
         """The control end used with `model`: this one, or the model's recommended value when None."""
         return model.config.control_end if self.control_end is None else float(self.control_end)
+
+    def autoguidance_for(self, model: SiameseModel) -> float:
+        """The autoguidance weight used with `model`: this one, or the model's recommended value when None; a
+        weight above 1 for a model without a guide is a ValueError."""
+        weight = model.config.autoguidance if self.autoguidance is None else float(self.autoguidance)
+        check_autoguidance(model, weight)
+        return weight
+
+
+def check_autoguidance(model: SiameseModel, weight: float) -> None:
+    """Autoguidance above 1 needs the model's guide (its folder's guide/)."""
+    if weight != 1.0 and model.guide is None:
+        raise ValueError(f"autoguidance {weight:g} needs a guide (a weaker version of the model, in its folder's "
+                         "guide/), and this model has none: use 1 (off), or add one with `python -m siamese add-guide`")
 
 
 def controlled_steps(steps: int, control_end: float) -> int:
@@ -146,12 +167,15 @@ def sample(
     callback: Callable[[int, int], None] | None = None,
     control_scale: float = 1.0,
     control_end: float = 1.0,
+    autoguidance: float = 1.0,
 ) -> Tensor:
     """Mask-Diffusion sampling. mask_hint: (B, 3, H, W) in {0, 1}; one prompt and one generator per image.
 
     Guidance: eps = eps_uncond + g (eps_cond - eps_uncond), where the unconditional branch keeps the mask
     and has the empty prompt; the ControlNet's residuals are multiplied by `control_scale` in both. The ControlNet
-    runs in the first `controlled_steps(steps, control_end)` steps only (not at all in the others).
+    runs in the first `controlled_steps(steps, control_end)` steps only (not at all in the others). With
+    `autoguidance` w > 1, eps += (w - 1) (eps_cond - eps_guide), eps_guide the model's guide's conditional
+    prediction (same prompt, mask and control scale; its UNet encoding is the model's when they share it).
     Returns images (B, 3, H, W) in [0, 1], float32 on the model's device.
     `callback(step, steps)` is called after every denoising step.
     """
@@ -161,10 +185,12 @@ def sample(
     if not len(prompts) == len(generators) == B:
         raise ValueError(f"need one prompt and one generator per mask: {B} masks, {len(prompts)} prompts, "
                          f"{len(generators)} generators")
+    check_autoguidance(model, autoguidance)
     device, dtype = model.device, model.dtype
     sched = make_scheduler(scheduler, model.scheduler_config)
     sched.set_timesteps(steps, device=device)
     guided = guidance_scale > 1.0
+    guide = model.guide if autoguidance != 1.0 else None
     controlled = controlled_steps(len(sched.timesteps), control_end)
 
     # 1. conditions, computed once: hint embedding (B or 2B, C0, h, w), prompt embeddings (B or 2B, L, D). The DHI
@@ -176,6 +202,9 @@ def sample(
         prompt_embeds = torch.cat([model.encode_prompt([""] * B), prompt_embeds])
         hint = torch.cat([hint, hint])
     hint_emb = model.controlnet.embed_hint(hint)
+    cond = slice(B, 2 * B) if guided else slice(0, B)  # the conditional half of the batch
+    guide_hint_emb = (guide.controlnet.embed_hint(hint[cond])
+                      if guide is not None and guide.controlnet is not None else None)
 
     # 2. starting noise, one generator per image
     c, s = model.codec.latent_channels, model.latent_size
@@ -189,10 +218,15 @@ def sample(
         tt = t.expand(x.shape[0]).to(device)
         down, mid = (controlnet_residuals(model.controlnet, x, tt, prompt_embeds, hint_emb, control_scale)
                      if i < controlled else (None, None))
-        eps = unet_decode(model.unet, unet_encode(model.unet, x, tt, prompt_embeds), prompt_embeds, down, mid)
+        enc = unet_encode(model.unet, x, tt, prompt_embeds)
+        eps = unet_decode(model.unet, enc, prompt_embeds, down, mid)
+        eps_cond = eps[cond]
         if guided:
-            eps_uncond, eps_cond = eps.chunk(2)
-            eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            eps = eps[:B] + guidance_scale * (eps_cond - eps[:B])
+        if guide is not None:
+            eps = eps + (autoguidance - 1.0) * (eps_cond - _guide_eps(guide, x[cond], tt[cond], prompt_embeds[cond],
+                                                                      enc, cond, down, mid, guide_hint_emb,
+                                                                      control_scale))
         kwargs = {}
         if scheduler == "ddim":
             kwargs["eta"] = eta
@@ -205,6 +239,20 @@ def sample(
 
     # 4. decode
     return (model.codec.decode(latents).float() / 2 + 0.5).clamp(0, 1)
+
+
+def _guide_eps(guide, x: Tensor, t: Tensor, prompt_embeds: Tensor, enc, cond: slice, down, mid,
+               hint_emb: Tensor | None, control_scale: float) -> Tensor:
+    """The guide's conditional noise prediction (B, C, h, w), reusing what it shares with the model: the UNet
+    encoding (`enc`, of the whole batch) and, when it has no ControlNet of its own, the residuals (`down`, `mid`)."""
+    genc = enc.select(cond) if guide.shares_encoder else unet_encode(guide.unet, x, t, prompt_embeds)
+    if down is None:
+        gdown, gmid = None, None
+    elif guide.controlnet is None:
+        gdown, gmid = [d[cond] for d in down], mid[cond]
+    else:
+        gdown, gmid = controlnet_residuals(guide.controlnet, x, t, prompt_embeds, hint_emb, control_scale)
+    return unet_decode(guide.unet, genc, prompt_embeds, gdown, gmid)
 
 
 def prepare_mask(model: SiameseModel, mask: np.ndarray) -> np.ndarray:
@@ -240,6 +288,7 @@ def generate(
     binary = prepare_mask(model, mask)
     prompt = model.config.prompt if params.prompt is None else params.prompt
     control_scale, control_end = params.control_scale_for(model), params.control_end_for(model)
+    autoguidance = params.autoguidance_for(model)
     hint = mask_to_hint(binary)
     seeds = [(base + i) % (MAX_SEED + 1) for i in range(num_images)]
     total = len(seeds) * params.steps
@@ -254,12 +303,12 @@ def generate(
             step_cb = lambda i, n, done=done, k=len(chunk): callback(done + i * k, total)  # noqa: E731
         images = sample(model, hint.expand(len(chunk), -1, -1, -1), [prompt] * len(chunk), gens, params.steps,
                         params.guidance_scale, params.scheduler, params.eta, step_cb, control_scale,
-                        control_end)
+                        control_end, autoguidance)
         for s, img in zip(chunk, images):
             arr = (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
             meta = {"prompt": prompt, "steps": params.steps, "guidance_scale": params.guidance_scale,
                     "scheduler": params.scheduler, "eta": params.eta, "control_scale": control_scale,
-                    "control_end": control_end, "seed": s,
+                    "control_end": control_end, "autoguidance": autoguidance, "seed": s,
                     "resolution": model.config.resolution, "model": identity}
             if source:
                 meta["source_mask"] = source

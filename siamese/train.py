@@ -180,6 +180,9 @@ def build_model(config: TrainConfig, dataset: PairDataset) -> SiameseModel:
             model.config.name = config.name
         if not model.config.prompt:
             model.config.prompt = dataset.prompt
+        if model.guide is not None:  # a weaker version of the starting weights, not of what this run makes
+            logger.info("the starting model's autoguidance guide is not carried into the run (add-guide adds one)")
+            model.guide, model.config.autoguidance = None, 1.0
     if config.objective != "base" and model.controlnet is None:
         model.add_controlnet(config.seed)
     return model

@@ -31,7 +31,8 @@ from .generate import DEFAULTS, PngFolder
 from .job import duration
 from .masks import read_mask_upload
 from .messages import Redactor, md_escape, user_error
-from .models import ModelCatalog, ModelStore, hub_snapshot
+from .models import (ModelCatalog, ModelStore, autoguidance_slider, autoguidance_update, describe_autoguidance,
+                     fit_autoguidance, hub_snapshot)
 from .settings import Settings
 from .training import POLL_SECONDS
 from .turns import Turns
@@ -162,12 +163,13 @@ class BatchHandlers:
                     guidance_scale: float = DEFAULTS["guidance_scale"], seed: int | None = None,
                     scheduler: str = DEFAULTS["scheduler"], control_scale: float | None = None,
                     control_end: float | None = None, model: str | None = None, batch_key: str | None = None,
-                    randomize: bool = False):
+                    randomize: bool = False, autoguidance: float | None = None):
         """Start a batch in the background: `num_images` pairs per mask (uploaded mask images or zips of them,
         else the masks of `data_folder` in the server's data folder), optionally augmented (flips, scaling,
         shift-scale-rotate), each scored by the model's fidelity scorer and accepted when it scores at least
         `min_fidelity`. Returns the status and the session's `batch_key` (pass it to the other /batch_* calls).
-        `seed` None or negative: random; a new batch replaces the session's previous one."""
+        `seed` None or negative: random; `control_scale`, `control_end` and `autoguidance` as for /generate (None:
+        the model's recommended values); a new batch replaces the session's previous one."""
         if self.settings.batch_disabled:
             raise gr.Error(self.settings.batch_disabled, title="Batches disabled")
         tmp = Path(tempfile.mkdtemp(prefix="batch-masks-", dir=self.pngs.path))
@@ -184,7 +186,8 @@ class BatchHandlers:
                                     guidance_scale=inputs.number(guidance_scale, "guidance scale"),
                                     scheduler=inputs.text(scheduler, "scheduler") or "",
                                     control_scale=inputs.number(control_scale, "control scale", optional=True),
-                                    control_end=inputs.number(control_end, "control end", optional=True))
+                                    control_end=inputs.number(control_end, "control end", optional=True),
+                                    autoguidance=inputs.number(autoguidance, "autoguidance", optional=True))
             params.validate()
             seed = inputs.number(seed, "seed", whole=True, optional=True)
             seed = random_seed() if randomize or seed is None or seed < 0 else seed
@@ -192,6 +195,8 @@ class BatchHandlers:
             self.batches.check(batch_key)  # before the masks are read; the job is made when all is checked
             model = inputs.text(model, "model") or self.catalog.default
             m = self.models.get(model)
+            off = fit_autoguidance(params, m)
+            weight = params.autoguidance_for(m)
             res = m.config.resolution
             masks, shown = self._batch_masks(mask_files, inputs.text(data_folder, "dataset folder"), res, tmp)
             total = len(masks) * count
@@ -209,7 +214,8 @@ class BatchHandlers:
                            title="No fidelity scorer")
             threshold = threshold if scorer is not None else None
             describe = (f"{len(masks)} masks from {shown}{' (augmented)' if augment else ''} × {count} images · "
-                        f"seeds from {seed} · model `{self.catalog.resolve(model).public}`")
+                        f"seeds from {seed} · model `{self.catalog.resolve(model).public}`"
+                        f"{describe_autoguidance(weight)}{off}")
 
             def make_pairs(stop):
                 return run_batch(m, masks, count, seed, params, augment=bool(augment), scorer=scorer,
@@ -299,13 +305,13 @@ class BatchHandlers:
         return gr.DownloadButton(label=f"Download {n} accepted pair{'s' if n != 1 else ''} (.zip)", interactive=True)
 
     def batch_control(self, model: str | None):
-        """The batch's mask strength and mask steps sliders follow the selected model's recommendations (as
-        Generate's do)."""
+        """The batch's mask strength, mask steps and autoguidance sliders follow the selected model's
+        recommendations (as Generate's do; autoguidance 1 and locked without a guide)."""
         try:
-            config = self.models.get(model).config
+            m = self.models.get(model)
         except ModelLoadError:
-            return gr.skip(), gr.skip()  # Generate's model box says why
-        return gr.Slider(value=config.control_scale), gr.Slider(value=config.control_end)
+            return gr.skip(), gr.skip(), gr.skip()  # Generate's model box says why
+        return gr.Slider(value=m.config.control_scale), gr.Slider(value=m.config.control_end), autoguidance_update(m)
 
 
 def batch_tab(demo: gr.Blocks, studio, model: gr.Dropdown, key: gr.BrowserState) -> None:
@@ -339,6 +345,7 @@ def batch_tab(demo: gr.Blocks, studio, model: gr.Dropdown, key: gr.BrowserState)
                                             label="Mask strength (control scale)", info="preset per model")
                         control_end = gr.Slider(0.05, 1.0, value=recommended.control_end, step=0.05,
                                                 label="Mask steps (share of the steps)", info="preset per model")
+                        autoguidance = autoguidance_slider(recommended.autoguidance, studio.default_guided())
                     with gr.Row():
                         scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULTS["scheduler"], label="Scheduler")
                         seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
@@ -375,9 +382,9 @@ def batch_tab(demo: gr.Blocks, studio, model: gr.Dropdown, key: gr.BrowserState)
                     show_progress="hidden", concurrency_limit=None)
         demo.load(**poll)
         tab.select(**poll)  # the tab's content mounts when it opens: show it and start its timer then
-        model.change(studio.batch_control, model, [control, control_end], api_visibility="private")
+        model.change(studio.batch_control, model, [control, control_end, autoguidance], api_visibility="private")
         start.click(studio.batch_start, [files, folder, augment, count, threshold, prompt, steps, guidance, seed,
-                                         scheduler, control, control_end, model, key, randomize],
+                                         scheduler, control, control_end, model, key, randomize, autoguidance],
                     [status, key], api_name="batch_start").success(**poll)
         stop.click(studio.batch_stop, key, status, api_name="batch_stop").then(**poll)
         for gallery in (accepted, rejected):

@@ -20,7 +20,7 @@ from siamese.sampling import describe_mask, random_seed, validate_request
 from . import inputs
 from .masks import editor_value, mask_from_editor, outline, procedural_mask, read_mask_upload
 from .messages import Redactor, user_error
-from .models import ModelCatalog, ModelStore
+from .models import ModelCatalog, ModelStore, describe_autoguidance, fit_autoguidance
 from .turns import Turns
 
 try:  # Hugging Face Spaces (ZeroGPU): present on a Space, absent locally
@@ -148,13 +148,14 @@ class GenerateHandlers:
                  guidance_scale: float = DEFAULTS["guidance_scale"], seed: int | None = None,
                  scheduler: str = DEFAULTS["scheduler"], model: str | None = None, show_outline: bool = False,
                  results: list | None = None, control_scale: float | None = None, control_end: float | None = None,
-                 progress=gr.Progress()):
+                 autoguidance: float | None = None, progress=gr.Progress()):
         """Generate images for one mask. Returns the gallery (PNG files with the parameters in their text),
         the session's new results and a status line. `seed` None or negative: random; image i has seed + i;
         an empty prompt uses the model's default; `control_scale` multiplies the ControlNet's residuals
         (how strongly the mask acts; 1: as trained) and `control_end` is the share of the steps, from the first,
-        in which it acts (None: the model's recommended values). `model`: one the
-        server offers (see the model selector; None: the default)."""
+        in which it acts; `autoguidance` above 1 pushes the images away from the model's guide, a weaker version
+        of it (1: off; above 1 needs a model with a guide); None for these three: the model's recommended values.
+        `model`: one the server offers (see the model selector; None: the default)."""
         if mask is None:
             raise gr.Error("no mask: draw one, upload a mask file or click an example", title="Input problem")
         try:
@@ -163,13 +164,15 @@ class GenerateHandlers:
                                     guidance_scale=inputs.number(guidance_scale, "guidance scale"),
                                     scheduler=inputs.text(scheduler, "scheduler") or "",
                                     control_scale=inputs.number(control_scale, "control scale", optional=True),
-                                    control_end=inputs.number(control_end, "control end", optional=True))
+                                    control_end=inputs.number(control_end, "control end", optional=True),
+                                    autoguidance=inputs.number(autoguidance, "autoguidance", optional=True))
             params.validate()  # before the model load
             count = inputs.number(num_images, "number of images", whole=True)
             seed = inputs.number(seed, "seed", whole=True, optional=True)
             base = random_seed() if seed is None or seed < 0 else seed
             validate_request(count, base, 4)
             m = self.models.get(inputs.text(model, "model") or self.catalog.default)
+            off = fit_autoguidance(params, m)
             t0 = time.perf_counter()
             progress((0, count * params.steps), desc="Sampling", unit="steps")
             with self.turns.interactive():  # before any batch's next step (studio.turns)
@@ -179,10 +182,12 @@ class GenerateHandlers:
             raise user_error(e, self.redact) from None
         shots = [self.pngs.shot(it) for it in items]
         took = time.perf_counter() - t0
+        used = items[0].params
         status = (f"{len(shots)} images in {took:.1f} s · seeds {shots[0].item.seed}–{shots[-1].item.seed} · "
                   f"{params.scheduler}, {params.steps} steps, guidance {params.guidance_scale:g}, "
-                  f"mask strength {describe_mask(items[0].params['control_scale'], items[0].params['control_end'])}. "
-                  "Click an image, then Keep or Discard.")
+                  f"mask strength {describe_mask(used['control_scale'], used['control_end'])}"
+                  f"{describe_autoguidance(used.get('autoguidance', 1.0))}{off}. Click an image, then Keep or "
+                  "Discard.")
         return self.render(shots, show_outline), shots, status
 
     def render(self, shots: list[Shot] | None, show_outline: bool = False) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ from .batch import batch_tab
 from .generate import DEFAULTS
 from .job import LOSS_COLORS, status_text
 from .masks import CANVAS, editor_value
+from .models import autoguidance_slider
 from .settings import CHECKPOINTS_DIR, RUNS_DIR, Settings
 from .state import Studio
 from .training import BASE_MODELS, POLL_SECONDS
@@ -44,7 +45,7 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
     visitors may reach (else read from the environment, see studio.settings)."""
     studio = Studio(model_path, Path(checkpoints_dir or CHECKPOINTS_DIR), Path(runs_dir or RUNS_DIR),
                     settings=settings)
-    recommended = studio.default_config()  # the mask sliders' presets (they follow the selected model)
+    recommended = studio.default_config()  # the mask and autoguidance sliders' presets (they follow the model)
     with gr.Blocks(title="Siamese-Diffusion Studio", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         demo.studio = studio  # for tests and scripts
         results = gr.State([])
@@ -107,6 +108,7 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
                                                     label="Mask steps (share of the steps)",
                                                     info="the mask acts in the first steps, which set the "
                                                          "layout; preset per model")
+                            autoguidance = autoguidance_slider(recommended.autoguidance, studio.default_guided())
                         with gr.Row():
                             scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULTS["scheduler"], label="Scheduler")
                             seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
@@ -181,8 +183,9 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
                 gr.Markdown(API_HELP)
 
         # -- wiring: models
-        demo.load(studio.model_info, model, [model_md, control, control_end], api_visibility="private")
-        model.change(studio.model_info, model, [model_md, control, control_end], api_visibility="private")
+        model_outputs = [model_md, control, control_end, autoguidance]
+        demo.load(studio.model_info, model, model_outputs, api_visibility="private")
+        model.change(studio.model_info, model, model_outputs, api_visibility="private")
         refresh.click(studio.refresh_models, model, model, api_visibility="private")
 
         # -- wiring: the canvas
@@ -197,7 +200,7 @@ def build_demo(model_path: str | None = None, *, checkpoints_dir: str | Path | N
         generate_btn.click(studio.prepare, [editor, seed, randomize], [mask_in, seed],
                            api_visibility="private").success(
             studio.generate, [mask_in, prompt, num_images, steps, guidance, seed, scheduler, model, show_outline,
-                              results, control, control_end],
+                              results, control, control_end, autoguidance],
             [gallery, results, gen_status], api_name="generate").success(
             lambda: None, None, results_sel, api_visibility="private")
         show_outline.change(studio.render, [results, show_outline], gallery, api_visibility="private")
@@ -241,8 +244,9 @@ from gradio_client import Client, handle_file
 client = Client("http://127.0.0.1:7860/")
 gallery, status = client.predict(mask=handle_file("mask.png"), prompt="", num_images=4, steps=20,
                                  guidance_scale=9.0, seed=0, scheduler="dpm++", api_name="/generate")
-# control_scale=3.0 sets the mask strength, control_end=0.5 the share of the steps it acts in (from the first;
-# default: the default model's recommended values)
+# control_scale=3.0 sets the mask strength, control_end=0.5 the share of the steps it acts in (from the first),
+# autoguidance=2.0 pushes the images away from the model's guide, a weaker version of it (1: off; only a model
+# with a guide takes more); default: the default model's recommended values
 client.predict(api_name="/keep_all")                            # keep every result of this session
 zip_path = client.predict(nnunet=True, label="polyp", api_name="/export")
 client.predict(data_folder="data/kvasir-seg", max_steps=200, api_name="/train_start")  # in the data folder

@@ -26,6 +26,7 @@ import gradio as gr
 import torch
 
 from siamese import ModelLoadError, SiameseConfig, load_model
+from siamese.guide import GUIDE_FOLDER
 from siamese.model import HUB_ALLOW_PATTERNS, HUB_IGNORE_PATTERNS
 from siamese.sampling import describe_mask
 
@@ -34,6 +35,9 @@ from .messages import Redactor, md_escape
 logger = logging.getLogger(__name__)
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+AUTOGUIDANCE_MAX = 4.0  # the sliders' top (the library takes up to siamese.guide.MAX_AUTOGUIDANCE)
+AUTOGUIDANCE_INFO = ("pushes the images away from the model's weaker guide: cleaner, more faithful; 1: off; costs "
+                     "about 40% more time; preset per model (off without a guide)")
 
 
 def is_model_folder(path: Path) -> bool:
@@ -194,12 +198,46 @@ class ModelStore:
             self._models.pop(location, None)
 
 
+def describe_autoguidance(weight: float) -> str:
+    """The autoguidance part of a status line (" · autoguidance W"); nothing when it is off (1)."""
+    return "" if float(weight) == 1.0 else f" · autoguidance {float(weight):g}"
+
+
+def fit_autoguidance(params, model) -> str:
+    """A model without a guide samples at autoguidance 1, whatever was asked: its slider is locked at 1, but a
+    script leaving the setting out gets the default model's value. Sets `params.autoguidance` (SamplingParams) to 1
+    then and returns a note for the status line ("" otherwise)."""
+    if model.guide is None and params.autoguidance is not None and float(params.autoguidance) != 1.0:
+        params.autoguidance = 1.0
+        return " (autoguidance off: this model has no guide)"
+    return ""
+
+
+def autoguidance_slider(value: float = 1.0, guided: bool = True) -> gr.Slider:
+    """The Autoguidance slider of the Generate and Batch tabs: at `value` (the model's recommended weight),
+    usable only when the model has a guide."""
+    return gr.Slider(1.0, max(AUTOGUIDANCE_MAX, float(value)), value=float(value) if guided else 1.0, step=0.25,
+                     label="Autoguidance", info=AUTOGUIDANCE_INFO, interactive=guided)
+
+
+def autoguidance_update(model) -> gr.Slider:
+    """The Autoguidance slider for a loaded model: its recommended weight, or 1 and locked when it has no guide."""
+    if model.guide is None:
+        return gr.Slider(value=1.0, maximum=AUTOGUIDANCE_MAX, interactive=False)
+    weight = float(model.config.autoguidance)
+    return gr.Slider(value=weight, maximum=max(AUTOGUIDANCE_MAX, weight), interactive=True)
+
+
 def model_summary(model) -> str:
     ident = model.identity()
     prompt = model.config.prompt or "(empty)"
+    guide = ""
+    if model.guide is not None:
+        guide = (f" · recommended autoguidance {model.config.autoguidance:g}" if model.config.autoguidance != 1
+                 else " · has a guide for autoguidance (off by default)")
     return (f"**{ident['name'] or 'model'}** · {model.config.resolution}×{model.config.resolution} px · "
             f"default prompt: *{prompt}* · recommended mask strength "
-            f"{describe_mask(model.config.control_scale, model.config.control_end)} · "
+            f"{describe_mask(model.config.control_scale, model.config.control_end)}{guide} · "
             f"weights `{ident['fingerprint']}` · from `{ident['source']}`")
 
 
@@ -225,15 +263,23 @@ class ModelHandlers:
         except (ModelLoadError, ValueError, TypeError, OSError):
             return SiameseConfig()
 
+    def default_guided(self) -> bool:
+        """Whether the default model's folder has a guide (autoguidance), seen without loading the model (True for
+        a hub id: the slider follows the model once it loads)."""
+        folder = Path(self.catalog.default)
+        return (folder / GUIDE_FOLDER).is_dir() if folder.is_dir() else True
+
     def model_info(self, model: str | None):
-        """Load the selected model: its description and its recommended mask strength and mask steps for the
-        sliders; a clear message (not a crash, the sliders left alone) when it cannot load."""
+        """Load the selected model: its description and its recommended mask strength, mask steps and
+        autoguidance for the sliders (autoguidance 1 and locked without a guide); a clear message (not a crash,
+        the sliders left alone) when it cannot load."""
         try:
             m = self.models.get(model)
         except ModelLoadError as e:
             gr.Warning(str(e), title="Model not loaded")
-            return f"⚠️ {md_escape(str(e))}", gr.Slider(), gr.Slider()
-        return model_summary(m), gr.Slider(value=m.config.control_scale), gr.Slider(value=m.config.control_end)
+            return f"⚠️ {md_escape(str(e))}", gr.Slider(), gr.Slider(), gr.Slider()
+        return (model_summary(m), gr.Slider(value=m.config.control_scale), gr.Slider(value=m.config.control_end),
+                autoguidance_update(m))
 
     def preload(self) -> None:
         """Load the default model in the background so the first generation starts at once."""

@@ -107,3 +107,31 @@ def scored_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     save_scorer(train_scorer(images, labels, ScorerConfig(resolution=64, channels=(8, 16, 32), steps=5,
                                                           batch_size=4)), folder)
     return folder
+
+
+def weaken(model, seed: int = 7, std: float = 0.02, parts: tuple[str, ...] = ("controlnet", "unet_decoder")):
+    """A copy of `model` with seeded noise added to its ControlNet and/or UNet decoder (`parts`, also "unet_encoder"):
+    the same architecture with other weights, as an earlier stage of its training would be."""
+    import copy
+
+    weak = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    decoder = ("up_blocks.", "conv_norm_out.", "conv_out.")
+    with torch.no_grad():
+        for name, p in weak.unet.named_parameters():
+            if ("unet_decoder" in parts and name.startswith(decoder)) or \
+                    ("unet_encoder" in parts and not name.startswith(decoder)):
+                p.add_(torch.randn(p.shape, generator=g) * std)
+        if "controlnet" in parts:
+            for p in weak.controlnet.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * std)
+    return weak
+
+
+@pytest.fixture(scope="session")
+def guided_model_dir(tiny_model, tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with a guide (a weakened copy of it) and autoguidance 2 recommended (`add-guide`)."""
+    from siamese.guide import add_guide
+
+    weak = weaken(tiny_model).save_pretrained(tmp_path_factory.mktemp("models") / "weak")
+    return add_guide(tiny_model_dir, weak, 2.0, output=tmp_path_factory.mktemp("models") / "guided")

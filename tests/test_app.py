@@ -143,11 +143,39 @@ def test_model_choices_are_the_default_checkpoints_and_runs_by_public_id(tiny_mo
 
 
 def test_model_info_describes_the_model_or_says_why_not(studio, tiny_model_dir, tmp_path):
-    text, slider, steps = studio.model_info(str(tiny_model_dir))
+    text, slider, steps, autoguidance = studio.model_info(str(tiny_model_dir))
     assert "64×64" in text and "a test image" in text and slider.value == 1.0  # the model's recommended scale
-    assert steps.value == 1.0 and "mask strength 1 in every step" in text
-    text, slider, steps = studio.model_info(str(tmp_path / "nowhere"))
+    assert steps.value == 1.0 and "mask strength 1 in every step" in text and "autoguidance" not in text
+    assert autoguidance.value == 1.0 and autoguidance.interactive is False  # no guide: off, and locked
+    text, slider, steps, autoguidance = studio.model_info(str(tmp_path / "nowhere"))
     assert text.startswith("⚠️") and "nowhere" in text
+
+
+@pytest.fixture()
+def guided_studio(guided_model_dir, tmp_path) -> Studio:
+    """A studio whose default model has a guide and recommends autoguidance 2 (conftest's `guided_model_dir`)."""
+    return Studio(str(guided_model_dir), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
+                  settings=Settings(data_root=tmp_path))
+
+
+def test_the_autoguidance_slider_follows_a_model_with_a_guide(guided_studio):
+    assert guided_studio.default_guided()
+    text, _, _, autoguidance = guided_studio.model_info(guided_studio.catalog.default_id)
+    assert autoguidance.value == 2.0 and autoguidance.interactive is True  # the model's recommended weight
+    assert "recommended autoguidance 2" in text
+
+
+def test_generate_with_autoguidance_records_it_and_changes_the_images(guided_studio):
+    mask, _ = guided_studio.prepare(editor([layer_with_disk()]), 0, False)
+    args = (mask, "", 1, 2, 3.0, 11, "ddim", None, False, [])
+    _, guided, status = guided_studio.generate(*args, autoguidance=2.0)
+    _, plain, plain_status = guided_studio.generate(*args, autoguidance=1.0)
+    _, preset, _ = guided_studio.generate(*args)  # None: the model's recommended 2
+    assert guided[0].item.params["autoguidance"] == 2.0 and plain[0].item.params["autoguidance"] == 1.0
+    assert json.loads(Image.open(guided[0].png).text["siamese"])["autoguidance"] == 2.0
+    assert "autoguidance 2" in status and "autoguidance" not in plain_status
+    assert not np.array_equal(guided[0].item.image, plain[0].item.image)  # same seed, pushed from the guide
+    np.testing.assert_array_equal(preset[0].item.image, guided[0].item.image)
 
 
 # -- generation -----------------------------------------------------------------------------------
@@ -184,6 +212,14 @@ def test_generate_writes_pngs_with_parameters_and_records_seeds(studio):
     np.testing.assert_array_equal(again.image, item.image)  # reproducible from the seed
 
 
+def test_autoguidance_asked_of_a_model_without_a_guide_is_off_and_said(studio):
+    """The tiny model has no guide: its slider is locked at 1, and a script sending the default model's weight gets
+    images at autoguidance 1 and a status that says so (not an error)."""
+    mask = studio.prepare(editor([layer_with_disk()]), 0, False)[0]
+    _, shots, status = studio.generate(mask, "", 1, 2, 3.0, 0, "ddim", None, False, [], autoguidance=2)
+    assert shots[0].item.params["autoguidance"] == 1.0 and "autoguidance off: this model has no guide" in status
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(mask=np.zeros((64, 64), np.uint8)), "empty"),
     (dict(mask=np.full((64, 64), 255, np.uint8)), "all white"),
@@ -191,6 +227,8 @@ def test_generate_writes_pngs_with_parameters_and_records_seeds(studio):
     (dict(steps=0), "steps"),
     (dict(control_scale=12), "control scale"),
     (dict(control_end=0), "control end must be a fraction"),
+    (dict(autoguidance=0.5), "autoguidance must be between 1"),
+    (dict(autoguidance="strong"), "autoguidance must be a number"),
     (dict(model="/no/such/model"), "not a model this server offers"),
     (dict(mask=None), "no mask"),
 ])
@@ -358,6 +396,7 @@ def test_build_demo_exposes_the_stable_api(tiny_model_dir, tmp_path):
     assert defaults["scheduler"] == "dpm++" and defaults["steps"] == 20 and defaults["guidance_scale"] == 9.0
     assert defaults["num_images"] == 4 and defaults["control_scale"] == 2.5  # the model's recommendation
     assert defaults["control_end"] == 0.6
+    assert params[-1] == "autoguidance" and defaults["autoguidance"] == 1.0  # last: positional callers unchanged
     assert defaults["model"] == "checkpoints/model" and str(tmp_path) not in json.dumps(api)  # ids, no paths
     timers = [b for b in demo.blocks.values() if isinstance(b, gr.Timer)]
     assert timers and not any(t.active for t in timers), "an idle page must not poll the server"

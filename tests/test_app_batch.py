@@ -316,6 +316,7 @@ BAD = {
     "steps text": (dict(steps="many"), "steps must be a number, got 'many'"),
     "scheduler unknown": (dict(scheduler="euler"), "scheduler must be one of"),
     "control end 2": (dict(control_end=2), "control end must be a fraction of the steps"),
+    "autoguidance 0.5": (dict(autoguidance=0.5), "autoguidance must be between 1"),
     "dataset outside the root": (dict(data_folder="/etc"), "must be inside the server's data folder"),
     "dataset ..": (dict(data_folder="../.."), "must be inside the server's data folder"),
     "dataset missing": (dict(data_folder="nowhere"), "nowhere: no such folder"),
@@ -344,9 +345,24 @@ def test_bad_batch_inputs_are_clear_messages(case, tiny_model_dir, tmp_path):
 
 
 def test_the_batch_sliders_follow_the_model(studio, tiny_model_dir, tmp_path):
-    scale, steps = studio.batch_control(str(tiny_model_dir))
-    assert (scale.value, steps.value) == (1.0, 1.0)  # the tiny model's recommendations
-    assert studio.batch_control(str(tmp_path / "nowhere")) == (gr.skip(), gr.skip())  # left alone
+    scale, steps, autoguidance = studio.batch_control(str(tiny_model_dir))
+    assert (scale.value, steps.value, autoguidance.value) == (1.0, 1.0, 1.0)  # the tiny model's recommendations
+    assert autoguidance.interactive is False  # no guide: autoguidance off, and locked
+    assert studio.batch_control(str(tmp_path / "nowhere")) == (gr.skip(), gr.skip(), gr.skip())  # left alone
+
+
+def test_a_batch_with_autoguidance_records_it(guided_model_dir, tmp_path):
+    """A model with a guide: its slider is set to the recommended weight, and the pairs record the weight used."""
+    studio = Studio(str(guided_model_dir), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
+                    settings=Settings(data_root=tmp_path))
+    studio.load_scorer = fake_loader(FakeScorer())
+    _, _, autoguidance = studio.batch_control(studio.catalog.default_id)
+    assert autoguidance.value == 2.0 and autoguidance.interactive is True
+    status, key = studio.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=1)], num_images=1,
+                                     autoguidance=1.5, **FAST)
+    assert "autoguidance 1.5" in status
+    finished(studio, key)
+    assert [p.params["autoguidance"] for p in studio.batches.get(key).snapshot()["pairs"]] == [1.5]
 
 
 def test_batch_limits_and_switch_come_from_the_environment(studio):

@@ -88,6 +88,7 @@ def test_sample_without_model_uses_the_bundled_one_offline(tmp_path):
     meta = json.loads((tmp_path / "out" / "metadata.jsonl").read_text().splitlines()[0])
     assert meta["model"]["name"] == "siamese-kvasir-tiny" and meta["control_scale"] == 1.5
     assert meta["control_end"] == 1.0  # the recommended values (version 6): mask strength 1.5 in every step
+    assert meta["autoguidance"] == 2.0  # version 7: autoguidance 2 with the folder's guide
     image = np.asarray(Image.open(tmp_path / "out" / meta["image"]))
     assert image.shape == (256, 256, 3) and image.std() > 10  # an image, not a flat fill
 
@@ -99,7 +100,8 @@ def test_bundled_model_folder_is_small_and_documented():
     card = (folder / "README.md").read_text()
     assert "Kvasir-SEG" in card and "research and education" in card.lower() and "recipe.sh" in card
     config = json.loads((folder / "siamese_config.json").read_text())
-    assert config["control_scale"] == 1.5 and config["control_end"] == 1.0
+    assert config["control_scale"] == 1.5 and config["control_end"] == 1.0 and config["autoguidance"] == 2.0
+    assert (folder / "guide" / "guide.safetensors").is_file()
 
 
 def test_train_decoder_adds_a_learned_decoder_to_a_model_folder(tiny_model_dir, dataset, tmp_path):

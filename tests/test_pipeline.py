@@ -109,7 +109,9 @@ def test_bundled_model_is_a_diffusers_pipeline():
     model = load_model(BUNDLED)
     assert pipe.config.control_scale == model.config.control_scale == 1.5
     assert pipe.config.control_end == model.config.control_end == 1.0
-    items = generate(model, _mask(300), 1, seed=7, params=SamplingParams(steps=4, guidance_scale=3.0))
+    assert model.config.autoguidance == 2.0 and model.guide is not None  # the pipeline samples without it
+    items = generate(model, _mask(300), 1, seed=7, params=SamplingParams(steps=4, guidance_scale=3.0,
+                                                                           autoguidance=1.0))
     out = pipe(image=_mask(300), num_inference_steps=4, guidance_scale=3.0, generator=torch.Generator().manual_seed(7))
     assert _max_diff(items, out.images) == 0
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Retrains the bundled default model (version 6) from scratch on Kvasir-SEG, holding out the 20% split that
+# Retrains the bundled default model (version 7) from scratch on Kvasir-SEG, holding out the 20% split that
 # `python -m siamese evaluate` tests on. CPU: about 3.5 hours on 2 idle cores (stage 1 ~2 it/s, stages 2
 # to 4 ~0.4-0.5 it/s, the decoder ~2-3 it/s on one thread); on a busy machine set OMP_NUM_THREADS=1: oversubscribed torch threads
 # run several times slower. Every stage resumes from its last checkpoint or skips when done: run this
@@ -40,16 +40,23 @@ fi
 if ! grep -qs '"steps": 2000' "$RUNS/kvasir-siamese/segmenter/config.json"; then
   $PY -m siamese train-scorer --model "$RUNS/kvasir-siamese" --data "$DATA" --steps 2000 --seed $SEED
 fi
-# Ship: fp16 weights, no optimiser state or checkpoints; the stage-4 generator with the decoder and the scorer; the
+# Ship: fp16 weights, no optimiser state or checkpoints; the stage-4 generator with the decoder, the scorer and the
+# autoguidance guide (stage 2); the
 # recommended mask strength (version 6: control scale 1.5 in every step, control end 1.0) chosen by the sweeps in
 # the model card; sampling steps spaced "trailing" (version 4; the app's default guidance 9 goes with it).
 $PY - "$RUNS/kvasir-siamese-locked" "$(dirname "$0")" "$RUNS/kvasir-base" "$RUNS/kvasir-siamese" "$RUNS/kvasir-siamese-tb" <<'PY'
 import shutil, sys, torch
 from siamese import load_model
+from siamese.guide import build_guide, guide_tensors
 run, ship, base, stage2, stage3 = sys.argv[1:]
-model = load_model(run)
-model.codec.set_decoder(load_model(stage2).codec.decoder)
+model, weak = load_model(run), load_model(stage2)
+model.codec.set_decoder(weak.codec.decoder)
 model.config.control_scale, model.config.control_end = 1.5, 1.0
+# version 7: autoguidance 2 with stage 2 (version 1's generator) as the guide; it differs from the shipped generator
+# in the ControlNet and the UNet decoder only, so guide/ keeps those (the UNet encoder is shared)
+nets = lambda m: {"unet": m.unet, "controlnet": m.controlnet}
+model.guide = build_guide(guide_tensors(nets(model), nets(weak)), model.unet, model.controlnet, "stage 2")
+model.config.autoguidance = 2.0
 model.scheduler_config["timestep_spacing"] = "trailing"  # version 4: sampling starts at t = 999 (new runs have it)
 model.save_pretrained(ship, dtype=torch.float16)
 shutil.copy(f"{stage2}/codec/decoder/train_config.json", f"{ship}/codec/decoder/")

@@ -97,7 +97,9 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
 
     Config: `resolution` (pixels, square), `prompt` (the model's default prompt), `control_scale` (its
     recommended ControlNet conditioning scale) and `control_end` (its recommended fraction of the steps the
-    ControlNet acts in), copied from the folder's siamese_config.json when it is saved.
+    ControlNet acts in), copied from the folder's siamese_config.json when it is saved. It samples without
+    autoguidance: a folder's guide/ (and its recommended `autoguidance`) is used by the `siamese` package's sampler
+    and app; this pipeline's images are theirs at autoguidance 1.
     """
 
     model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"

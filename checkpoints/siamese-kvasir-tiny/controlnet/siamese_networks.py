@@ -183,8 +183,8 @@ class UNetEncoding:
     hidden: Tensor
     skips: list[Tensor]
 
-    def select(self, index: Tensor) -> UNetEncoding:
-        """The same encoding for a subset of the batch."""
+    def select(self, index: Tensor | slice) -> UNetEncoding:
+        """The same encoding for a subset of the batch (a slice gives views, no copy)."""
         return UNetEncoding(self.emb[index], self.hidden[index], [s[index] for s in self.skips])
 
 
