@@ -96,8 +96,8 @@ def table(res: dict) -> str:
             rows.append(("max pixel diff vs pipeline", f"{s['max_pixel_diff_vs_pipeline']:.2e}"))
         lines += _rows(f"Sampling, batch {s['batch']}, {s['resolution']}x{s['resolution']}, {s['scheduler']}, "
                        f"{s['steps']} steps, guidance {s['guidance_scale']}, "
-                       f"control scale {describe_mask(s.get('control_scale', 1.0), s.get('control_end', 1.0))} "
-                       f"({res['sample_model']})", rows)
+                       f"control scale {describe_mask(s.get('control_scale', 1.0), s.get('control_end', 1.0))}, "
+                       f"no autoguidance (the loop has none) ({res['sample_model']})", rows)
     if "sample_memory_format" in res:
         c = res["sample_memory_format"]
         rows = [(k, _s(v)) for k, v in c["seconds"].items()]

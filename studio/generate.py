@@ -28,7 +28,9 @@ try:  # Hugging Face Spaces (ZeroGPU): present on a Space, absent locally
 except ImportError:
     spaces = None
 
-DEFAULTS = dict(scheduler="dpm++", steps=20, guidance_scale=9.0, num_images=4)
+# 16 steps since version 7 of the bundled model: with its autoguidance, 20 steps took 1.56 s per image here and 16
+# draw the same (its model card: colour/texture KID / fidelity 5.52 / 0.629 at 16 steps, 5.34 / 0.627 at 20)
+DEFAULTS = dict(scheduler="dpm++", steps=16, guidance_scale=9.0, num_images=4)
 
 
 def _sample(model, mask: np.ndarray, num_images: int, seed: int, params: SamplingParams, callback, source: str):

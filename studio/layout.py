@@ -242,7 +242,7 @@ API_HELP = """### Scripting with gradio_client
 ```python
 from gradio_client import Client, handle_file
 client = Client("http://127.0.0.1:7860/")
-gallery, status = client.predict(mask=handle_file("mask.png"), prompt="", num_images=4, steps=20,
+gallery, status = client.predict(mask=handle_file("mask.png"), prompt="", num_images=4, steps=16,
                                  guidance_scale=9.0, seed=0, scheduler="dpm++", api_name="/generate")
 # control_scale=3.0 sets the mask strength, control_end=0.5 the share of the steps it acts in (from the first),
 # autoguidance=2.0 pushes the images away from the model's guide, a weaker version of it (1: off; only a model

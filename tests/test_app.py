@@ -393,7 +393,7 @@ def test_build_demo_exposes_the_stable_api(tiny_model_dir, tmp_path):
     assert params[:7] == ["mask", "prompt", "num_images", "steps", "guidance_scale", "seed", "scheduler"]
     assert {"/export", "/keep_all", "/train_start", "/train_stop", "/train_status"} <= set(api)
     defaults = {p["parameter_name"]: p["parameter_default"] for p in api["/generate"]["parameters"]}
-    assert defaults["scheduler"] == "dpm++" and defaults["steps"] == 20 and defaults["guidance_scale"] == 9.0
+    assert defaults["scheduler"] == "dpm++" and defaults["steps"] == 16 and defaults["guidance_scale"] == 9.0
     assert defaults["num_images"] == 4 and defaults["control_scale"] == 2.5  # the model's recommendation
     assert defaults["control_end"] == 0.6
     assert params[-1] == "autoguidance" and defaults["autoguidance"] == 1.0  # last: positional callers unchanged

@@ -117,7 +117,7 @@ def test_draw_generate_keep_export_unzip(browser, server, tmp_path):
         ys, xs = np.nonzero(mask)
         assert 0.25 < xs.mean() / 64 < 0.65 and 0.3 < ys.mean() / 64 < 0.6, "where the stroke was drawn"
         meta = json.loads(zf.read("metadata.jsonl"))
-        assert meta["image"] == images[0] and meta["scheduler"] == "dpm++" and meta["steps"] == 20
+        assert meta["image"] == images[0] and meta["scheduler"] == "dpm++" and meta["steps"] == 16
         assert f"nnunet/labelsTr/{Path(images[0]).stem}.png" in names
     assert outside == [], f"the page called out: {outside}"
     page.close()
