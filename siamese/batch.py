@@ -35,6 +35,7 @@ REJECTED_FOLDER = "rejected"
 # the settings a finished pair must have been made with to count as done (`finished_pairs`)
 _SAME = ("seed", "steps", "guidance_scale", "scheduler", "eta", "control_scale", "control_end", "autoguidance",
          "prompt", "resolution")
+_BEFORE = {"autoguidance": 1.0}  # settings that pairs made before them lack, with the value they were made with
 
 
 @dataclass
@@ -181,8 +182,7 @@ def finished_pairs(
             want = {**expected, "seed": pair_seed(seed, offset + m, num_images, i)}
             for side, records in placed.items():
                 record = records.get(name)
-                if record is None or any(record.get(k, 1.0 if k == "autoguidance" else None) != want[k]
-                                         for k in _SAME):  # pairs made before autoguidance: made without
+                if record is None or any(record.get(k, _BEFORE.get(k)) != want[k] for k in _SAME):
                     continue
                 if (record.get("model") or {}).get("fingerprint") != fingerprint:
                     continue

@@ -82,7 +82,7 @@ def format_report(report: dict) -> str:
         f"{p['test']} evaluated (split seed {s['seed']})",
         f"sampling: {s['scheduler']}, {s['steps']} steps, guidance {s['guidance_scale']}, "
         f"control scale {describe_mask(s.get('control_scale', 1.0), s.get('control_end', 1.0))}, "
-        f"autoguidance {s.get('autoguidance') or 1.0:g}, {s['model_resolution']}x{s['model_resolution']}",
+        f"autoguidance {s.get('autoguidance', 1.0):g}, {s['model_resolution']}x{s['model_resolution']}",
         f"segmentation network: {report['segmentation_network']}",
         "",
         "1. Mask fidelity: the real-trained network segments held-out images; Dice/IoU vs their masks",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from .networks import DHIControlNetModel
 logger = logging.getLogger(__name__)
 
 __all__ = ["Guide", "GuideError", "GUIDE_FOLDER", "MAX_AUTOGUIDANCE", "add_guide", "build_guide", "guide_of_model",
-           "guide_tensors", "load_guide", "save_guide"]
+           "guide_tensors", "load_guide", "make_guide", "save_guide"]
 
 GUIDE_FOLDER = "guide"
 WEIGHTS_NAME = "guide.safetensors"
@@ -65,15 +64,19 @@ class Guide:
         return mods
 
 
-def guide_tensors(model_nets: dict[str, torch.nn.Module], weaker_nets: dict[str, torch.nn.Module]) -> dict[str, Tensor]:
-    """The tensors in which the weaker model's networks ({"unet": ..., "controlnet": ...}) differ from the model's,
-    keyed "unet.<name>" / "controlnet.<name>". Both need the same architecture (the same names and shapes)."""
+def guide_tensors(model, weaker) -> dict[str, Tensor]:
+    """The tensors in which `weaker`'s networks differ from `model`'s (each has `unet` and `controlnet`: a
+    SiameseModel or a Guide), keyed "unet.<name>" / "controlnet.<name>". Both need the same architecture (the same
+    names and shapes); a part the model lacks (no ControlNet: a base model) is not compared."""
     out: dict[str, Tensor] = {}
-    for part, net in model_nets.items():
-        if part not in weaker_nets or weaker_nets[part] is None:
+    for part in ("unet", "controlnet"):
+        net, other = getattr(model, part), getattr(weaker, part)
+        if net is None:
+            continue
+        if other is None:
             raise GuideError(f"the guide has no {part}: it must be a model of the same architecture (the same model "
                              "trained less)")
-        ours, theirs = net.state_dict(), weaker_nets[part].state_dict()
+        ours, theirs = net.state_dict(), other.state_dict()
         if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
             raise GuideError(f"the guide's {part} is not of the same architecture as the model's: a guide is the same "
                              "model trained less (an earlier stage or checkpoint of its training)")
@@ -85,28 +88,24 @@ def guide_tensors(model_nets: dict[str, torch.nn.Module], weaker_nets: dict[str,
     return out
 
 
+def make_guide(model, weaker, source: str = "") -> Guide:
+    """`weaker` (a SiameseModel of the same architecture, trained less) as the Guide of `model`."""
+    return build_guide(guide_tensors(model, weaker), model.unet, model.controlnet, source)
+
+
 def save_guide(folder: str | Path, tensors: dict[str, Tensor], source: str = "",
                dtype: torch.dtype | None = None) -> Path:
     """Write `folder`/guide/ (the tensors, in `dtype` when given, and guide_config.json); returns that folder.
-    Written to a temporary folder first and renamed, so a model folder never holds half a guide."""
+    Written through `atomic_folder`, so a model folder never holds half a guide."""
+    from .export import atomic_folder
+
     target = Path(folder) / GUIDE_FOLDER
-    tmp = Path(folder) / f".{GUIDE_FOLDER}.tmp"
-    if tmp.exists():
-        for f in tmp.iterdir():
-            f.unlink()
-    tmp.mkdir(exist_ok=True)
-    save_file({k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
-               for k, v in tensors.items()}, str(tmp / WEIGHTS_NAME))
-    parts = sorted({k.split(".", 1)[0] for k in tensors})
-    (tmp / CONFIG_NAME).write_text(json.dumps({"source": source, "tensors": len(tensors), "parts": parts}, indent=2)
-                                   + "\n")
-    if target.exists():
-        old = Path(folder) / f".{GUIDE_FOLDER}.old"
-        os.replace(target, old)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
-    os.replace(tmp, target)
+    with atomic_folder(target) as tmp:
+        save_file({k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+                   for k, v in tensors.items()}, str(tmp / WEIGHTS_NAME))
+        parts = sorted({k.split(".", 1)[0] for k in tensors})
+        (tmp / CONFIG_NAME).write_text(json.dumps({"source": source, "tensors": len(tensors), "parts": parts},
+                                                  indent=2) + "\n")
     return target
 
 
@@ -154,9 +153,10 @@ def build_guide(tensors: dict[str, Tensor], unet: UNet2DConditionModel, controln
 
 def guide_of_model(guide: Guide, unet: UNet2DConditionModel, controlnet: DHIControlNetModel | None) -> dict[str, Tensor]:
     """The tensors in which `guide` differs from the model's networks (what `save_guide` writes)."""
-    nets = {"unet": unet, **({"controlnet": controlnet} if controlnet is not None else {})}
-    weaker = {"unet": guide.unet, "controlnet": guide.controlnet if guide.controlnet is not None else controlnet}
-    return guide_tensors(nets, weaker)
+    from types import SimpleNamespace
+
+    weaker = SimpleNamespace(unet=guide.unet, controlnet=guide.controlnet or controlnet)  # None: the model's own
+    return guide_tensors(SimpleNamespace(unet=unet, controlnet=controlnet), weaker)
 
 
 def add_guide(model_folder: str | Path, guide_folder: str | Path, weight: float = 2.0,
@@ -167,8 +167,7 @@ def add_guide(model_folder: str | Path, guide_folder: str | Path, weight: float 
     the model at `output`. Returns the folder written."""
     import shutil
 
-    from safetensors import safe_open
-
+    from .decoder import _is_half
     from .export import check_writable
     from .model import load_model
 
@@ -188,15 +187,10 @@ def add_guide(model_folder: str | Path, guide_folder: str | Path, weight: float 
     model, weaker = load_model(source), load_model(guide_folder)
     if model.controlnet is None:
         raise ValueError(f"{model_folder} has no ControlNet (a base model): autoguidance guides the mask branch")
-    nets = {"unet": model.unet, "controlnet": model.controlnet}
-    tensors = guide_tensors(nets, {"unet": weaker.unet, "controlnet": weaker.controlnet})
-    with safe_open(str(next((source / "unet").glob("*.safetensors"))), "pt") as f:
-        dtype = f.get_slice(next(iter(f.keys()))).get_dtype()
-    dtype = {"F16": torch.float16, "BF16": torch.bfloat16}.get(dtype)
+    tensors = guide_tensors(model, weaker)
     if not same:
-        shutil.copytree(source, out, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(GUIDE_FOLDER, f".{GUIDE_FOLDER}.*", "*.tmp"))
-    save_guide(out, tensors, str(guide_folder), dtype)
+        shutil.copytree(source, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(GUIDE_FOLDER, "*.tmp"))
+    save_guide(out, tensors, str(guide_folder), torch.float16 if _is_half(source) else None)
     model.config.autoguidance = float(weight)
     model.config.save(out)
     logger.info("guide from %s added to %s (%d tensors), autoguidance %g", guide_folder, out, len(tensors), weight)

@@ -188,7 +188,7 @@ class GenerateHandlers:
         status = (f"{len(shots)} images in {took:.1f} s · seeds {shots[0].item.seed}–{shots[-1].item.seed} · "
                   f"{params.scheduler}, {params.steps} steps, guidance {params.guidance_scale:g}, "
                   f"mask strength {describe_mask(used['control_scale'], used['control_end'])}"
-                  f"{describe_autoguidance(used.get('autoguidance', 1.0))}{off}. Click an image, then Keep or "
+                  f"{describe_autoguidance(used['autoguidance'])}{off}. Click an image, then Keep or "
                   "Discard.")
         return self.render(shots, show_outline), shots, status
 

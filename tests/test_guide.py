@@ -13,7 +13,7 @@ from conftest import weaken
 from siamese import SamplingParams, generate, load_model
 from siamese.cli import main
 from siamese.data import mask_to_hint
-from siamese.guide import GUIDE_FOLDER, build_guide, guide_tensors
+from siamese.guide import GUIDE_FOLDER, build_guide, guide_tensors, make_guide
 from siamese.model import ModelLoadError
 from siamese.networks import controlnet_residuals, unet_decode, unet_encode
 from siamese.sampling import _guide_eps, sample
@@ -23,17 +23,12 @@ MASK[16:40, 20:50] = 255
 FAST = dict(steps=3, scheduler="ddim")
 
 
-def _nets(model) -> dict:
-    return {"unet": model.unet, "controlnet": model.controlnet}
-
-
 def _guided(model, **parts):
-    weak = weaken(model, **parts)
-    return build_guide(guide_tensors(_nets(model), _nets(weak)), model.unet, model.controlnet)
+    return make_guide(model, weaken(model, **parts))
 
 
 def test_a_guide_keeps_only_what_differs_and_knows_when_it_shares_the_encoder(tiny_model):
-    tensors = guide_tensors(_nets(tiny_model), _nets(weaken(tiny_model)))
+    tensors = guide_tensors(tiny_model, weaken(tiny_model))
     decoder = ("up_blocks.", "conv_norm_out.", "conv_out.")
     assert all(k.startswith("controlnet.") or k.split(".", 1)[1].startswith(decoder) for k in tensors)
     assert any(k.startswith("unet.up_blocks.") for k in tensors) and any(k.startswith("controlnet.") for k in tensors)

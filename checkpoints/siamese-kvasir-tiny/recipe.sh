@@ -47,15 +47,14 @@ fi
 $PY - "$RUNS/kvasir-siamese-locked" "$(dirname "$0")" "$RUNS/kvasir-base" "$RUNS/kvasir-siamese" "$RUNS/kvasir-siamese-tb" <<'PY'
 import shutil, sys, torch
 from siamese import load_model
-from siamese.guide import build_guide, guide_tensors
+from siamese.guide import make_guide
 run, ship, base, stage2, stage3 = sys.argv[1:]
 model, weak = load_model(run), load_model(stage2)
 model.codec.set_decoder(weak.codec.decoder)
 model.config.control_scale, model.config.control_end = 1.5, 1.0
 # version 7: autoguidance 2 with stage 2 (version 1's generator) as the guide; it differs from the shipped generator
 # in the ControlNet and the UNet decoder only, so guide/ keeps those (the UNet encoder is shared)
-nets = lambda m: {"unet": m.unet, "controlnet": m.controlnet}
-model.guide = build_guide(guide_tensors(nets(model), nets(weak)), model.unet, model.controlnet, "stage 2")
+model.guide = make_guide(model, weak, "stage 2")
 model.config.autoguidance = 2.0
 model.scheduler_config["timestep_spacing"] = "trailing"  # version 4: sampling starts at t = 999 (new runs have it)
 model.save_pretrained(ship, dtype=torch.float16)
