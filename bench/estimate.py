@@ -30,7 +30,6 @@ SD15_UNET = dict(
 )
 TEXT_ENCODER_PARAMS = 123_060_480  # CLIP ViT-L/14 text model
 VAE_PARAMS = 83_653_863  # SD1.5 AutoencoderKL
-DECODER_PREFIXES = ("up_blocks.", "conv_norm_out.", "conv_out.")
 
 
 def _meta_networks():
@@ -93,10 +92,12 @@ def _activation_bytes(unet, controlnet, batch: int, resolution: int, bytes_per_v
 
 @lru_cache(maxsize=4)
 def _estimate(batch: int, resolution: int) -> dict:
+    from siamese.networks import UNET_DECODER_PREFIXES
+
     unet, controlnet = _meta_networks()
     n_unet = sum(p.numel() for p in unet.parameters())
     n_controlnet = sum(p.numel() for p in controlnet.parameters())
-    n_decoder = sum(p.numel() for n, p in unet.named_parameters() if n.startswith(DECODER_PREFIXES))
+    n_decoder = sum(p.numel() for n, p in unet.named_parameters() if n.startswith(UNET_DECODER_PREFIXES))
     n_trainable = n_controlnet + n_decoder
     n_all = n_unet + n_controlnet + TEXT_ENCODER_PARAMS + VAE_PARAMS
     activations = _activation_bytes(unet, controlnet, batch, resolution, bytes_per_value=2)

@@ -5,7 +5,8 @@ of its inputs: image i of mask m (position m in `masks`) has seed `seed + m * nu
 2**32 - 1), whatever else runs, so a batch that is stopped and resumed (`skip`), or split into several `masks`
 lists (one per process) whose positions are kept (`offset`), makes the same pairs, pixel for pixel, as one
 uninterrupted run. Images of one mask are sampled in groups of `batch_size` on a fixed grid (images 0..b-1,
-b..2b-1, ...), so a resumed run samples its remaining images in the same groups.
+b..2b-1, ...), and a group is always sampled whole: a resumed run samples a half-done group again and keeps the
+images it lacks, since a batch of another size rounds differently (a few pixels off by one).
 
 `finished_pairs` reads an output folder (accepted pairs in it, rejected ones in its `rejected/`) and names the
 pairs a run with these settings would make again: the CLI's resume.
@@ -25,7 +26,8 @@ import numpy as np
 from .data import augment_mask
 from .fidelity import FidelityScorer
 from .model import SiameseModel
-from .sampling import MAX_SEED, Generated, SamplingParams, generate, validate_request
+from .params import MAX_SEED, Generated, SamplingParams, validate_request
+from .sampling import generate
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +68,10 @@ def validate_min_fidelity(min_fidelity: float | None, scorer: FidelityScorer | N
 
 
 def _groups(todo: list[int], batch_size: int) -> list[list[int]]:
-    """Image indices to make, grouped as on the fixed grid of `batch_size`, then split into runs of consecutive
-    indices (each run is one `generate` call: consecutive seeds)."""
+    """Image indices to make, grouped as on the fixed grid of `batch_size` (images 0..b-1, b..2b-1, ...)."""
     groups: list[list[int]] = []
     for i in todo:
-        if groups and groups[-1][-1] == i - 1 and groups[-1][0] // batch_size == i // batch_size:
+        if groups and groups[-1][0] // batch_size == i // batch_size:
             groups[-1].append(i)
         else:
             groups.append([i])
@@ -125,9 +126,11 @@ def run_batch(
                     item = generate(model, aug, 1, (base + i) % (MAX_SEED + 1), params, source=source)[0]
                     item.params["augmented_mask"] = True
                     items.append(item)
-            else:
-                items = generate(model, mask, len(group), (base + group[0]) % (MAX_SEED + 1), params,
-                                 batch_size=batch_size, source=source)
+            else:  # the whole group of the grid, as an uninterrupted run samples it; the images to make kept
+                first = group[0] // batch_size * batch_size
+                whole = generate(model, mask, min(batch_size, num_images - first), (base + first) % (MAX_SEED + 1),
+                                 params, batch_size=batch_size, source=source)
+                items = [whole[i - first] for i in group]
             scores: list[float | None] = [None] * len(items)
             if scorer is not None:
                 scores = [float(s) for s in scorer.score(np.stack([it.image for it in items]),

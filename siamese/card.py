@@ -12,13 +12,13 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import re
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .export import atomic_write
-from .sampling import describe_mask
+from .eval_report import format_report
+from .files import atomic_write, is_hub_id
+from .params import describe_mask
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,6 @@ GENERATED_MARK = ("<!-- siamese: generated model card; rewritten by train, evalu
 TAGS = ["siamese-diffusion", "medical-imaging", "image-segmentation", "controlnet", "diffusers"]
 PIPELINE_TAG = "image-to-image"
 LIBRARY_NAME = "diffusers"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _LOSS_KEYS = ("loss", "loss_mask", "loss_image", "loss_consistency", "loss_regularization")
 
 
@@ -73,14 +72,14 @@ def base_model_of(model: str | None) -> str | None:
     path = Path(model).expanduser()
     if path.is_dir():
         base = _card_front_matter(path / CARD_NAME).get("base_model")
-        return base if isinstance(base, str) and _HUB_ID.match(base) else None
-    return model if _HUB_ID.match(model) else None
+        return base if isinstance(base, str) and is_hub_id(base) else None
+    return model if is_hub_id(model) else None
 
 
 def _shown(value) -> str:
     """A hub id as it is; a local path by its last part (a card may be published: no server paths in it)."""
     text = str(value)
-    return text if _HUB_ID.match(text) and not Path(text).expanduser().exists() else Path(text).name
+    return text if is_hub_id(text) and not Path(text).expanduser().exists() else Path(text).name
 
 
 def _table(rows: list[tuple[str, object]]) -> str:
@@ -140,8 +139,6 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
         lines += ["", f"## Last losses (metrics.csv, step {last['step']})", "", "| term | value |", "|---|---|"]
         lines += [f"| {k} | {last[k]} |" for k in (*_LOSS_KEYS, "lr") if last.get(k) not in (None, "")]
     if evaluation:
-        from .eval_report import format_report
-
         try:
             settings = evaluation.get("settings", {})
             text = format_report({**evaluation, "data": _shown(evaluation.get("data", "")),

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .export import atomic_folder
+from .files import atomic_folder
 
 __all__ = ["EMA", "ema_decay_at", "latest_checkpoint", "save_checkpoint", "load_checkpoint", "checkpoint_metrics"]
 

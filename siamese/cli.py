@@ -1,5 +1,5 @@
-"""Command line: `python -m siamese train | sample | evaluate | train-decoder | train-scorer | add-guide | convert |
-push`: a thin front."""
+"""Command line: `python -m siamese train | build | sample | evaluate | train-decoder | train-scorer | add-guide |
+convert | push`: a thin front."""
 
 from __future__ import annotations
 
@@ -10,32 +10,14 @@ import sys
 import threading
 from pathlib import Path
 
+from .cli_options import add_config_options, add_sampling_options, config_from_args
+
 logger = logging.getLogger(__name__)
-
-CONTROL_SCALE_HELP = ("multiplies the ControlNet residuals: how strongly the mask acts (1: as trained, 0: ignored; "
-                      "default: the model's recommended value)")
-AUTOGUIDANCE_HELP = ("autoguidance weight: above 1 pushes the images away from the model's guide, a weaker version of "
-                     "it (1: off; needs a guide, see add-guide; default: the model's recommended value)")
-CONTROL_END_HELP = ("fraction of the sampling steps, from the first, in which the mask acts (1: all; 0.5: the noisier "
-                    "half, which decides the layout; default: the model's recommended value)")
-
 
 def _train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train
 
-    config = TrainConfig(
-        data=args.data, output=args.output, model=args.model, objective=args.objective, base_steps=args.base_steps,
-        resolution=args.resolution, batch_size=args.batch_size, max_steps=args.max_steps, stop_at=args.stop_at,
-        lr=args.lr,
-        zero_lr_scale=args.zero_lr_scale, timestep_bias=args.timestep_bias,
-        timestep_bias_multiplier=args.timestep_bias_multiplier, timestep_bias_portion=args.timestep_bias_portion,
-        warmup_steps=args.warmup_steps, ema_decay=args.ema_decay, gradient_accumulation=args.gradient_accumulation,
-        mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-        unlock_decoder=not args.lock_decoder, use_8bit_adam=args.use_8bit_adam,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, preview_every=args.preview_every,
-        prompt=args.prompt, seed=args.seed, resume=args.resume, name=args.name, holdout=args.holdout,
-        report_to=args.report_to, scorer_steps=args.scorer_steps,
-    )
+    config = config_from_args(TrainConfig, args)  # every option is a TrainConfig field (add_config_options)
     stop = threading.Event()
 
     def request_stop(signum, frame):  # Ctrl-C / SIGTERM: finish the step, save, exit cleanly
@@ -53,14 +35,15 @@ def _train(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace) -> None:
     import torch
 
-    from . import default_model
     from .batch import REJECTED_FOLDER, finished_pairs, run_batch, validate_min_fidelity
     from .data import list_masks, read_mask
     from .distributed import clear_part, start_share
-    from .export import check_writable, remove_pairs, write_pairs
+    from .export import check_apart, remove_pairs, write_pairs
     from .fidelity import load_scorer
+    from .files import check_writable, default_model
     from .model import load_model
-    from .sampling import SamplingParams, prepare_mask, random_seed, validate_request
+    from .params import SamplingParams, random_seed, validate_request
+    from .sampling import prepare_mask
 
     # 1. every setting, every mask file and the output folder, before the (possibly slow) model load
     params = SamplingParams(prompt=args.prompt, steps=args.steps, guidance_scale=args.guidance,
@@ -75,6 +58,7 @@ def _sample(args: argparse.Namespace) -> None:
     masks = [read_mask(path) for path in paths]
     out = Path(args.output)
     check_writable(out)
+    check_apart(out, args.masks, "masks")
     # 2. the model and its fidelity scorer; every mask at the model's resolution (an empty or full mask is
     #    refused before any sampling). Under torchrun / accelerate launch this process takes a share of the
     #    masks, on its own device.
@@ -84,11 +68,14 @@ def _sample(args: argparse.Namespace) -> None:
     model = load_model(model_path, device=device)
     scorer = load_scorer(model_path, device=device)
     validate_min_fidelity(args.min_fidelity, scorer)
+    prepared = []
     for path, mask in zip(paths, masks):
         try:
-            prepare_mask(model, mask)
+            prepared.append(prepare_mask(model, mask))
         except ValueError as e:
             raise type(e)(f"{path}: {e}") from None
+    if not args.augment_masks:  # sampled as prepared; an augmentation starts from the mask as the file has it
+        masks = prepared
     # 3. resume: the pairs of this very batch already in the output folder are not made again
     seed = share.agree(random_seed() if args.seed is None else args.seed)
     stems = [path.stem for path in paths]
@@ -150,7 +137,8 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _train_decoder(args: argparse.Namespace) -> None:
-    from .decoder import DecoderTrainConfig, add_decoder
+    from .decoder import DecoderTrainConfig
+    from .folder_ops import add_decoder
 
     config = DecoderTrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
                                 latent_noise=args.latent_noise, width=args.width, seed=args.seed,
@@ -175,7 +163,8 @@ def _train_decoder(args: argparse.Namespace) -> None:
 
 
 def _train_scorer(args: argparse.Namespace) -> None:
-    from .fidelity import ScorerConfig, add_scorer, load_scorer, scorer_summary
+    from .fidelity import ScorerConfig, load_scorer, scorer_summary
+    from .folder_ops import add_scorer
 
     config = ScorerConfig(steps=args.steps, resolution=args.resolution, batch_size=args.batch_size, lr=args.lr,
                           seed=args.seed)
@@ -200,8 +189,38 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(format_report(report))
 
 
+def _build(args: argparse.Namespace) -> None:
+    from .build import BuildConfig, BuildStopped, build
+
+    config = BuildConfig(data=args.data, output=args.output, budget_hours=args.budget_hours,
+                         resolution=args.resolution, batch_size=args.batch_size, holdout=args.holdout,
+                         prompt=args.prompt, name=args.name, seed=args.seed, sweep_masks=args.sweep_masks,
+                         eval_seeds=args.eval_seeds, report_to=args.report_to)
+    stop = threading.Event()
+
+    def request_stop(signum, frame):  # Ctrl-C / SIGTERM: finish the training step, save, exit cleanly
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("\nstopping after this step (the same command resumes; Ctrl-C again to abort)", file=sys.stderr)
+        stop.set()
+
+    def progress(event: dict) -> None:
+        if event["type"] == "stage":
+            print(f"stage {event['index']}/{event['total']}: {event['stage']} (training left: about "
+                  f"{event['eta_s'] / 60:.0f} min on 2 idle cores)", file=sys.stderr, flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, request_stop)
+    try:
+        out = build(config, progress, stop, progress_bar=True)
+    except BuildStopped as e:
+        print(str(e), file=sys.stderr)
+        return
+    print(f"model built in {out} (its card: {out}/README.md)")
+
+
 def _add_guide(args: argparse.Namespace) -> None:
-    from .guide import add_guide
+    from .folder_ops import add_guide
 
     out = add_guide(args.model, args.guide, args.weight, output=args.output)
     print(f"guide from {args.guide} added to {out}; it recommends autoguidance {args.weight:g}")
@@ -235,6 +254,31 @@ def _fractions(text: str) -> tuple[float, ...]:
     return values
 
 
+def _device(text: str) -> str:
+    """'cpu', 'cuda', 'cuda:N' or 'mps', checked against this machine's torch; argparse turns the error into its
+    one-line error before anything is read or written."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got '{text}'") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise argparse.ArgumentTypeError(f"'{text}': CUDA is not available ({why}); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"'{text}': there {'is' if count == 1 else 'are'} {count} CUDA "
+                                             f"device{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1})")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"'{text}': MPS (Apple GPU) is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got '{text}'")
+    return text
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors ending as every error of the CLI does: a last line `error: ...`, exit code 2."""
 
@@ -244,7 +288,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .sampling import SCHEDULERS
+    from .params import SamplingParams
+    from .train_config import TrainConfig
 
     parser = _Parser(prog="python -m siamese", description="Siamese-Diffusion: image-mask "
                      "pair synthesis for medical segmentation.")
@@ -252,54 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model on image-mask pairs")
-    t.add_argument("--data", required=True, help="folder with images/ and masks/, or prompt.json")
-    t.add_argument("--output", required=True, help="run folder; becomes a loadable model folder")
-    t.add_argument("--model", default="tiny", help="tiny, a model folder, or a hub repo id (default: tiny)")
-    t.add_argument("--objective", default="siamese", choices=("siamese", "controlnet", "base"),
-                   help="siamese (default), controlnet (mask-only baseline) or base (pre-train a UNet)")
-    t.add_argument("--base-steps", type=int, default=0,
-                   help="with --model tiny: pre-train the UNet alone this many steps first (OUTPUT/base), "
-                        "then the ControlNet from it (0: off)")
-    t.add_argument("--resolution", type=int, default=256)
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--max-steps", type=int, default=1000)
-    t.add_argument("--stop-at", type=int, default=0,
-                   help="stop at this step as Ctrl-C would (checkpoint and model saved, --resume latest continues); "
-                        "the schedules still run to --max-steps (0: off)")
-    t.add_argument("--lr", type=float, default=1e-5)
-    t.add_argument("--zero-lr-scale", type=float, default=1.0,
-                   help="lr multiplier of the ControlNet's zero-initialised layers (zero convolutions, the DHI's "
-                        "output conv); default 1. An experiment: on the bundled model 10 grew those layers but "
-                        "did not make the mask act more (its model card has the figures)")
-    t.add_argument("--timestep-bias", default="none", choices=("none", "later", "earlier"),
-                   help="sample training timesteps non-uniformly (diffusers' --timestep_bias_strategy): 'later' "
-                        "favours the noisiest steps, where the layout (the mask) is decided; default none, "
-                        "the method's uniform U{0..999}")
-    t.add_argument("--timestep-bias-multiplier", type=float, default=1.0, help="weight of the biased timesteps")
-    t.add_argument("--timestep-bias-portion", type=float, default=0.25, help="fraction of timesteps biased")
-    t.add_argument("--warmup-steps", type=int, default=0)
-    t.add_argument("--ema-decay", type=float, default=0.0,
-                   help="keep an exponential moving average of the weights (e.g. 0.999) and save it; 0: off")
-    t.add_argument("--gradient-accumulation", type=int, default=1)
-    t.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
-    t.add_argument("--gradient-checkpointing", action="store_true")
-    t.add_argument("--lock-decoder", action="store_true", help="train the ControlNet only (UNet decoder frozen)")
-    t.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes 8-bit AdamW (GPU)")
-    t.add_argument("--checkpoint-every", type=int, default=500)
-    t.add_argument("--log-every", type=int, default=10)
-    t.add_argument("--preview-every", type=int, default=0, help="save preview samples every N steps (0: never)")
-    t.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
-    t.add_argument("--prompt", default=None, help="prompt for pairs without one (default: from the data)")
-    t.add_argument("--name", default="", help="model name recorded in its config")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--holdout", type=float, default=0.0,
-                   help="fraction of pairs left out of training, the same split `evaluate` tests on (seed 0)")
-    t.add_argument("--report-to", default="none", choices=("none", "tensorboard", "wandb"),
-                   help="also log the losses, lr and previews to TensorBoard (OUTPUT/logs) or W&B, through "
-                        "accelerate's trackers (the package must be installed); default none")
-    t.add_argument("--scorer-steps", type=int, default=200,
-                   help="at the end, train the fidelity scorer (segmenter/, see train-scorer) this many steps on the "
-                        "training pairs; 0: none")
+    add_config_options(t, TrainConfig)
     t.set_defaults(func=_train)
 
     s = sub.add_parser("sample", help="generate images from masks")
@@ -307,13 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--masks", required=True, help="a mask image or a folder of masks")
     s.add_argument("--output", required=True, help="output folder (images/, masks/, metadata.jsonl)")
     s.add_argument("--num-images", type=int, default=1, help="images per mask")
-    s.add_argument("--steps", type=int, default=50)
-    s.add_argument("--guidance", type=float, default=9.0)
+    defaults = SamplingParams()
+    add_sampling_options(s, steps=defaults.steps, guidance=defaults.guidance_scale, scheduler=defaults.scheduler)
     s.add_argument("--seed", type=int, default=None, help="first seed (default: random); image i gets seed+i")
-    s.add_argument("--scheduler", default="ddim", choices=SCHEDULERS)
-    s.add_argument("--control-scale", type=float, default=None, help=CONTROL_SCALE_HELP)
-    s.add_argument("--control-end", type=float, default=None, help=CONTROL_END_HELP)
-    s.add_argument("--autoguidance", type=float, default=None, help=AUTOGUIDANCE_HELP)
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
     s.add_argument("--prompt", default=None, help="default: the model's prompt")
     s.add_argument("--augment-masks", action="store_true", help="each image from a randomly augmented mask")
@@ -323,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-rejected", action="store_true",
                    help="write the pairs below --min-fidelity too, to OUTPUT/rejected/ (with its own metadata.jsonl)")
     s.add_argument("--batch-size", type=int, default=4)
-    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    s.add_argument("--device", type=_device, default=None,
+                   help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     s.set_defaults(func=_sample)
 
     d = sub.add_parser("train-decoder", help="train a learned decoder for a tiny model's patch codec (sharper, "
@@ -371,12 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-test", type=int, default=60, help="held-out pairs used (0: all)")
     e.add_argument("--seeds", type=int, default=2, help="segmentation training seeds for the downstream test")
     e.add_argument("--seg-steps", type=int, default=600, help="segmentation network training steps")
-    e.add_argument("--steps", type=int, default=20)
-    e.add_argument("--guidance", type=float, default=9.0, help="classifier-free guidance (the app's default)")
-    e.add_argument("--scheduler", default="dpm++", choices=SCHEDULERS)
-    e.add_argument("--control-scale", type=float, default=None, help=CONTROL_SCALE_HELP)
-    e.add_argument("--control-end", type=float, default=None, help=CONTROL_END_HELP)
-    e.add_argument("--autoguidance", type=float, default=None, help=AUTOGUIDANCE_HELP)
+    add_sampling_options(e, steps=20, guidance=9.0, scheduler="dpm++",  # EvalConfig's (not imported: it is slow)
+                         guidance_help="classifier-free guidance (the app's default)")
     e.add_argument("--resolution", type=int, default=128, help="segmentation network input size")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--max-synthetic", type=int, default=200,
@@ -391,6 +382,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-save-scorer", action="store_true",
                    help="do not save the evaluation's network as the model's fidelity scorer when it has none")
     e.set_defaults(func=_evaluate)
+
+    b = sub.add_parser("build", help="make a complete model from image-mask pairs in one resumable command: every "
+                       "stage of the bundled model's recipe, the settings sweep, the evaluation and the model card")
+    b.add_argument("--data", required=True, help="folder with images/ and masks/, or prompt.json")
+    b.add_argument("--output", required=True, help="the model folder to make (its stages go in OUTPUT/build/)")
+    b.add_argument("--budget-hours", type=float, default=3.5, help="CPU hours (2 cores) the training stages are "
+                   "planned for; the steps scale from the full recipe (3.5, the polyp model's) in its proportions")
+    b.add_argument("--resolution", type=int, default=256, help="image size, a multiple of 64 (default 256)")
+    b.add_argument("--batch-size", type=int, default=8, help="training batch size (default 8)")
+    b.add_argument("--holdout", type=float, default=0.2, help="share of the pairs held out for the settings sweep "
+                   "and the evaluation (default 0.2, split seed 0, as evaluate's)")
+    b.add_argument("--prompt", default=None, help="the model's prompt (default: guessed from the data folder)")
+    b.add_argument("--name", default="", help="model name (default: the output folder's name)")
+    b.add_argument("--seed", type=int, default=0, help="training and sweep seed")
+    b.add_argument("--sweep-masks", type=int, default=32, help="held-out masks the settings sweep samples")
+    b.add_argument("--eval-seeds", type=int, default=2, help="segmentation seeds of the final evaluation's "
+                   "downstream test (0: no evaluation)")
+    b.add_argument("--report-to", default="none", help="none, tensorboard or wandb (the training stages' losses)")
+    b.set_defaults(func=_build)
 
     g = sub.add_parser("add-guide", help="give a model a guide for autoguidance: a weaker version of it (an earlier "
                        "stage of its training), which sampling pushes the images away from")

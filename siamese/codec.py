@@ -25,9 +25,10 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .decoder import PatchDecoder
+from .carried import patch_codec as carried  # the codec's arithmetic, also carried in model folders
+from .carried.patch_codec import PatchDecoder
 
-__all__ = ["PatchCodecConfig", "PatchCodec", "VAECodec", "Codec"]
+__all__ = ["PatchCodecConfig", "PatchCodec", "VAECodec", "Codec", "save_module"]
 
 
 @dataclass
@@ -39,50 +40,27 @@ class PatchCodecConfig:
     learned_decoder: bool = False  # decode with a PatchDecoder (codec/decoder/) instead of the linear inverse
 
 
-class PatchCodec(nn.Module):
+class PatchCodec(carried.PatchCodec):
     """Images (B, 3, H, W) in [-1, 1] <-> latents (B, channels, H/p, W/p), p = patch size.
 
     latent = (basis @ (patch - mean)) / scale;  patch = basis.T @ (latent * scale) + mean, with one
     scale per channel (the standard deviation of its component). Unfitted: the first `channels` unit
-    vectors, scale 0.5.
+    vectors, scale 0.5. Encoding and decoding are the carried class's (`siamese/carried/patch_codec.py`, the file
+    a model folder carries for diffusers): this one adds its config, fitting, saving and loading.
 
-    With `decoder` (a `decoder.PatchDecoder`, trained on these latents) `decode` runs it instead of the
-    linear inverse: non-linear, and its receptive field spans the patch borders, so latent errors do not
-    become 8x8 block patterns. `config.learned_decoder` records that the codec has one.
+    With `decoder` (a `PatchDecoder`, trained on these latents by `siamese.decoder`) `decode` runs it instead of
+    the linear inverse (`decode_linear`): non-linear, and its receptive field spans the patch borders, so latent
+    errors do not become 8x8 block patterns. `config.learned_decoder` records that the codec has one.
     """
 
-    WEIGHTS = "codec.safetensors"
-    BUFFERS = ("mean", "basis", "scale")
-
     def __init__(self, config: PatchCodecConfig, decoder: PatchDecoder | None = None) -> None:
-        super().__init__()
-        self.config = config
         d = 3 * config.patch_size**2
         if not 1 <= config.channels <= d:
             raise ValueError(f"patch codec channels must be between 1 and {d}, got {config.channels}")
-        self.register_buffer("mean", torch.zeros(d))
-        self.register_buffer("basis", torch.eye(d)[: config.channels].contiguous())
-        self.register_buffer("scale", torch.full((config.channels,), 0.5))
-        self.decoder = None
+        super().__init__(config.patch_size, config.channels)
+        self.config = config
         if decoder is not None:
             self.set_decoder(decoder)
-
-    @property
-    def latent_channels(self) -> int:
-        return self.config.channels
-
-    @property
-    def downscale(self) -> int:
-        return self.config.patch_size
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.basis.dtype
-
-    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        x = F.pixel_unshuffle(images.to(self.dtype), self.config.patch_size)  # B, d, h, w
-        x = x - self.mean.view(1, -1, 1, 1)
-        return torch.einsum("kd,bdhw->bkhw", self.basis, x) / self.scale.view(1, -1, 1, 1)
 
     def set_decoder(self, decoder: PatchDecoder | None) -> None:
         """Use `decoder` for decoding from now on (None: back to the linear inverse)."""
@@ -92,17 +70,6 @@ class PatchCodec(nn.Module):
                              f"a codec of {self.config.channels} channels and {self.config.patch_size}-pixel patches")
         self.decoder = decoder.requires_grad_(False) if decoder is not None else None
         self.config.learned_decoder = decoder is not None
-
-    def decode(self, latents: Tensor) -> Tensor:
-        """(B, C, h, w) latents -> (B, 3, h*p, w*p) images in [-1, 1] (not clamped)."""
-        if self.decoder is not None:
-            return self.decoder(latents.to(self.decoder.dtype))
-        return self.decode_linear(latents)
-
-    def decode_linear(self, latents: Tensor) -> Tensor:
-        """The exact linear inverse of `encode` on the kept components."""
-        x = torch.einsum("kd,bkhw->bdhw", self.basis, latents.to(self.dtype) * self.scale.view(1, -1, 1, 1))
-        return F.pixel_shuffle(x + self.mean.view(1, -1, 1, 1), self.config.patch_size)
 
     @classmethod
     def fit(cls, images: Tensor, config: PatchCodecConfig | None = None) -> PatchCodec:
@@ -135,7 +102,7 @@ class PatchCodec(nn.Module):
 
     def save_decoder(self, folder: Path) -> None:
         """The learned decoder's config.json + safetensors in `folder`, float32 (0.4 M parameters)."""
-        _save_module(self.decoder, folder, torch.float32)
+        save_module(self.decoder, folder, torch.float32)
 
     @classmethod
     def load(cls, folder: Path, config: PatchCodecConfig) -> PatchCodec:
@@ -184,10 +151,10 @@ class VAECodec(nn.Module):
         return {"type": "vae"}
 
     def save(self, folder: Path, dtype: torch.dtype | None = None) -> None:
-        _save_module(self.vae, folder / "vae", dtype)
+        save_module(self.vae, folder / "vae", dtype)
 
 
-def _save_module(module, folder: Path, dtype: torch.dtype | None) -> None:
+def save_module(module, folder: Path, dtype: torch.dtype | None) -> None:
     """save_pretrained in `dtype` (e.g. float16 for a small download), leaving the module as it was."""
     original = module.dtype
     if dtype is not None:

@@ -35,7 +35,7 @@ from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .codec import VAECodec
-from .export import atomic_folder
+from .files import atomic_folder
 from .model import SCHEDULE, SiameseConfig, SiameseModel, load_model
 from .networks import DenseHintInput, DHIControlNetModel
 

@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from .fidelity import FidelityScorer, ScorerConfig, load_scorer, save_scorer, scorer_summary
-from .sampling import Generated
-from .segnet import dice_iou, predict_masks, train_segnet
+from .params import Generated
+from .segnet import dice_iou, mean_std, predict_masks, train_segnet
+from .train_config import same_split
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_THRESHOLDS", "validate_curation", "evaluation_scorer", "measure_curation", "format_curation"]
+__all__ = ["DEFAULT_THRESHOLDS", "validate_curation", "evaluation_scorer", "measure_curation"]
 
 DEFAULT_THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
 
@@ -48,8 +49,6 @@ def evaluation_scorer(model_path: str | Path, net, config, trained: dict | None,
     instrument `net`, which is also saved as the model's scorer when it trained on exactly the generator's
     training pairs (the model's train_config.json names this data folder with this split held out) and
     `config.save_scorer` is on. Returns the scorer and a note saying which it is."""
-    from .evaluate import _same_folder
-
     own = load_scorer(model_path)
     if own is not None:
         return own, f"the model's own scorer (segmenter/: {scorer_summary(own)})"
@@ -59,18 +58,12 @@ def evaluation_scorer(model_path: str | Path, net, config, trained: dict | None,
                                  holdout=float(config.test_fraction), holdout_seed=int(config.seed),
                                  held_out_pairs=n_test, held_out_dice=float(real_dice))
     scorer = FidelityScorer(net, scorer_config)
-    same_split = (trained is not None and _same_folder(str(trained["data"]), config.data)
-                  and trained.get("holdout") == config.test_fraction and trained.get("holdout_seed") == config.seed)
-    if config.save_scorer and same_split and Path(model_path).is_dir():
+    if config.save_scorer and same_split(trained, config.data, config.test_fraction, config.seed) \
+            and Path(model_path).is_dir():
         save_scorer(scorer, model_path)
         return scorer, "the evaluation's network, saved as the model's scorer (it had none)"
     return scorer, ("the evaluation's network (the model has no scorer; it is saved as one only when the "
                     "evaluation's split is the one the model was trained with: else run train-scorer)")
-
-
-def _mean_std(values: Sequence[float]) -> dict:
-    v = np.asarray(values, np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "per_seed": v.tolist()}
 
 
 def measure_curation(
@@ -114,41 +107,12 @@ def measure_curation(
                 iou[arm].append(float(i.mean()))
         row.update({
             "fidelity": {arm: float(scores[idx].mean()) for arm, idx in arms.items()},
-            **{arm: {"dice": _mean_std(dice[arm]), "iou": _mean_std(iou[arm])} for arm in arms},
-            "difference": {"dice": _mean_std(np.subtract(dice["filtered"], dice["unfiltered"])),
-                           "iou": _mean_std(np.subtract(iou["filtered"], iou["unfiltered"]))},
-            "filtered_minus_real": {"dice": _mean_std(np.subtract(dice["filtered"], list(real_dice)[:seeds]))},
+            **{arm: {"dice": mean_std(dice[arm]), "iou": mean_std(iou[arm])} for arm in arms},
+            "difference": {"dice": mean_std(np.subtract(dice["filtered"], dice["unfiltered"])),
+                           "iou": mean_std(np.subtract(iou["filtered"], iou["unfiltered"]))},
+            "filtered_minus_real": {"dice": mean_std(np.subtract(dice["filtered"], list(real_dice)[:seeds]))},
         })
         logger.info("curation at %.2f: %d pairs, filtered - unfiltered Dice %+.4f", t, n,
                     row["difference"]["dice"]["mean"])
         result["comparison"].append(row)
     return result
-
-
-def _pm(d: dict) -> str:
-    return f"{d['mean']:+.3f} +- {d['std']:.3f}"
-
-
-def format_curation(report: dict) -> list[str]:
-    """The curation section of the text report (no lines when it was not run)."""
-    cur = report.get("curation")
-    if not cur:
-        return []
-    lines = ["", f"7. Curation: the fidelity scorer ({report.get('fidelity_scorer', '')})"]
-    if not cur.get("pool"):
-        return lines + [f"   {cur.get('note', '')}"]
-    f = cur["fidelity"]
-    lines.append(f"   fidelity of the {cur['pool']} synthetic training pairs: mean {f['mean']:.3f}, median "
-                 f"{f['median']:.3f}, quartiles {f['quartiles'][0]:.3f}-{f['quartiles'][1]:.3f}")
-    lines.append("   acceptance: " + ", ".join(f">= {a['threshold']:g}: {a['accepted']} ({100 * a['rate']:.0f}%)"
-                                                for a in cur["acceptance"]))
-    if cur["comparison"]:
-        lines += [f"   downstream mDice, real + n synthetic pairs, {cur['seeds']} seed(s), paired by seed:",
-                  f"   {'threshold':>9}{'n':>6}{'unfiltered':>12}{'filtered':>12}{'filtered - unfiltered':>24}"]
-    for row in cur["comparison"]:
-        if "note" in row:
-            lines.append(f"   {row['threshold']:>9g}{row['pairs']:>6}   {row['note']}")
-        else:
-            lines.append(f"   {row['threshold']:>9g}{row['pairs']:>6}{row['unfiltered']['dice']['mean']:>12.3f}"
-                         f"{row['filtered']['dice']['mean']:>12.3f}{_pm(row['difference']['dice']):>24}")
-    return lines

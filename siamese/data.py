@@ -36,6 +36,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from .carried import pipeline_siamese  # the one mask rule, also carried in model folders
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -94,44 +96,19 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(_decode(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def _full_scale(values: np.ndarray) -> float:
-    """The value of a fully white pixel: 1 for a label mask (integers 0 and 1 only) and for floating point,
-    65535 for 16-bit, else 255."""
-    if np.issubdtype(values.dtype, np.integer) and values.size and values.min() >= 0 and values.max() <= 1:
-        return 1.0
-    if np.issubdtype(values.dtype, np.floating):
-        return 1.0
-    return 65535.0 if values.dtype == np.uint16 else 255.0
-
-
 def binarize_mask(arr: np.ndarray) -> np.ndarray:
     """Any mask array -> (H, W) uint8 in {0, 1}: (H, W), (H, W, 1), gray + alpha (H, W, 2), RGB (H, W, 3) or
     RGBA (H, W, 4); 8-bit, 16-bit, other integers, floating point or boolean.
 
     The one rule (module docstring): foreground where the gray level is above half the full scale (8-bit: > 127,
     16-bit: > 32767, floating point: > 0.5; label masks of 0 and 1: the 1s), and, with an alpha channel, where
-    the pixel is more than half opaque.
+    the pixel is more than half opaque. The rule's code is the carried pipeline's (`pipeline_siamese.binarize_mask`,
+    which model folders carry for diffusers), so the package and a folder's pipeline read a mask alike.
     """
-    arr = np.asarray(arr)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise DataError(f"a mask must be an array of numbers, got {arr.dtype}")
-    if arr.ndim == 3 and arr.shape[2] in (1, 3):
-        color, alpha = arr, None
-    elif arr.ndim == 3 and arr.shape[2] in (2, 4):
-        color, alpha = arr[..., :-1], arr[..., -1]
-    elif arr.ndim == 2:
-        color, alpha = arr, None
-    else:
-        raise DataError(f"a mask must be a 2-D grayscale or colour image, got an array of shape {arr.shape}")
-    scale = _full_scale(color)
-    if color.ndim == 3:  # ITU-R 601 luma, as cv2's RGB2GRAY
-        color = color[..., 0] if color.shape[2] == 1 else color.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    mask = color > scale / 2
-    if alpha is not None:
-        mask &= alpha > _full_scale(alpha) / 2
-    return mask.astype(np.uint8)
+    try:
+        return pipeline_siamese.binarize_mask(np.asarray(arr))
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 def read_mask(path: str | Path) -> np.ndarray:

@@ -18,13 +18,11 @@ pretrained weights cannot be downloaded here).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +32,7 @@ from .carried.patch_codec import PatchDecoder  # one class: model folders carry 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PatchDecoder", "DecoderTrainConfig", "train_decoder", "add_decoder"]
+__all__ = ["PatchDecoder", "DecoderTrainConfig", "train_decoder", "config_dict"]
 
 
 @dataclass
@@ -193,87 +191,3 @@ def config_dict(config: DecoderTrainConfig) -> dict:
     d = asdict(config)
     d["num_blocks"] = list(config.num_blocks)
     return d
-
-
-def add_decoder(
-    model_path: str, data: str, config: DecoderTrainConfig, output: str | None = None, holdout: float = 0.2,
-    holdout_seed: int = 0, device: torch.device | str = "cpu", callback: Callable[[dict], None] | None = None,
-    fine_tune: bool = False,
-) -> Path:
-    """Train a learned decoder for a model folder's patch codec on `data`'s pairs (less the held-out split
-    that `evaluate` tests on) and save the model with it to `output` (default: in place). `fine_tune`:
-    start from the folder's own learned decoder (e.g. to add the adversarial term) instead of a fresh one.
-
-    Writes codec/decoder/ (config.json + safetensors), codec/decoder/train_config.json with the figures
-    measured on the held-out images (PSNR and block-edge ratio, linear vs learned), and the codec's
-    `learned_decoder` flag in siamese_config.json. Returns the folder.
-    """
-    from .data import PairDataset, find_pairs, split_pairs
-    from .export import atomic_folder
-    from .model import load_model
-
-    if output is None and not Path(model_path).is_dir():
-        raise ValueError(f"'{model_path}' is not a local model folder: name an --output folder for the model with its decoder")
-    model = load_model(model_path, device=device)
-    codec = model.codec
-    if not hasattr(codec, "decode_linear"):
-        raise ValueError(f"{model_path} decodes with a VAE; a learned decoder is for the patch codec (tiny preset)")
-    config.validate(codec.config.patch_size)  # before the data is read
-    init = codec.decoder if fine_tune else None
-    if fine_tune and init is None:
-        raise ValueError(f"{model_path} has no learned decoder to fine-tune: train one first (without --fine-tune)")
-    pairs = find_pairs(data)
-    train_pairs, held = split_pairs(pairs, holdout, holdout_seed) if holdout > 0 else (pairs, pairs[:0])
-    res = model.config.resolution
-    train_images = PairDataset(data, res, pairs=train_pairs).images
-    logger.info("training a decoder on %d images at %d (held out: %d)", len(train_images), res, len(held))
-    decoder = train_decoder(codec, train_images, config, device=device, callback=callback, init=init)
-    record = {"data": str(data), "holdout": holdout, "holdout_seed": holdout_seed, "num_images": len(train_images),
-              **config_dict(config)}
-    previous = Path(model_path) / "codec" / "decoder" / "train_config.json"
-    if fine_tune:  # the recipe of the decoder it started from (read before an in-place save replaces it)
-        record["fine_tuned_from"] = json.loads(previous.read_text()) if previous.is_file() else str(model_path)
-    if held:
-        record["held_out"] = _held_out_figures(codec, decoder, PairDataset(data, res, pairs=held[:64]).images, device)
-        logger.info("held-out: %s", record["held_out"])
-    codec.set_decoder(decoder)
-    if output is not None and Path(output).resolve() != Path(model_path).resolve():
-        out = model.save_pretrained(output, dtype=torch.float16 if _is_half(model_path) else None)
-        if (Path(model_path) / "segmenter").is_dir():  # the fidelity scorer travels with the model
-            import shutil
-
-            shutil.copytree(Path(model_path) / "segmenter", out / "segmenter", dirs_exist_ok=True)
-        (out / "codec" / "decoder" / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
-        return out
-    # in place: the decoder folder appears whole (written beside, then renamed), then the config names it
-    out = Path(model_path)
-    with atomic_folder(out / "codec" / "decoder") as tmp:
-        codec.save_decoder(tmp)
-        (tmp / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
-    model.config.codec = codec.to_dict()
-    model.config.save(out)
-    return out
-
-
-def _held_out_figures(codec, decoder: PatchDecoder, images: np.ndarray, device: torch.device | str) -> dict:
-    """PSNR and block-edge ratio of the codec's round trip of `images` (N, R, R, 3) uint8, linear vs learned."""
-    from .quality import block_edge_ratio, psnr, reconstruct
-
-    codec.set_decoder(None)
-    linear = reconstruct(codec, images, device)
-    codec.set_decoder(decoder)
-    learned = reconstruct(codec, images, device)
-    return {"images": len(images), "psnr_db": {"linear": psnr(images, linear), "learned": psnr(images, learned)},
-            "block_edge_ratio": {"real": block_edge_ratio(images), "linear": block_edge_ratio(linear),
-                                 "learned": block_edge_ratio(learned)}}
-
-
-def _is_half(model_path: str) -> bool:
-    """Whether the folder's UNet weights are stored in float16 (a copy of a shipped folder stays float16)."""
-    from safetensors import safe_open
-
-    files = sorted((Path(model_path) / "unet").glob("*.safetensors"))
-    if not files:
-        return False
-    with safe_open(files[0], "pt") as f:
-        return f.get_slice(next(iter(f.keys()))).get_dtype() == "F16"

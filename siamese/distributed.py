@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 
-from .export import _metadata_image, _read_lines, atomic_write, remove_pairs
+from .export import metadata_image, read_lines, remove_pairs
+from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -147,11 +148,11 @@ def merge_parts(out: str | Path, world: int, sides: tuple[str, ...] = ("",)) -> 
                     (out / side / sub).mkdir(parents=True, exist_ok=True)
                     for path in sorted((part / sub).iterdir()):
                         os.replace(path, out / side / sub / path.name)
-            lines += _read_lines(part / "metadata.jsonl")
-        replaced = {_metadata_image(line) for line in lines}
+            lines += read_lines(part / "metadata.jsonl")
+        replaced = {metadata_image(line) for line in lines}
         if lines:
             meta = out / side / "metadata.jsonl"
-            kept = [line for line in _read_lines(meta) if _metadata_image(line) not in replaced]
+            kept = [line for line in read_lines(meta) if metadata_image(line) not in replaced]
             atomic_write(meta, "".join(line + "\n" for line in kept + lines).encode("utf-8", "surrogateescape"))
         names[side] = [Path(image).stem for image in replaced if image]
     for side in sides:

@@ -1,26 +1,39 @@
-"""The evaluation report's outputs: report.json with sample grids, and the plain-text table."""
+"""The evaluation report's outputs: report.json with sample grids, and the plain-text table.
+
+Below the evaluation and the model card: `evaluate` makes the report (a dict, saved as evaluation.json) and writes
+it with `write_output`; the card of a model folder shows `format_report` of its evaluation.json. Nothing here
+measures anything.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from .curation import format_curation
 from .data import Pair, read_image
-from .export import atomic_write
-from .sampling import describe_mask
-
-if TYPE_CHECKING:
-    from .evaluate import _GeneratedSets
+from .files import atomic_write
+from .params import Generated, describe_mask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["format_report", "write_output"]
+__all__ = ["GeneratedSets", "format_report", "format_curation", "write_output"]
+
+
+@dataclass
+class GeneratedSets:
+    """What `evaluate` generates (its step 4), and what it cost."""
+
+    fidelity: list[Generated | None]  # one per test pair, None where its mask was skipped
+    diversity: list[list[Generated]]  # several images for each of the first few test masks
+    synthetic: list[Generated]  # the synthetic training pairs
+    seconds: float = 0.0
+    images: int = 0
+    skipped: int = 0
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -44,7 +57,7 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     atomic_write(path, buf.tobytes())
 
 
-def write_output(out: Path, report: dict, test_pairs: list[Pair], generated: _GeneratedSets, size: int) -> None:
+def write_output(out: Path, report: dict, test_pairs: list[Pair], generated: GeneratedSets, size: int) -> None:
     """report.json, and sample grids: fidelity.png (mask | generated | real), diversity.png (mask | images),
     synthetic.png (masks above their images; odd columns from augmented masks)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -122,6 +135,13 @@ def format_report(report: dict) -> str:
             d = div[key]
             lines.append(f"   {label:<34}" + "".join(f"{d[k]:>10.4f}" for k in ("pixel_l1", "one_minus_ssim",
                                                                                "feature_distance")))
+    copy = report.get("memorisation")
+    if copy:
+        lines += ["", "   copying: distance to the nearest training image (seg-net features), median; generated / held-out "
+                      "real below about 0.9 means the model copies its training images",
+                  f"   generated {copy['generated_median']:.4f}, held-out real {copy['held_out_median']:.4f}: ratio "
+                  f"{copy['ratio']:.3f}; {copy['closer_than_held_out']:.0%} of the generated images are nearer a "
+                  "training image than any held-out real image is"]
     use = report.get("mask_use")
     if use:
         lines += ["", f"5. Mask use: noise-prediction error of the generator on the {use['pairs']} held-out pairs, "
@@ -147,3 +167,32 @@ def format_report(report: dict) -> str:
                   f"segmentation training {t['segmentation_training']:.0f} s"]
     lines += [f"note: {n}" for n in report["notes"]]
     return "\n".join(lines)
+
+
+def _pm_signed(d: dict) -> str:
+    return f"{d['mean']:+.3f} +- {d['std']:.3f}"
+
+
+def format_curation(report: dict) -> list[str]:
+    """The curation section of the text report (no lines when it was not run)."""
+    cur = report.get("curation")
+    if not cur:
+        return []
+    lines = ["", f"7. Curation: the fidelity scorer ({report.get('fidelity_scorer', '')})"]
+    if not cur.get("pool"):
+        return lines + [f"   {cur.get('note', '')}"]
+    f = cur["fidelity"]
+    lines.append(f"   fidelity of the {cur['pool']} synthetic training pairs: mean {f['mean']:.3f}, median "
+                 f"{f['median']:.3f}, quartiles {f['quartiles'][0]:.3f}-{f['quartiles'][1]:.3f}")
+    lines.append("   acceptance: " + ", ".join(f">= {a['threshold']:g}: {a['accepted']} ({100 * a['rate']:.0f}%)"
+                                                for a in cur["acceptance"]))
+    if cur["comparison"]:
+        lines += [f"   downstream mDice, real + n synthetic pairs, {cur['seeds']} seed(s), paired by seed:",
+                  f"   {'threshold':>9}{'n':>6}{'unfiltered':>12}{'filtered':>12}{'filtered - unfiltered':>24}"]
+    for row in cur["comparison"]:
+        if "note" in row:
+            lines.append(f"   {row['threshold']:>9g}{row['pairs']:>6}   {row['note']}")
+        else:
+            lines.append(f"   {row['threshold']:>9g}{row['pairs']:>6}{row['unfiltered']['dice']['mean']:>12.3f}"
+                         f"{row['filtered']['dice']['mean']:>12.3f}{_pm_signed(row['difference']['dice']):>24}")
+    return lines

@@ -26,7 +26,6 @@ This module holds the settings, the generation and the orchestration; the segmen
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -39,18 +38,20 @@ from monai.networks.nets import UNet
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import default_model
 from .data import DataError, Pair, augment_mask, find_pairs, read_image, read_mask, resize_pair, split_pairs
 from .card import record_evaluation
-from .eval_report import format_report, write_output
-from .image_metrics import (STATISTICS, flat_paintings, image_statistics, kid, pairwise_distances,
+from .curation import evaluation_scorer, measure_curation, validate_curation
+from .eval_report import GeneratedSets, format_report, write_output
+from .files import default_model
+from .image_metrics import (STATISTICS, flat_paintings, image_statistics, kid, memorisation, pairwise_distances,
                             standardiser)
 from .mask_use import mask_use
 from .model import SiameseModel, load_model
 from .quality import block_edge_ratio, psnr, reconstruct
-from .sampling import MAX_SEED, Generated, SamplingParams, generate
-from .curation import evaluation_scorer, measure_curation, validate_curation
-from .segnet import build_segnet, dice_iou, predict_masks, segnet_features, train_segnet
+from .params import MAX_SEED, Generated, SamplingParams
+from .sampling import generate
+from .segnet import build_segnet, dice_iou, mean_std, predict_masks, segnet_features, train_segnet
+from .train_config import same_split, trained_on, training_record
 
 logger = logging.getLogger(__name__)
 
@@ -161,57 +162,23 @@ def pixel_quality(model: SiameseModel, real: np.ndarray, generated: np.ndarray, 
 
 
 # -- the evaluation ------------------------------------------------------------------------------
-def _mean_std(values: Sequence[float]) -> dict:
-    v = np.asarray(values, np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "per_seed": v.tolist()}
-
-
-def _generator_training(model_path: str | Path) -> dict | None:
-    """The model's train_config.json (data folder, holdout, holdout_seed), when the model folder has one."""
-    path = Path(model_path) / "train_config.json"
-    try:
-        record = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and "data" in record else None
-
-
 def generator_data_note(trained: dict | None, config: EvalConfig) -> str | None:
     """What the generator's training record says about the pairs evaluated here (None: other data)."""
     if trained is None:
         return ("the generator's training data is not recorded in the model folder: if it saw these held-out "
                 "pairs, fidelity, realism and diversity are measured on masks it was trained on")
-    if not _same_folder(str(trained["data"]), config.data):
+    if not trained_on(trained, config.data):
         return None
-    if trained.get("holdout") == config.test_fraction and trained.get("holdout_seed") == config.seed:
+    if same_split(trained, config.data, config.test_fraction, config.seed):
         return (f"the generator was trained with this same split held out (holdout {config.test_fraction}, "
                 f"seed {config.seed}): every pair evaluated here is unseen by it")
     return ("the generator was trained on this data folder, held-out pairs included: fidelity, realism and "
             "diversity use masks it has seen; the downstream test is held out for the segmentation networks only")
 
 
-def _same_folder(a: str | Path, b: str | Path) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
-
-
-@dataclass
-class _GeneratedSets:
-    """What step 4 of `evaluate` generates, and what it cost."""
-
-    fidelity: list[Generated | None]  # one per test pair, None where its mask was skipped
-    diversity: list[list[Generated]]  # several images for each of the first few test masks
-    synthetic: list[Generated]  # the synthetic training pairs
-    seconds: float = 0.0
-    images: int = 0
-    skipped: int = 0
-
-
 def _generate_all(
     model: SiameseModel, config: EvalConfig, test_pairs: list[Pair], train_pairs: list[Pair], progress_bar: bool
-) -> _GeneratedSets:
+) -> GeneratedSets:
     """One image per held-out mask (`diversity_images` for the first `diversity_masks`, the first of which
     is the fidelity image), then the synthetic training set: min(#train, max_synthetic) pairs from random
     train masks, every other one augmented. Masks that cannot be generated from (empty or full) are skipped."""
@@ -219,7 +186,7 @@ def _generate_all(
     n_syn = len(train_pairs) if config.max_synthetic == 0 else min(len(train_pairs), config.max_synthetic)
     n_div = min(config.diversity_masks, len(test_pairs))
     sources = np.random.default_rng(config.seed).choice(len(train_pairs), n_syn, replace=False)
-    out = _GeneratedSets([], [], [])
+    out = GeneratedSets([], [], [])
     bar = tqdm(total=len(test_pairs) + n_div * (config.diversity_images - 1) + n_syn, desc="generating",
                disable=not progress_bar, leave=False)
 
@@ -312,14 +279,14 @@ def _downstream(real_nets: list[UNet], real: tuple[np.ndarray, np.ndarray], synt
             dice, iou = dice_iou(predict_masks(net, test[0]), test[1])
             scores[arm]["dice"].append(float(dice.mean()))
             scores[arm]["iou"].append(float(iou.mean()))
-    result: dict = {arm: {m: _mean_std(v) for m, v in arm_scores.items()} for arm, arm_scores in scores.items()}
-    result["difference"] = {m: _mean_std(np.subtract(scores["real+synthetic"][m], scores["real"][m]))
+    result: dict = {arm: {m: mean_std(v) for m, v in arm_scores.items()} for arm, arm_scores in scores.items()}
+    result["difference"] = {m: mean_std(np.subtract(scores["real+synthetic"][m], scores["real"][m]))
                             for m in ("dice", "iou")}
     return result
 
 
 def _notes(config: EvalConfig, model_path: str | Path, n_train: int, n_held: int, n_test: int,
-           generated: _GeneratedSets) -> tuple[list[str], str | None]:
+           generated: GeneratedSets) -> tuple[list[str], str | None]:
     """What a reader of the figures must know; and the generator's recorded training data."""
     notes = []
     n_syn = len(generated.synthetic)
@@ -328,7 +295,7 @@ def _notes(config: EvalConfig, model_path: str | Path, n_train: int, n_held: int
                      f"generation time: real + synthetic is {n_train} + {n_syn}, not as many synthetic as real")
     notes.append("one synthetic set is generated once and reused for every seed, half of it from augmented "
                  "masks; both arms train for the same number of steps")
-    trained = _generator_training(model_path)
+    trained = training_record(model_path)
     note = generator_data_note(trained, config)
     if note:
         notes.append(note)
@@ -396,6 +363,8 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
     sets = {"train": train_images, "test": test_images[kept], "generated": gen_images, "flat_painting": paintings}
     features = {name: segnet_features(net, images) for name, images in sets.items()}
     realism = _realism(features, {name: image_statistics(images) for name, images in sets.items()}, config)
+    mu, sd = standardiser(features["train"])  # 6b. copying: nearest training image, generated vs held-out real
+    copying = memorisation((features["generated"] - mu) / sd, (features["test"] - mu) / sd, (features["train"] - mu) / sd)
 
     # 7. diversity
     groups = [np.stack([_to_seg(item, R)[0] for item in items]) for items in generated.diversity]
@@ -421,7 +390,7 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
                       num_synthetic_augmented=sum(bool(i.params.get("augmented_mask")) for i in generated.synthetic),
                       synthetic_cap=config.max_synthetic, seeds=config.seeds, test_pairs=len(test_pairs))
     # 11. the fidelity scorer (the instrument becomes the model's when it has none), and curation
-    scorer, scorer_note = evaluation_scorer(model_path, net, config, _generator_training(model_path),
+    scorer, scorer_note = evaluation_scorer(model_path, net, config, training_record(model_path),
                                             fidelity["real"]["dice"], len(kept))
     curation = None if not config.curation else measure_curation(
         scorer, generated.synthetic, (syn_images, syn_masks), (train_images, train_masks), (test_images, test_masks),
@@ -451,6 +420,7 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
         "fidelity": fidelity,
         "downstream": downstream,
         "realism": realism,
+        "memorisation": copying,
         "diversity": diversity,
         "mask_use": usage,
         "pixels": pixels,

@@ -6,13 +6,9 @@ leaves a half-written file behind.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
-import os
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,12 +16,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from .sampling import Generated
+from .files import atomic_write
+from .params import Generated
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["png_bytes", "parameters_text", "write_pairs", "remove_pairs", "export_zip", "pair_name", "atomic_write",
-           "atomic_folder", "check_writable"]
+__all__ = ["check_apart", "check_nnunet_label", "png_bytes", "parameters_text", "write_pairs", "remove_pairs",
+           "export_zip", "pair_name", "read_lines", "metadata_image"]
 
 
 def parameters_text(params: dict) -> str:
@@ -57,53 +54,26 @@ def pair_name(index: int, item: Generated) -> str:
     return f"{index:05d}_seed{item.seed}"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _metadata_line(name: str, item: Generated) -> str:
     return json.dumps({"image": f"images/{name}.png", "mask": f"masks/{name}.png", **item.params}, sort_keys=True)
 
 
-@contextlib.contextmanager
-def atomic_folder(folder: str | Path):
-    """Yield FOLDER.tmp, emptied, to be filled; when the block ends it replaces `folder` by a rename, so the
-    folder is complete or absent (a process killed mid-write leaves only FOLDER.tmp, removed by the next write)."""
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    yield tmp
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-
-
-def check_writable(folder: str | Path) -> None:
-    """Raise ValueError unless `folder` is, or can be created as, a folder this process may write in. Nothing is
-    left behind: the test file goes in the nearest existing folder and is removed at once."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"cannot write to {folder}: it is a file, not a folder")
-    existing = folder.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"cannot write to {folder}: {existing} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        raise ValueError(f"cannot write to {folder}: a file cannot be created in {existing} "
-                         f"({e.strerror or e})") from None
+def check_apart(output: str | Path, source: str | Path, what: str = "masks") -> None:
+    """Raise ValueError when the output folder is, contains or lies inside the input folder `source` (for a file: is
+    or contains its folder): the generated pairs (OUTPUT/masks/ among them) would land among the inputs, and a run
+    again would take them for new ones. `what` names the input in the message."""
+    out, src = Path(output).resolve(), Path(source).resolve()
+    folder = src.parent if src.is_file() else src
+    if out == folder:
+        where = "is"
+    elif out in folder.parents:
+        where = "contains"
+    elif folder in out.parents and not src.is_file():
+        where = "is inside"
+    else:
+        return
+    raise ValueError(f"the output folder {output} {where} the {what} folder {folder}: the generated pairs would mix "
+                     f"with the input {what} (and a run again would take them for new ones); write them elsewhere")
 
 
 def write_pairs(items: Sequence[Generated], folder: str | Path, names: Sequence[str] | None = None) -> list[str]:
@@ -120,7 +90,7 @@ def write_pairs(items: Sequence[Generated], folder: str | Path, names: Sequence[
         lines.append(_metadata_line(name, item))
     meta = folder / "metadata.jsonl"
     replaced = {f"images/{name}.png" for name in names}
-    kept = [line for line in _read_lines(meta) if _metadata_image(line) not in replaced]
+    kept = [line for line in read_lines(meta) if metadata_image(line) not in replaced]
     atomic_write(meta, "".join(line + "\n" for line in kept + lines).encode("utf-8", "surrogateescape"))
     return names
 
@@ -131,8 +101,8 @@ def remove_pairs(folder: str | Path, names: Sequence[str]) -> list[str]:
     folder = Path(folder)
     meta = folder / "metadata.jsonl"
     targets = {f"images/{name}.png": name for name in names}
-    lines = _read_lines(meta)
-    kept = [line for line in lines if _metadata_image(line) not in targets]
+    lines = read_lines(meta)
+    kept = [line for line in lines if metadata_image(line) not in targets]
     if len(kept) != len(lines):
         atomic_write(meta, "".join(line + "\n" for line in kept).encode("utf-8", "surrogateescape"))
     removed = []
@@ -145,13 +115,14 @@ def remove_pairs(folder: str | Path, names: Sequence[str]) -> list[str]:
     return removed
 
 
-def _read_lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
+    """The non-blank lines of a metadata.jsonl ([] when there is none); undecodable bytes kept as they are."""
     if not path.is_file():
         return []
     return [line for line in path.read_bytes().decode("utf-8", "surrogateescape").splitlines() if line.strip()]
 
 
-def _metadata_image(line: str) -> str | None:
+def metadata_image(line: str) -> str | None:
     """The image a metadata.jsonl line describes (None for a line that is not one of ours)."""
     try:
         record = json.loads(line)
@@ -181,13 +152,30 @@ def _nnunet_entries(items: Sequence[Generated], names: Sequence[str], label: str
     yield "nnunet/dataset.json", json.dumps(dataset, indent=2).encode()
 
 
+# nnU-Net v2's own label names: "background" is label 0, "ignore" marks pixels left out of the loss
+NNUNET_RESERVED_LABELS = ("background", "ignore")
+
+
+def check_nnunet_label(label: str) -> None:
+    """The name of label 1 in an nnU-Net dataset.json: text, not empty, and none of nnU-Net's reserved names (in
+    any case), which would replace label 0 or turn the lesion into ignored pixels."""
+    if not isinstance(label, str) or not label.strip():
+        raise ValueError(f"the nnU-Net label name must be a non-empty text, got {label!r}")
+    if label.strip().lower() in NNUNET_RESERVED_LABELS:
+        raise ValueError(f"the nnU-Net label name cannot be '{label}': nnU-Net reserves "
+                         f"{' and '.join(repr(n) for n in NNUNET_RESERVED_LABELS)} (background is label 0); name "
+                         "the lesion, e.g. 'lesion' or 'polyp'")
+
+
 def export_zip(
     items: Sequence[Generated], path: str | Path, nnunet: bool = False, label: str = "lesion"
 ) -> Path:
     """A zip of the pairs (images/, masks/, metadata.jsonl, README.txt; optionally nnunet/ in the nnU-Net
-    v2 layout: imagesTr/NAME_0000.png, labelsTr/NAME.png with labels 0/1, dataset.json)."""
+    v2 layout: imagesTr/NAME_0000.png, labelsTr/NAME.png with labels 0/1, dataset.json, label 1 named `label`)."""
     if not items:
         raise ValueError("nothing to export: keep at least one generated image first")
+    if nnunet:
+        check_nnunet_label(label)
     path = Path(path)
     names = [pair_name(i, it) for i, it in enumerate(items)]
     note = ("nnunet/           the same pairs in the nnU-Net v2 layout (imagesTr/, labelsTr/ with labels 0/1, "

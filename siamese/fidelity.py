@@ -9,7 +9,7 @@ sees a pair the generator was not trained on.
     scorer = load_scorer("checkpoints/siamese-kvasir-tiny")      # None when the folder has no segmenter/
     dice = scorer.score(images, masks)                            # (N, H, W, 3) uint8, (N, H, W) -> (N,)
 
-Trained by `python -m siamese train-scorer` (`add_scorer`), at the end of `train`, and by `evaluate`.
+Trained by `python -m siamese train-scorer` (`folder_ops.add_scorer`), at the end of `train`, and by `evaluate`.
 """
 
 from __future__ import annotations
@@ -24,14 +24,16 @@ import cv2
 import numpy as np
 import torch
 from monai.networks.nets import UNet
+from safetensors.torch import save_file
 
 from .data import binarize_mask, resize_pair
+from .files import atomic_folder, is_hub_id
 from .segnet import build_segnet, dice_iou, predict_masks, train_segnet
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ScorerConfig", "FidelityScorer", "load_scorer", "train_scorer", "add_scorer", "save_scorer",
-           "scorer_split", "SCORER_FOLDER"]
+__all__ = ["ScorerConfig", "FidelityScorer", "load_scorer", "train_scorer", "save_scorer", "scorer_summary",
+           "SCORER_FOLDER"]
 
 SCORER_FOLDER = "segmenter"
 CONFIG_NAME = "config.json"
@@ -130,10 +132,6 @@ class FidelityScorer:
 # -- saving and loading ---------------------------------------------------------------------------
 def save_scorer(scorer: FidelityScorer, model_folder: str | Path) -> Path:
     """Write MODEL/segmenter/ (config.json + float32 model.safetensors) whole: complete or absent."""
-    from safetensors.torch import save_file
-
-    from .export import atomic_folder
-
     folder = Path(model_folder) / SCORER_FOLDER
     state = {k: v.detach().cpu().contiguous() for k, v in scorer.net.state_dict().items()}
     with atomic_folder(folder) as tmp:
@@ -148,8 +146,6 @@ def _local_folder(model_folder: str | Path) -> Path | None:
     folder = Path(model_folder).expanduser()
     if folder.is_dir():
         return folder
-    from .model import is_hub_id
-
     if not is_hub_id(str(model_folder)):
         return None
     try:
@@ -210,71 +206,6 @@ def train_scorer(images: np.ndarray, masks: np.ndarray, config: ScorerConfig, pr
     net = train_segnet(images, masks, steps=config.steps, seed=config.seed, batch_size=config.batch_size,
                        lr=config.lr, channels=config.channels, progress_bar=progress_bar, desc="fidelity scorer")
     return FidelityScorer(net, config, device)
-
-
-def scorer_split(model_folder: str | Path, data: str | Path, holdout: float | None = None,
-                 holdout_seed: int | None = None) -> tuple[float, int]:
-    """The held-out split to leave out of the scorer's training: the one the model was trained with (its
-    train_config.json, when it names this data folder), else `evaluate`'s default (0.2, seed 0). Explicit
-    values win."""
-    from .evaluate import _generator_training, _same_folder
-
-    trained = _generator_training(model_folder)
-    recorded = trained is not None and _same_folder(str(trained["data"]), data)
-    if holdout is None:
-        holdout = float(trained.get("holdout", 0.2)) if recorded else 0.2
-    if holdout_seed is None:
-        holdout_seed = int(trained.get("holdout_seed", 0)) if recorded else 0
-    return holdout, holdout_seed
-
-
-def add_scorer(model_folder: str | Path, data: str | Path, config: ScorerConfig, output: str | Path | None = None,
-               holdout: float | None = None, holdout_seed: int | None = None, progress_bar: bool = False,
-               max_held_out: int = 200) -> Path:
-    """Train a scorer on `data`'s pairs less the model's held-out split (`scorer_split`), measure its Dice on
-    (up to `max_held_out` of) the held-out pairs, and save it in OUTPUT/segmenter/ (default: in the model
-    folder). Returns the model folder it was saved in."""
-    from .data import PairDataset, find_pairs, split_pairs
-    from .export import check_writable
-
-    from .model import _resolve
-
-    if output is None and not Path(model_folder).is_dir():
-        raise ValueError(f"'{model_folder}' is not a local model folder: name an --output folder for the model "
-                         "with its scorer")
-    source = _resolve(model_folder)
-    if not (source / "siamese_config.json").is_file():
-        raise ValueError(f"{model_folder} is not a model folder of this package (no siamese_config.json)")
-    holdout, holdout_seed = scorer_split(source, data, holdout, holdout_seed)
-    config.holdout, config.holdout_seed, config.data = holdout, holdout_seed, str(data)
-    config.validate()  # before the data is read
-    out = Path(output) if output is not None else source
-    if out.exists() and not _same(out, source) and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty: name a new --output folder (the model is copied there with its scorer)")
-    if not _same(out, source):
-        check_writable(out)
-    pairs = find_pairs(data)
-    train_pairs, held = split_pairs(pairs, holdout, holdout_seed) if holdout > 0 else (pairs, pairs[:0])
-    R = config.resolution
-    real = PairDataset(data, R, pairs=train_pairs)
-    logger.info("training a fidelity scorer on %d pairs at %d (held out: %d)", len(real), R, len(held))
-    scorer = train_scorer(real.images, real.masks, config, progress_bar=progress_bar)
-    config.train_pairs, config.held_out_pairs = len(real), 0
-    if held:
-        test = PairDataset(data, R, pairs=held[:max_held_out])
-        config.held_out_pairs = len(test)
-        config.held_out_dice = float(dice_iou(predict_masks(scorer.net, test.images), test.masks)[0].mean())
-        logger.info("scorer Dice on %d held-out real pairs: %.3f", len(test), config.held_out_dice)
-    if not _same(out, source):  # a copy of the model, then its scorer
-        import shutil
-
-        shutil.copytree(source, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(SCORER_FOLDER, "*.tmp"))
-    save_scorer(scorer, out)
-    return out
-
-
-def _same(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
 
 
 def scorer_summary(scorer: FidelityScorer) -> str:

@@ -21,25 +21,24 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .networks import DHIControlNetModel
+from .files import atomic_folder
+from .networks import UNET_DECODER_PREFIXES, DHIControlNetModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Guide", "GuideError", "GUIDE_FOLDER", "MAX_AUTOGUIDANCE", "add_guide", "build_guide", "guide_of_model",
-           "guide_tensors", "load_guide", "make_guide", "save_guide"]
+__all__ = ["Guide", "GuideError", "GUIDE_FOLDER", "build_guide", "guide_of_model", "guide_tensors", "load_guide",
+           "make_guide", "save_guide"]
 
 GUIDE_FOLDER = "guide"
 WEIGHTS_NAME = "guide.safetensors"
 CONFIG_NAME = "guide_config.json"
-MAX_AUTOGUIDANCE = 10.0
-# the UNet's decoder: what a guide may change while sharing the model's encoding
-DECODER_PREFIXES = ("up_blocks.", "conv_norm_out.", "conv_out.")
 
 
 class GuideError(ValueError):
@@ -97,8 +96,6 @@ def save_guide(folder: str | Path, tensors: dict[str, Tensor], source: str = "",
                dtype: torch.dtype | None = None) -> Path:
     """Write `folder`/guide/ (the tensors, in `dtype` when given, and guide_config.json); returns that folder.
     Written through `atomic_folder`, so a model folder never holds half a guide."""
-    from .export import atomic_folder
-
     target = Path(folder) / GUIDE_FOLDER
     with atomic_folder(target) as tmp:
         save_file({k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
@@ -147,51 +144,11 @@ def build_guide(tensors: dict[str, Tensor], unet: UNet2DConditionModel, controln
     for net in copies.values():
         if net is not None:
             net.requires_grad_(False).eval()
-    shares = all(name.startswith(DECODER_PREFIXES) for name in per_part["unet"])
+    shares = all(name.startswith(UNET_DECODER_PREFIXES) for name in per_part["unet"])  # the UNet decoder only
     return Guide(copies["unet"], copies["controlnet"], shares, source)
 
 
 def guide_of_model(guide: Guide, unet: UNet2DConditionModel, controlnet: DHIControlNetModel | None) -> dict[str, Tensor]:
     """The tensors in which `guide` differs from the model's networks (what `save_guide` writes)."""
-    from types import SimpleNamespace
-
     weaker = SimpleNamespace(unet=guide.unet, controlnet=guide.controlnet or controlnet)  # None: the model's own
     return guide_tensors(SimpleNamespace(unet=unet, controlnet=controlnet), weaker)
-
-
-def add_guide(model_folder: str | Path, guide_folder: str | Path, weight: float = 2.0,
-              output: str | Path | None = None) -> Path:
-    """Give the model folder `model_folder` a guide for autoguidance: `guide_folder`, a model folder of the same
-    model trained less (an earlier stage of its training). Writes guide/ (only the tensors that differ, in the
-    dtype of the model's UNet weights) and recommends `weight` in siamese_config.json, in place or in a copy of
-    the model at `output`. Returns the folder written."""
-    import shutil
-
-    from .decoder import _is_half
-    from .export import check_writable
-    from .model import load_model
-
-    if not 1.0 < float(weight) <= MAX_AUTOGUIDANCE:
-        raise ValueError(f"autoguidance weight must be above 1 (1 is off) and at most {MAX_AUTOGUIDANCE:g}, "
-                         f"got {weight}")
-    source = Path(model_folder)
-    if not (source / "siamese_config.json").is_file():
-        raise ValueError(f"{model_folder} is not a local model folder of this package (no siamese_config.json)")
-    out = Path(output) if output is not None else source
-    same = out.resolve() == source.resolve()
-    if not same:
-        if out.exists() and any(out.iterdir()):
-            raise ValueError(f"{out} is not empty: name a new --output folder (the model is copied there with its "
-                             "guide)")
-        check_writable(out)
-    model, weaker = load_model(source), load_model(guide_folder)
-    if model.controlnet is None:
-        raise ValueError(f"{model_folder} has no ControlNet (a base model): autoguidance guides the mask branch")
-    tensors = guide_tensors(model, weaker)
-    if not same:
-        shutil.copytree(source, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(GUIDE_FOLDER, "*.tmp"))
-    save_guide(out, tensors, str(guide_folder), torch.float16 if _is_half(source) else None)
-    model.config.autoguidance = float(weight)
-    model.config.save(out)
-    logger.info("guide from %s added to %s (%d tensors), autoguidance %g", guide_folder, out, len(tensors), weight)
-    return out

@@ -14,7 +14,8 @@ from monai.metrics import SSIMMetric
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STATISTICS", "image_statistics", "kid", "flat_paintings", "pairwise_distances", "standardiser"]
+__all__ = ["STATISTICS", "image_statistics", "kid", "flat_paintings", "pairwise_distances", "standardiser",
+           "nearest_distances", "memorisation"]
 
 
 STATISTICS = ("red", "green", "blue", "red_std", "green_std", "blue_std", "saturation", "saturation_std",
@@ -105,3 +106,27 @@ def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (nearly) constant on the reference set cannot dominate a distance."""
     sd = x.std(0)
     return x.mean(0), np.maximum(sd, 0.01 * np.median(sd) + 1e-12)
+
+
+def nearest_distances(queries: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(N, D) and (M, D) feature rows -> (N,) RMS distance (over dimensions) of each query to its nearest reference
+    row."""
+    q, r = torch.from_numpy(np.asarray(queries, np.float64)), torch.from_numpy(np.asarray(reference, np.float64))
+    if q.ndim != 2 or r.ndim != 2 or q.shape[1] != r.shape[1] or not len(r):
+        raise ValueError(f"nearest distances need (N, D) and (M, D) arrays, M >= 1, got {tuple(q.shape)} and "
+                         f"{tuple(r.shape)}")
+    return (torch.cdist(q, r).min(1).values / q.shape[1] ** 0.5).numpy()
+
+
+def memorisation(generated: np.ndarray, held_out: np.ndarray, train: np.ndarray) -> dict:
+    """Whether generated images copy training images: the distance of each generated image to its nearest training
+    image against the same distance for held-out real images (N, D) feature rows, standardised alike.
+
+    `ratio` = median generated distance / median held-out distance: about 1 or more for a model that makes new
+    images, well below 1 for one that copies; `closer_than_held_out` is the share of generated images nearer a
+    training image than the nearest held-out real image is (its minimum distance)."""
+    gen, held = nearest_distances(generated, train), nearest_distances(held_out, train)
+    return {"generated_median": float(np.median(gen)), "held_out_median": float(np.median(held)),
+            "ratio": float(np.median(gen) / max(np.median(held), 1e-12)),
+            "generated_min": float(gen.min()), "held_out_min": float(held.min()),
+            "closer_than_held_out": float((gen < held.min()).mean()), "generated": len(gen), "held_out": len(held)}

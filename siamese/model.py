@@ -17,22 +17,29 @@ import json
 import logging
 import math
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .codec import Codec, PatchCodec, PatchCodecConfig, VAECodec, _save_module
-from .guide import MAX_AUTOGUIDANCE, Guide, GuideError, guide_of_model, load_guide, save_guide
-from .networks import DHIControlNetModel, _check_supported
+from .card import write_model_card
+from .codec import Codec, PatchCodec, PatchCodecConfig, VAECodec, save_module
+from .files import is_hub_id
+from .guide import Guide, GuideError, guide_of_model, load_guide, save_guide
+from .hub import push_folder
+from .networks import DHIControlNetModel, check_supported
+from .params import MAX_AUTOGUIDANCE
+from .pipeline import write_diffusers_files
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SiameseConfig", "SiameseModel", "build_tiny", "load_model", "ModelLoadError", "SCHEDULE", "tiny_tokenizer",
-           "tiny_text_encoder"]
+           "tiny_text_encoder", "resolve_folder", "CONFIG_NAME"]
 
 CONFIG_NAME = "siamese_config.json"
 
@@ -155,7 +162,7 @@ class SiameseModel:
         source: str = "",
         guide: Guide | None = None,
     ) -> None:
-        _check_supported(unet)
+        check_supported(unet)
         self.config = config
         self.unet = unet
         self.controlnet = controlnet
@@ -252,21 +259,17 @@ class SiameseModel:
         folder.mkdir(parents=True, exist_ok=True)
         self.config.codec = self.codec.to_dict()
         self.config.save(folder)
-        _save_module(self.unet, folder / "unet", dtype)
+        save_module(self.unet, folder / "unet", dtype)
         if self.controlnet is not None:
-            _save_module(self.controlnet, folder / "controlnet", dtype)
-        _save_module(self.text_encoder, folder / "text_encoder", dtype)
+            save_module(self.controlnet, folder / "controlnet", dtype)
+        save_module(self.text_encoder, folder / "text_encoder", dtype)
         self.tokenizer.save_pretrained(folder / "tokenizer")
         DDPMScheduler.from_config(self.scheduler_config).save_pretrained(folder / "scheduler")
         self.codec.save(folder, dtype)
         if self.guide is not None:
             save_guide(folder, guide_of_model(self.guide, self.unet, self.controlnet), self.guide.source, dtype)
-        from .pipeline import write_diffusers_files  # model_index.json + the pipeline code diffusers loads
-
-        write_diffusers_files(folder, self.config, self.controlnet is not None)
-        from .card import write_model_card  # README.md: generated, or a hand-written one left as it is
-
-        write_model_card(folder)
+        write_diffusers_files(folder, self.config, self.controlnet is not None)  # model_index.json + pipeline code
+        write_model_card(folder)  # README.md from the folder's files: generated, or a hand-written one left as it is
         return folder
 
     def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None,
@@ -274,10 +277,6 @@ class SiameseModel:
         """Save to a temporary folder (in `dtype`, e.g. float16 for a small download) and upload it to the hub
         model repo `repo_id` with a model card; returns the commit URL. A trained run folder is uploaded with
         `siamese.hub.push_folder` (`python -m siamese push`), which keeps its training record."""
-        import tempfile
-
-        from .hub import push_folder
-
         with tempfile.TemporaryDirectory(prefix="siamese-push-") as tmp:
             folder = self.save_pretrained(Path(tmp) / (self.config.name or "model"), dtype)
             return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
@@ -342,12 +341,7 @@ def build_tiny(
     return SiameseModel(config, unet, codec, text_encoder, tokenizer, SCHEDULE, source="tiny")
 
 
-def is_hub_id(text: str) -> bool:
-    """Whether a name that is not a local folder reads as a hub repo id ("owner/name")."""
-    return text.count("/") == 1 and not text.startswith((".", "/", "~"))
-
-
-def _resolve(path_or_id: str | Path, cache_dir: str | Path | None = None) -> Path:
+def resolve_folder(path_or_id: str | Path, cache_dir: str | Path | None = None) -> Path:
     """A local folder as is; otherwise a hub repo id fetched with huggingface-hub (offline mode honoured)."""
     path = Path(path_or_id).expanduser()
     if path.exists():
@@ -380,30 +374,36 @@ def load_model(
     cache_dir: str | Path | None = None,
 ) -> SiameseModel:
     """Load a model folder (ours or a diffusers Stable Diffusion 1.5 folder) or a hub repo id."""
-    folder = _resolve(path_or_id, cache_dir)
+    folder = resolve_folder(path_or_id, cache_dir)
     for sub in ("unet", "text_encoder", "tokenizer"):
         if not (folder / sub).is_dir():
             raise ModelLoadError(f"{folder} has no {sub}/ folder; expected a model folder written by "
                                  "`python -m siamese train` or a diffusers Stable Diffusion folder")
     config = SiameseConfig.load(folder)
+    _check_weight_files(folder)
     kw = dict(torch_dtype=dtype, use_safetensors=True)  # never a pickled .bin: unpickling can run code
     try:
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", **kw)
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype, use_safetensors=True).eval()
-        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+        text_encoder = _load_text_encoder(folder / "text_encoder", dtype)
+        tokenizer = _load_tokenizer(folder / "tokenizer", text_encoder)
         controlnet = (DHIControlNetModel.from_pretrained(folder / "controlnet", **kw)
                       if (folder / "controlnet").is_dir() else None)
         if config.codec.get("type") == "patch":
             codec: Codec = PatchCodec.load(folder, PatchCodecConfig(**{k: v for k, v in config.codec.items() if k != "type"}))
         else:
             codec = VAECodec(AutoencoderKL.from_pretrained(folder / "vae", **kw))
-        scheduler_path = folder / "scheduler" / "scheduler_config.json"
-        scheduler_config = json.loads(scheduler_path.read_text()) if scheduler_path.exists() else SCHEDULE
+        scheduler_config = _load_schedule(folder / "scheduler" / "scheduler_config.json")
         guide = load_guide(folder, unet, controlnet)
     except GuideError as e:
         raise ModelLoadError(f"{folder}: {e}") from None
+    except ModelLoadError:  # it names the file already
+        raise
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelLoadError(f"Could not load the model in {folder}: {e}") from None
+    if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
+        raise ModelLoadError(f"{folder / 'text_encoder' / 'config.json'}: hidden_size {text_encoder.config.hidden_size} "
+                             f"does not match the UNet's cross_attention_dim {unet.config.cross_attention_dim}: the "
+                             "text encoder is not this model's")
     schedule = {k: scheduler_config.get(k) for k in ("beta_schedule", "num_train_timesteps", "prediction_type")}
     if schedule["prediction_type"] not in (None, "epsilon"):
         raise ModelLoadError(f"{folder}: only epsilon prediction is supported, got {schedule}")
@@ -415,3 +415,85 @@ def load_model(
                          source=str(path_or_id), guide=guide)
     logger.info("loaded model %s from %s", config.name, folder)
     return model.to(device=device, dtype=dtype).eval()
+
+
+# -- checks of a model folder's parts, each a ModelLoadError naming the file -----------------------------
+def _check_weight_files(folder: Path) -> None:
+    """Every safetensors file of the model's subfolders opens: its header is whole and covers the data (a copy or
+    download cut short fails here, named, rather than deep inside a library with no file name)."""
+    for sub in MODEL_SUBFOLDERS:
+        for path in sorted((folder / sub).glob("*.safetensors")):
+            if ".fp16." in path.name or "non_ema" in path.name:  # variants load_model never reads
+                continue
+            try:
+                with safe_open(str(path), framework="pt"):
+                    pass
+            except (SafetensorError, OSError) as e:
+                raise ModelLoadError(f"{path}: not a complete safetensors file ({e}); copy or download the model "
+                                     "again") from None
+
+
+def _load_text_encoder(folder: Path, dtype: torch.dtype) -> CLIPTextModel:
+    """text_encoder/ in eval mode; weights that do not fit its config.json (a changed hidden_size) are a
+    ModelLoadError naming the first tensor, checked from the file's header before anything is loaded."""
+    weights = folder / "model.safetensors"
+    try:
+        config = CLIPTextConfig.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{folder / 'config.json'}: cannot be read ({e})") from None
+    if weights.is_file():
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            expected = {k: tuple(v.shape) for k, v in CLIPTextModel(config).state_dict().items()}
+        with safe_open(str(weights), framework="pt") as f:
+            for key in f.keys():
+                want, got = expected.get(key.removeprefix("text_model.")), tuple(f.get_slice(key).get_shape())
+                if want is not None and got != want:
+                    raise ModelLoadError(f"{weights}: '{key}' is {list(got)} but {folder / 'config.json'} (hidden_size "
+                                         f"{config.hidden_size}, vocab_size {config.vocab_size}) makes it {list(want)}: "
+                                         "the config was changed, or the weights are another model's")
+    try:
+        return CLIPTextModel.from_pretrained(folder, dtype=dtype, use_safetensors=True).eval()
+    except RuntimeError as e:  # transformers: tensors whose sizes differ from the config's
+        if "mismatched" not in str(e):
+            raise
+        raise ModelLoadError(f"{folder / 'model.safetensors'}: the weights do not fit {folder / 'config.json'} "
+                             "(tensor sizes differ: its hidden_size, vocab_size or layers were changed, or the "
+                             "weights are another model's)") from None
+
+
+def _load_tokenizer(folder: Path, text_encoder: CLIPTextModel) -> CLIPTokenizer:
+    """tokenizer/, which must hold a vocabulary and cut prompts to at most the text encoder's positions."""
+    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.json").is_file():
+        raise ModelLoadError(f"{folder}: no tokenizer files (expected tokenizer.json, or vocab.json and merges.txt)")
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{folder}: the tokenizer files cannot be read ({e})") from None
+    limit = text_encoder.config.max_position_embeddings
+    if not _is_int(tokenizer.model_max_length) or not 1 <= tokenizer.model_max_length <= limit:
+        raise ModelLoadError(f"{folder}: model_max_length must be a whole number between 1 and the text encoder's "
+                             f"{limit} positions, got {tokenizer.model_max_length!r}")
+    return tokenizer
+
+
+def _load_schedule(path: Path) -> dict:
+    """scheduler/scheduler_config.json (SCHEDULE when absent), checked: a JSON object, a whole number of training
+    timesteps (1 or more), a schedule the samplers can build."""
+    if not path.exists():
+        return SCHEDULE
+    try:
+        schedule = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path}: not a valid JSON file ({e})") from None
+    if not isinstance(schedule, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object of settings, got {type(schedule).__name__}")
+    steps = schedule.get("num_train_timesteps", 1000)
+    if not _is_int(steps) or not 1 <= steps <= 100_000:
+        raise ModelLoadError(f"{path}: 'num_train_timesteps' must be a whole number between 1 and 100000, got {steps!r}")
+    try:
+        alphas = DDIMScheduler.from_config(schedule).alphas_cumprod  # DDIM, DPM++ and UniPC share the beta schedules
+    except (ValueError, TypeError, NotImplementedError) as e:
+        raise ModelLoadError(f"{path}: not a noise schedule the samplers can use ({e})") from None
+    if not (torch.isfinite(alphas).all() and (alphas > 0).all() and (alphas < 1).all()):
+        raise ModelLoadError(f"{path}: the betas give cumulative alphas outside (0, 1): check beta_start and beta_end")
+    return schedule

@@ -19,7 +19,7 @@ import json
 import logging
 from pathlib import Path
 
-from .export import atomic_write
+from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 

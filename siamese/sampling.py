@@ -13,11 +13,9 @@ Faster than a diffusers ControlNet pipeline with the same weights, for the same 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
-import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,120 +24,20 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from .data import DataError, binarize_mask, mask_to_hint, resize_pair
-from .guide import MAX_AUTOGUIDANCE
+from .deepcache import controlnet_residuals_shallow, decode_deep, decode_last, encode_shallow
 from .model import SiameseModel
 from .networks import controlnet_residuals, unet_decode, unet_encode
+from .params import (MAX_CONTROL_SCALE, MAX_IMAGES, MAX_SEED, SCHEDULERS, Generated, SamplingParams,
+                     check_autoguidance, check_speed_settings, controlled_steps, describe_mask, random_seed,
+                     validate_request)
 
 logger = logging.getLogger(__name__)
 
+# the settings and the generated pair are defined in `siamese.params` (below the model), and are part of this
+# module's API as they always were
 __all__ = ["SCHEDULERS", "make_scheduler", "sample", "controlled_steps", "generate", "Generated", "SamplingParams",
-           "random_seed", "validate_request", "prepare_mask", "check_autoguidance"]
-
-SCHEDULERS = ("ddim", "dpm++", "unipc")
-MAX_SEED = 2**32 - 1
-MAX_IMAGES = 64  # per generate() call (per mask)
-MAX_CONTROL_SCALE = 10.0
-
-
-@dataclass
-class SamplingParams:
-    """Generation settings; METHOD.md's reference: DDIM, 50 steps, eta 0, guidance 9, control scale 1.
-
-    control_scale multiplies the ControlNet's residuals (diffusers' `controlnet_conditioning_scale`):
-    above 1 the mask acts more strongly, 0 ignores it; None: the model's recommended value
-    (`SiameseConfig.control_scale`, 1 unless its model card says otherwise). control_end is the fraction of the
-    denoising steps, from the noisiest, in which the ControlNet acts (diffusers' `control_guidance_end`): the mask
-    decides the layout early, and the later steps draw texture without it; None: the model's recommended value
-    (`SiameseConfig.control_end`, 1: every step). autoguidance is the weight w of autoguidance (`siamese.guide`):
-    1 is off, above 1 the prediction is pushed away from the model's guide (a weaker version of it) by w - 1;
-    None: the model's recommended value (`SiameseConfig.autoguidance`).
-    """
-
-    prompt: str | None = None  # None: the model's default prompt
-    steps: int = 50
-    guidance_scale: float = 9.0
-    scheduler: str = "ddim"
-    eta: float = 0.0
-    control_scale: float | None = None
-    control_end: float | None = None
-    autoguidance: float | None = None
-
-    def validate(self) -> None:
-        if self.prompt is not None and not isinstance(self.prompt, str):
-            raise ValueError(f"prompt must be text, got {type(self.prompt).__name__} {self.prompt!r}")
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got '{self.scheduler}'")
-        if not 1 <= int(self.steps) <= 1000:
-            raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
-        if not 0.0 <= float(self.guidance_scale) <= 50.0:
-            raise ValueError(f"guidance scale must be between 0 and 50, got {self.guidance_scale}")
-        if not 0.0 <= float(self.eta) <= 1.0:
-            raise ValueError(f"eta must be between 0 and 1, got {self.eta}")
-        if self.control_scale is not None and not 0.0 <= float(self.control_scale) <= MAX_CONTROL_SCALE:
-            raise ValueError(f"control scale must be between 0 and {MAX_CONTROL_SCALE:g}, got {self.control_scale}")
-        if self.control_end is not None and not 0.0 < float(self.control_end) <= 1.0:
-            raise ValueError(f"control end must be a fraction of the steps, above 0 and at most 1, "
-                             f"got {self.control_end}")
-        if self.autoguidance is not None and not 1.0 <= float(self.autoguidance) <= MAX_AUTOGUIDANCE:
-            raise ValueError(f"autoguidance must be between 1 (off) and {MAX_AUTOGUIDANCE:g}, got {self.autoguidance}")
-
-    def control_scale_for(self, model: SiameseModel) -> float:
-        """The control scale used with `model`: this one, or the model's recommended value when None."""
-        return model.config.control_scale if self.control_scale is None else float(self.control_scale)
-
-    def control_end_for(self, model: SiameseModel) -> float:
-        """The control end used with `model`: this one, or the model's recommended value when None."""
-        return model.config.control_end if self.control_end is None else float(self.control_end)
-
-    def autoguidance_for(self, model: SiameseModel) -> float:
-        """The autoguidance weight used with `model`: this one, or the model's recommended value when None; a
-        weight above 1 for a model without a guide is a ValueError."""
-        weight = model.config.autoguidance if self.autoguidance is None else float(self.autoguidance)
-        check_autoguidance(model, weight)
-        return weight
-
-
-def check_autoguidance(model: SiameseModel, weight: float) -> None:
-    """Autoguidance above 1 needs the model's guide (its folder's guide/)."""
-    if weight != 1.0 and model.guide is None:
-        raise ValueError(f"autoguidance {weight:g} needs a guide (a weaker version of the model, in its folder's "
-                         "guide/), and this model has none: use 1 (off), or add one with `python -m siamese add-guide`")
-
-
-def controlled_steps(steps: int, control_end: float) -> int:
-    """How many of `steps` denoising steps, from the first, the ControlNet acts in: floor(control_end * steps) as
-    diffusers' `control_guidance_end` keeps them, but at least one."""
-    return max(1, math.floor(control_end * steps + 1e-6))
-
-
-def describe_mask(control_scale: float, control_end: float) -> str:
-    """How the mask acts, in words: "1.5 in every step" or "2 in the first 50% of the steps"."""
-    where = "in every step" if control_end >= 1 else f"in the first {control_end:.0%} of the steps"
-    return f"{control_scale:g} {where}"
-
-
-@dataclass
-class Generated:
-    """One generated pair: image (H, W, 3) uint8 RGB, mask (H, W) uint8 in {0, 255}, and how it was made."""
-
-    image: np.ndarray
-    mask: np.ndarray
-    seed: int
-    params: dict = field(default_factory=dict)
-
-
-def random_seed() -> int:
-    return random.SystemRandom().randint(0, MAX_SEED)
-
-
-def validate_request(num_images: int, seed: int | None, batch_size: int) -> None:
-    """The checks of `generate`'s counts, for callers that check before loading a model (the CLI)."""
-    if not 1 <= num_images <= MAX_IMAGES:
-        raise ValueError(f"number of images must be between 1 and {MAX_IMAGES}, got {num_images}")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
-    if not batch_size >= 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+           "random_seed", "validate_request", "prepare_mask", "check_autoguidance", "describe_mask", "MAX_SEED",
+           "MAX_IMAGES", "MAX_CONTROL_SCALE"]
 
 
 def make_scheduler(name: str, scheduler_config: dict, eta: float = 0.0):
@@ -168,6 +66,8 @@ def sample(
     control_scale: float = 1.0,
     control_end: float = 1.0,
     autoguidance: float = 1.0,
+    cache_interval: int = 1,
+    precision: str = "float32",
 ) -> Tensor:
     """Mask-Diffusion sampling. mask_hint: (B, 3, H, W) in {0, 1}; one prompt and one generator per image.
 
@@ -176,8 +76,10 @@ def sample(
     runs in the first `controlled_steps(steps, control_end)` steps only (not at all in the others). With
     `autoguidance` w > 1, eps += (w - 1) (eps_cond - eps_guide), eps_guide the model's guide's conditional
     prediction (same prompt, mask and control scale; its UNet encoding is the model's when they share it).
-    Returns images (B, 3, H, W) in [0, 1], float32 on the model's device.
-    `callback(step, steps)` is called after every denoising step.
+    `cache_interval` k > 1 reuses the networks' deep features for k - 1 steps after each step that computes them
+    (DeepCache; 1: every step computes every block); `precision` "bfloat16" runs the networks and the codec under
+    bfloat16 autocast ("float32": as the model is). Returns images (B, 3, H, W) in [0, 1], float32 on the model's
+    device. `callback(step, steps)` is called after every denoising step.
     """
     if model.controlnet is None:
         raise ValueError("this model has no ControlNet (a base model): train it with the siamese objective first")
@@ -186,6 +88,7 @@ def sample(
         raise ValueError(f"need one prompt and one generator per mask: {B} masks, {len(prompts)} prompts, "
                          f"{len(generators)} generators")
     check_autoguidance(model, autoguidance)
+    check_speed_settings(cache_interval, precision)
     device, dtype = model.device, model.dtype
     sched = make_scheduler(scheduler, model.scheduler_config)
     sched.set_timesteps(steps, device=device)
@@ -211,22 +114,27 @@ def sample(
     latents = randn_tensor((B, c, s, s), generator=generators, device=device, dtype=dtype)
     latents = latents * sched.init_noise_sigma
 
-    # 3. denoising loop
+    # 3. denoising loop. With feature reuse (cache_interval k > 1) every k-th step is a refresh step, which runs the
+    #    networks whole and keeps their deep features; the steps between run their first level alone (siamese.deepcache).
+    #    A change of control (control_end) refreshes: the kept features were made with or without the mask.
+    predict = _Denoiser(model, guide, prompt_embeds, hint_emb, guide_hint_emb, cond, control_scale, cache_interval > 1)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bfloat16" else contextlib.nullcontext()
+    age, kept_control = cache_interval, None  # steps since the last refresh; whether it ran the ControlNet
     for i, t in enumerate(sched.timesteps):
         x = torch.cat([latents, latents]) if guided else latents
         x = sched.scale_model_input(x, t)
         tt = t.expand(x.shape[0]).to(device)
-        down, mid = (controlnet_residuals(model.controlnet, x, tt, prompt_embeds, hint_emb, control_scale)
-                     if i < controlled else (None, None))
-        enc = unet_encode(model.unet, x, tt, prompt_embeds)
-        eps = unet_decode(model.unet, enc, prompt_embeds, down, mid)
+        control = i < controlled
+        refresh = age >= cache_interval or control != kept_control
+        with amp:
+            eps, eps_guide = predict.full(x, tt, control) if refresh else predict.cached(x, tt, control)
+        age, kept_control = (1, control) if refresh else (age + 1, kept_control)
+        eps = eps.to(dtype)
         eps_cond = eps[cond]
         if guided:
             eps = eps[:B] + guidance_scale * (eps_cond - eps[:B])
-        if guide is not None:
-            eps = eps + (autoguidance - 1.0) * (eps_cond - _guide_eps(guide, x[cond], tt[cond], prompt_embeds[cond],
-                                                                      enc, cond, down, mid, guide_hint_emb,
-                                                                      control_scale))
+        if eps_guide is not None:
+            eps = eps + (autoguidance - 1.0) * (eps_cond - eps_guide.to(dtype))
         kwargs = {}
         if scheduler == "ddim":
             kwargs["eta"] = eta
@@ -238,21 +146,69 @@ def sample(
             callback(i + 1, len(sched.timesteps))
 
     # 4. decode
-    return (model.codec.decode(latents).float() / 2 + 0.5).clamp(0, 1)
+    with amp:
+        images = model.codec.decode(latents)
+    return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
-def _guide_eps(guide, x: Tensor, t: Tensor, prompt_embeds: Tensor, enc, cond: slice, down, mid,
-               hint_emb: Tensor | None, control_scale: float) -> Tensor:
-    """The guide's conditional noise prediction (B, C, h, w), reusing what it shares with the model: the UNet
-    encoding (`enc`, of the whole batch) and, when it has no ControlNet of its own, the residuals (`down`, `mid`)."""
-    genc = enc.select(cond) if guide.shares_encoder else unet_encode(guide.unet, x, t, prompt_embeds)
-    if down is None:
-        gdown, gmid = None, None
-    elif guide.controlnet is None:
-        gdown, gmid = [d[cond] for d in down], mid[cond]
-    else:
-        gdown, gmid = controlnet_residuals(guide.controlnet, x, t, prompt_embeds, hint_emb, control_scale)
-    return unet_decode(guide.unet, genc, prompt_embeds, gdown, gmid)
+class _Denoiser:
+    """The networks' noise predictions in one denoising step: the model's on the guidance batch x (2B or B) and,
+    with autoguidance, the guide's on its conditional half, reusing what the guide shares with the model (the UNet
+    encoding; the ControlNet's residuals when it has no ControlNet of its own). With `keep`, `full` keeps each
+    UNet's deep features (the input of its last up block) and `cached` runs the first level alone with them."""
+
+    def __init__(self, model: SiameseModel, guide, prompt_embeds: Tensor, hint_emb: Tensor,
+                 guide_hint_emb: Tensor | None, cond: slice, control_scale: float, keep: bool) -> None:
+        self.model, self.guide, self.cond, self.scale, self.keep = model, guide, cond, control_scale, keep
+        self.prompt_embeds, self.hint_emb, self.guide_hint_emb = prompt_embeds, hint_emb, guide_hint_emb
+        self.deep: dict[str, Tensor] = {}  # "model" / "guide" -> the kept input of the last up block
+
+    def full(self, x: Tensor, t: Tensor, control: bool) -> tuple[Tensor, Tensor | None]:
+        """Every block: (the model's prediction (2B or B, C, h, w), the guide's on the conditional half or None)."""
+        model, guide, c, pe = self.model, self.guide, self.cond, self.prompt_embeds
+        down, mid = (controlnet_residuals(model.controlnet, x, t, pe, self.hint_emb, self.scale) if control
+                     else (None, None))
+        enc = unet_encode(model.unet, x, t, pe)
+        eps = self._decode("model", model.unet, enc, pe, down, mid)
+        if guide is None:
+            return eps, None
+        genc = enc.select(c) if guide.shares_encoder else unet_encode(guide.unet, x[c], t[c], pe[c])
+        if down is None:
+            gdown, gmid = None, None
+        elif guide.controlnet is None:
+            gdown, gmid = [d[c] for d in down], mid[c]
+        else:
+            gdown, gmid = controlnet_residuals(guide.controlnet, x[c], t[c], pe[c], self.guide_hint_emb, self.scale)
+        return eps, self._decode("guide", guide.unet, genc, pe[c], gdown, gmid)
+
+    def _decode(self, key: str, unet, enc, prompt_embeds: Tensor, down, mid) -> Tensor:
+        if not self.keep:
+            return unet_decode(unet, enc, prompt_embeds, down, mid)
+        self.deep[key], skips = decode_deep(unet, enc, prompt_embeds, down, mid)
+        return decode_last(unet, self.deep[key], skips, enc.emb, prompt_embeds)
+
+    def cached(self, x: Tensor, t: Tensor, control: bool) -> tuple[Tensor, Tensor | None]:
+        """The first level of each network, with the deep features kept by the last `full` step."""
+        model, guide, c, pe = self.model, self.guide, self.cond, self.prompt_embeds
+        emb, skips = encode_shallow(model.unet, x, t, pe)
+        down = (controlnet_residuals_shallow(model.controlnet, x, t, pe, self.hint_emb, self.scale) if control
+                else None)
+        eps = decode_last(model.unet, self.deep["model"], _add(skips, down), emb, pe)
+        if guide is None:
+            return eps, None
+        gemb, gskips = ((emb[c], [s[c] for s in skips]) if guide.shares_encoder
+                        else encode_shallow(guide.unet, x[c], t[c], pe[c]))
+        if down is None:
+            gdown = None
+        elif guide.controlnet is None:
+            gdown = [d[c] for d in down]
+        else:
+            gdown = controlnet_residuals_shallow(guide.controlnet, x[c], t[c], pe[c], self.guide_hint_emb, self.scale)
+        return eps, decode_last(guide.unet, self.deep["guide"], _add(gskips, gdown), gemb, pe[c])
+
+
+def _add(skips: list[Tensor], residuals: list[Tensor] | None) -> list[Tensor]:
+    return skips if residuals is None else [s + r for s, r in zip(skips, residuals)]
 
 
 def prepare_mask(model: SiameseModel, mask: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_segnet", "train_segnet", "predict_masks", "dice_iou", "segnet_features"]
+__all__ = ["build_segnet", "train_segnet", "predict_masks", "dice_iou", "segnet_features", "mean_std"]
 
 
 def build_segnet(channels: Sequence[int] = (8, 16, 32, 64, 128), seed: int = 0) -> UNet:
@@ -110,6 +110,12 @@ def dice_iou(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 # -- features ----------------------------------------------------------------------------------------
+def mean_std(values: Sequence[float]) -> dict:
+    """Scores of several seeds -> {"mean", "std" (sample standard deviation; 0 for one seed), "per_seed"}."""
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "per_seed": v.tolist()}
+
+
 def _encoder_modules(net: UNet) -> list[nn.Module]:
     """The down path of a MONAI UNet: one module per level, the bottom (bottleneck) last."""
     mods, block = [], net.model

@@ -33,6 +33,7 @@ import csv
 import io
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -47,21 +48,49 @@ from .card import write_model_card
 from .checkpoints import EMA, checkpoint_metrics, ema_decay_at, latest_checkpoint, load_checkpoint, save_checkpoint
 from .codec import PatchCodec
 from .data import PairDataset, find_pairs, split_pairs
-from .export import atomic_folder, atomic_write, check_writable
-from .fidelity import ScorerConfig, add_scorer
+from .fidelity import ScorerConfig
+from .files import atomic_folder, atomic_write, check_writable
+from .folder_ops import add_scorer
 from .model import ModelLoadError, SiameseModel, build_tiny, load_model
+from .networks import UNET_DECODER_PREFIXES
 from .objective import LOSS_KEYS, base_losses, controlnet_losses, siamese_losses
 from .train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "train", "TrainingStopped", "latest_checkpoint", "trainable_parameters"]
+__all__ = ["TrainConfig", "train", "TrainingStopped", "TrainingDiverged", "latest_checkpoint", "trainable_parameters"]
 
 LIVE_LOG_SECONDS = 10.0  # log events this far apart at most (or one per step), besides the metrics rows
 
 
 class TrainingStopped(Exception):
     """Raised inside the loop when the stop flag is set; the run is saved before it propagates."""
+
+
+class TrainingDiverged(ValueError):
+    """A loss or a trained weight that is not a finite number (too high a learning rate): the run stops before it
+    steps or saves again; no model folder is written, the checkpoints saved before are kept."""
+
+
+def _diverged(output: Path, step: int, what: str, lr: float) -> TrainingDiverged:
+    """The one-line error of a run that diverged at `step`, naming the last checkpoint it keeps."""
+    last = latest_checkpoint(output)
+    kept = f"; its last checkpoint, {last.name}, is kept" if last is not None else ""
+    return TrainingDiverged(f"training diverged at step {step}: {what} is not a finite number, so the run is stopped "
+                            f"and no model is saved{kept}. Train again with a lower learning rate (it was {lr:g})")
+
+
+def _on_any_process(flag: bool, world: int, device: torch.device) -> bool:
+    """Whether `flag` is set on any process (every process then takes the same branch)."""
+    if world == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _finite(params: dict[str, torch.nn.Parameter]) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in params.values())
 
 
 # -- pure helpers ------------------------------------------------------------------------------
@@ -114,7 +143,7 @@ def trainable_parameters(model: SiameseModel, objective: str, unlock_decoder: bo
         params.update({f"controlnet.{n}": p for n, p in model.controlnet.named_parameters()})
         if unlock_decoder:
             params.update({f"unet.{n}": p for n, p in model.unet.named_parameters()
-                           if n.startswith(("up_blocks.", "conv_norm_out.", "conv_out."))})
+                           if n.startswith(UNET_DECODER_PREFIXES)})
     for p in params.values():
         p.requires_grad_(True)
     return params
@@ -287,9 +316,9 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
     elif latest_checkpoint(output) is not None:  # a fresh run would mix its checkpoints and metrics with these
         raise ValueError(f"{output} already holds a training run (checkpoints/): resume it (--resume latest) or "
                          "train into another output folder")
-    pairs = find_pairs(config.data)
+    found = pairs = find_pairs(config.data)
     if config.holdout > 0:
-        pairs, held = split_pairs(pairs, config.holdout, config.holdout_seed)
+        pairs, held = split_pairs(found, config.holdout, config.holdout_seed)
         logger.info("holding out %d pairs (split seed %d); training on %d", len(held), config.holdout_seed, len(pairs))
     dataset = PairDataset(config.data, config.resolution, config.prompt, pairs)
     init_dir = output / "init"
@@ -387,7 +416,10 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
                 for k in LOSS_KEYS:
                     if k in losses:
                         step_losses[k] += float(losses[k]) / config.gradient_accumulation
-            # 5. average gradients over processes, step
+            # 5. a loss that is not finite stops the run before the weights take it in; average gradients over
+            #    processes, step
+            if _on_any_process(not all(map(math.isfinite, step_losses.values())), world, device):
+                raise _diverged(output, step + 1, f"the loss ({step_losses['loss']:g})", lr)
             if world > 1:
                 for p in params.values():
                     if p.grad is None:
@@ -435,6 +467,8 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
                 tracking.log_preview(accelerator, strip, step)
                 emit({"type": "preview", "step": step, "image": strip})
             if step % config.checkpoint_every == 0 or step == config.max_steps:
+                if not _finite(params):  # the same weights on every process: all stop here
+                    raise _diverged(output, step, "a trained weight", lr)
                 if main:
                     path = save_checkpoint(output, step, params, optimizer.optimizer, config.keep_checkpoints, ema,
                                            {"sums": sums, "count": count})
@@ -448,7 +482,9 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
         if bar is not None:
             bar.close()
         tracking.finish(accelerator)
-    # 8. save: a checkpoint to resume from (when stopped) and the model folder itself
+    # 8. save: a checkpoint to resume from (when stopped) and the model folder itself, never of weights that diverged
+    if not _finite(params):
+        raise _diverged(output, step, "a trained weight", lr_at(max(step - 1, 0), config))
     if main:
         if stopped and step % config.checkpoint_every:
             save_checkpoint(output, step, params, optimizer.optimizer, config.keep_checkpoints, ema,
@@ -463,7 +499,7 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
         if config.scorer_steps and model.controlnet is not None and not stopped:  # 9. the fidelity scorer
             add_scorer(output, config.data, ScorerConfig(resolution=min(128, config.resolution),
                                                          steps=config.scorer_steps), holdout=config.holdout,
-                       holdout_seed=config.holdout_seed, progress_bar=bar is not None)
+                       holdout_seed=config.holdout_seed, progress_bar=bar is not None, pairs=found)
     accelerator.wait_for_everyone()
     emit({"type": "end", "step": step, "stopped": stopped, "output": str(output)})
     return output

@@ -5,58 +5,87 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from . import tracking
+from .tracking import REPORT_TO, check_report_to
+from .files import same_folder
+from .params import MAX_SEED
 
-__all__ = ["TrainConfig", "OBJECTIVES", "MIXED_PRECISION", "TIMESTEP_BIAS", "MAX_SEED"]
+__all__ = ["TrainConfig", "setting", "OBJECTIVES", "MIXED_PRECISION", "TIMESTEP_BIAS", "MAX_SEED", "RECORD_NAME",
+           "training_record", "trained_on", "same_split"]
 
 OBJECTIVES = ("siamese", "controlnet", "base")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TIMESTEP_BIAS = ("none", "later", "earlier")
-MAX_SEED = 2**32 - 1
+MAX_LR = 1.0  # AdamW moves each weight by about lr per step: above 1 a step outweighs the weights themselves
+MAX_BATCH_SIZE = 4096  # one micro-batch of images is encoded and held in memory at once
+RECORD_NAME = "train_config.json"  # a run folder's record: TrainConfig and what the run measured
+
+def setting(default: Any = MISSING, help: str = "", **cli: Any) -> Any:
+    """A dataclass field and its command-line option (`siamese.cli_options` makes `--field-name` of it): `help`
+    (argparse's %(default)s shows the default), and in `cli`: `choices`; `flag`, another option name (a bool
+    field that defaults to True becomes a flag that sets it False); `hidden=True`, no option (the library and
+    train_config.json only)."""
+    return field(default=default, metadata={"help": help, **cli})
+
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; saved as train_config.json in the run folder."""
+    """Everything a run needs; saved as train_config.json in the run folder. Each field is also an option of
+    `python -m siamese train` (its help text is the field's)."""
 
-    data: str
-    output: str
-    model: str = "tiny"  # "tiny", a model folder, or a hub repo id
-    objective: str = "siamese"
-    base_steps: int = 0  # with model "tiny": pre-train the UNet alone this long first (OUTPUT/base)
-    resolution: int = 256
-    batch_size: int = 8  # per process and micro-step
-    max_steps: int = 1000
-    stop_at: int = 0  # > 0: stop at this step as a Ctrl-C would (checkpoint + model saved; resume continues)
-    lr: float = 1e-5
-    zero_lr_scale: float = 1.0  # lr multiplier of the ControlNet's zero-initialised layers (see zero_initialised)
-    timestep_bias: str = "none"  # diffusers' --timestep_bias_strategy: none (METHOD.md's U{0..999}), later, earlier
-    timestep_bias_multiplier: float = 1.0  # weight of the biased timesteps
-    timestep_bias_portion: float = 0.25  # fraction of the timesteps that get the bias
-    weight_decay: float = 1e-2  # AdamW's torch default
-    warmup_steps: int = 0
-    ema_decay: float = 0.0  # > 0: an exponential moving average of the trainable weights is what is saved
-    gradient_accumulation: int = 1
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    unlock_decoder: bool = True
-    use_8bit_adam: bool = False
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    preview_every: int = 0
-    prompt: str | None = None
-    prompt_dropout: float = 0.05
-    flip: bool = True
-    seed: int = 0
-    holdout: float = 0.0  # fraction of pairs left out (split_pairs with holdout_seed), for a fair evaluation
-    holdout_seed: int = 0
-    resume: str | None = None  # "latest" or a checkpoint folder
-    name: str = ""
-    report_to: str = "none"  # tensorboard | wandb | none: accelerate's trackers (siamese.tracking)
-    scorer_steps: int = 200  # at the end, a fidelity scorer on the training pairs (`fidelity`, segmenter/); 0: none
+    data: str = setting(help="folder with images/ and masks/, or prompt.json")
+    output: str = setting(help="run folder; becomes a loadable model folder")
+    model: str = setting("tiny", "tiny, a model folder, or a hub repo id (default: %(default)s)")
+    objective: str = setting("siamese", "siamese (the method), controlnet (mask-only baseline) or base (pre-train "
+                             "a UNet); default %(default)s", choices=OBJECTIVES)
+    base_steps: int = setting(0, "with --model tiny: pre-train the UNet alone this many steps first (OUTPUT/base), "
+                              "then the ControlNet from it (0: off)")
+    resolution: int = setting(256, "image size, a multiple of 64 (default %(default)s)")
+    batch_size: int = setting(8, "images per process and micro-step (default %(default)s)")
+    max_steps: int = setting(1000, "training steps (default %(default)s)")
+    stop_at: int = setting(0, "stop at this step as Ctrl-C would (checkpoint and model saved, --resume latest "
+                           "continues); the schedules still run to --max-steps (0: off)")
+    lr: float = setting(1e-5, "learning rate after the warm-up (default %(default)g)")
+    zero_lr_scale: float = setting(1.0, "lr multiplier of the ControlNet's zero-initialised layers (zero convolutions, "
+                                   "the DHI's output conv; see train.zero_initialised); default %(default)g. An experiment: on "
+                                   "the bundled model 10 grew those layers but did not make the mask act more (its "
+                                   "model card has the figures)")
+    timestep_bias: str = setting("none", "sample training timesteps non-uniformly (diffusers' "
+                                 "--timestep_bias_strategy): 'later' favours the noisiest steps, where the layout "
+                                 "(the mask) is decided; default %(default)s, the method's uniform U{0..999}",
+                                 choices=TIMESTEP_BIAS)
+    timestep_bias_multiplier: float = setting(1.0, "weight of the biased timesteps")
+    timestep_bias_portion: float = setting(0.25, "fraction of timesteps biased")
+    weight_decay: float = setting(1e-2, "AdamW's weight decay (torch's default)", hidden=True)
+    warmup_steps: int = setting(0, "linear learning-rate warm-up steps (0: none)")
+    ema_decay: float = setting(0.0, "keep an exponential moving average of the weights (e.g. 0.999) and save it; "
+                               "0: off")
+    gradient_accumulation: int = setting(1, "micro-batches per step")
+    mixed_precision: str = setting("no", "autocast precision (GPU)", choices=MIXED_PRECISION)
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass (less memory)")
+    unlock_decoder: bool = setting(True, "train the ControlNet only (UNet decoder frozen)", flag="--lock-decoder")
+    use_8bit_adam: bool = setting(False, "bitsandbytes 8-bit AdamW (GPU)")
+    checkpoint_every: int = setting(500, "save a checkpoint every N steps (default %(default)s)")
+    keep_checkpoints: int = setting(2, "checkpoints kept (the latest)", hidden=True)
+    log_every: int = setting(10, "a metrics.csv row every N steps (default %(default)s)")
+    preview_every: int = setting(0, "save preview samples every N steps (0: never)")
+    prompt: str | None = setting(None, "prompt for pairs without one (default: from the data)")
+    prompt_dropout: float = setting(0.05, "share of the prompts replaced by the empty one", hidden=True)
+    flip: bool = setting(True, "random horizontal and vertical flips", hidden=True)
+    seed: int = setting(0, "seed of the batches, noise and the starting weights")
+    holdout: float = setting(0.0, "fraction of pairs left out of training, the same split `evaluate` tests on "
+                             "(seed 0)")
+    holdout_seed: int = setting(0, "seed of the held-out split (split_pairs)", hidden=True)
+    resume: str | None = setting(None, "'latest' or a checkpoint folder")
+    name: str = setting("", "model name recorded in its config")
+    report_to: str = setting("none", "also log the losses, lr and previews to TensorBoard (OUTPUT/logs) or W&B, "
+                             "through accelerate's trackers (the package must be installed); default %(default)s",
+                             choices=REPORT_TO)
+    scorer_steps: int = setting(200, "at the end, train the fidelity scorer (segmenter/, see train-scorer) this many "
+                                "steps on the training pairs; 0: none")
 
     def validate(self) -> None:
         """Every setting, with a message naming it; called before anything is read or written."""
@@ -85,6 +114,16 @@ class TrainConfig:
         for name, what in (("lr", "learning rate"), ("zero_lr_scale", "zero-layer lr scale")):
             if not _real(getattr(self, name)) or not getattr(self, name) > 0:
                 raise ValueError(f"{what} must be a positive number, got {getattr(self, name)!r}")
+        if self.lr * max(1.0, self.zero_lr_scale) > MAX_LR:
+            scaled = (f" times the zero-layer lr scale {self.zero_lr_scale:g} = {self.lr * self.zero_lr_scale:g}"
+                      if self.zero_lr_scale > 1 else "")
+            raise ValueError(f"learning rate must be at most {MAX_LR:g}, got {self.lr:g}{scaled}: AdamW moves every "
+                             "weight by about the learning rate at each step, so above 1 the weights (mostly below "
+                             "1) are overwritten and the loss diverges; fine-tuning uses about 1e-5 to 1e-4")
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ValueError(f"batch size must be at most {MAX_BATCH_SIZE}, got {self.batch_size}: a batch (per "
+                             "process and micro-step) is encoded and held in memory at once; for a larger effective "
+                             "batch raise the gradient accumulation")
         if self.timestep_bias not in TIMESTEP_BIAS:
             raise ValueError(f"timestep bias must be one of {', '.join(TIMESTEP_BIAS)}, got {self.timestep_bias!r}")
         if not _real(self.timestep_bias_multiplier) or not self.timestep_bias_multiplier > 0:
@@ -100,7 +139,7 @@ class TrainConfig:
             raise ValueError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
         if not _real(self.prompt_dropout) or not 0 <= self.prompt_dropout <= 1:
             raise ValueError(f"prompt dropout must be between 0 and 1, got {self.prompt_dropout!r}")
-        tracking.check_report_to(self.report_to)
+        check_report_to(self.report_to)
         if self.base_steps and (self.model != "tiny" or self.objective == "base"):
             raise ValueError("base steps pre-train a UNet built from scratch before its ControlNet: use them "
                              f"with model 'tiny' and objective siamese or controlnet (got model '{self.model}', "
@@ -119,3 +158,27 @@ def _whole(value) -> bool:
 
 def _real(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# -- a trained model's record (what evaluation and the fidelity scorer need to know of its training) ---------------
+def training_record(model_folder: str | Path) -> dict | None:
+    """The model folder's train_config.json (data folder, holdout, holdout_seed), when it has one that names its
+    data; None otherwise (a hub id, a converted model, an unreadable file)."""
+    path = Path(model_folder) / RECORD_NAME
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "data" in record else None
+
+
+def trained_on(record: dict | None, data: str | Path) -> bool:
+    """Whether a training record (`training_record`) names the data folder `data`."""
+    return record is not None and same_folder(str(record["data"]), data)
+
+
+def same_split(record: dict | None, data: str | Path, holdout: float, holdout_seed: int) -> bool:
+    """Whether a model trained as `record` says held out exactly the pairs `split_pairs(find_pairs(data), holdout,
+    holdout_seed)` holds out: the same data folder, fraction and seed."""
+    return (trained_on(record, data) and record.get("holdout") == holdout
+            and record.get("holdout_seed") == holdout_seed)

@@ -1,4 +1,7 @@
-"""The mask canvas: example and random masks, the drawn mask, uploaded mask files, outlines."""
+"""Masks in the app: the drawing canvas (editor value <-> mask), example and random masks, mask files, outlines.
+
+A mask travels as an (H, W) {0, 1} or bool array from here into the library; a file is read by the library's one
+rule (`siamese.read_mask`), its size checked from the header before it is decoded."""
 
 from __future__ import annotations
 
@@ -6,10 +9,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from siamese import DataError, read_mask
 from siamese.data import binarize_mask
 
+from . import inputs
+from .replies import os_reason
 from .settings import EXAMPLES_DIR
 
 CANVAS = 512  # drawing canvas (square); masks are resized to the model resolution by the library
@@ -64,25 +70,44 @@ def example_masks(folder: Path = EXAMPLES_DIR) -> list[Path]:
     return paths or draw_example_masks(folder)
 
 
+def _layer(value) -> np.ndarray:
+    """One painted layer -> (H, W) uint8 {0, 1} by the library's one mask rule: painted (alpha > 127) and bright.
+    An array (a direct call) is binarised as it is; a file (the page's upload of the layer) is read by
+    `siamese.read_mask`, which checks its header before decoding it."""
+    if isinstance(value, np.ndarray):
+        return binarize_mask(value)
+    path = inputs.upload(value, "a layer of the canvas")
+    try:
+        return read_mask(path)
+    except DataError as e:
+        raise DataError(str(e).replace(str(path), "a layer of the canvas")) from None
+
+
 def mask_from_editor(value: dict | None) -> np.ndarray:
-    """The mask drawn in the ImageEditor: the union of its painted layer pixels, (H, W) {0, 1}.
+    """The mask drawn in the ImageEditor: the union of its painted layer pixels, (H, W) bool.
 
     The background is only a backdrop (black, or a reference image) and never part of the mask. Each layer is
     binarised by the library's one mask rule (`siamese.data.binarize_mask`): painted (alpha > 127) and bright.
     """
-    layers = [np.asarray(x) for x in (value or {}).get("layers") or [] if x is not None]
+    value = value if isinstance(value, dict) else {}
+    layers = [_layer(x) for x in value.get("layers") or [] if x is not None]
     if not layers:
         raise DataError("the canvas is empty: pick the Brush and draw the lesion in white, upload a mask "
                         "file, or click an example mask")
     h, w = layers[0].shape[:2]
-    mask = np.zeros((h, w), np.uint8)
+    mask = np.zeros((h, w), bool)
     for layer in layers:
         if layer.shape[:2] != (h, w):
             layer = cv2.resize(layer, (w, h), interpolation=cv2.INTER_NEAREST)
-        mask |= binarize_mask(layer)
+        mask |= layer.astype(bool)
     if not mask.any():
         raise DataError("the mask is empty: pick the Brush and draw the lesion in white (or upload a mask)")
     return mask
+
+
+def backdrop_of(value: dict | None) -> np.ndarray | None:
+    """The editor's background (a reference image, or None), read as `inputs.image` reads an image."""
+    return inputs.image((value if isinstance(value, dict) else {}).get("background"), "the canvas background")
 
 
 def _backdrop(background: np.ndarray | None) -> np.ndarray:
@@ -112,22 +137,50 @@ def editor_value(mask01: np.ndarray | None, background: np.ndarray | None = None
     return {"background": bg, "layers": layers, "composite": composite}
 
 
-def read_mask_upload(path: str | Path | None) -> np.ndarray:
-    """An uploaded mask file -> (H, W) {0, 1}, with a clear message for non-images and huge files."""
+def read_mask_upload(path: str | Path | None, shown: str | None = None) -> np.ndarray:
+    """A mask file -> (H, W) {0, 1} by the library's one rule (`siamese.read_mask`: bit depth and alpha respected,
+    the size checked from the header before decoding), with a clear message for non-images, huge files, empty and
+    all-white masks. `shown` names the file in messages (default: its name)."""
     if not path:
         raise DataError("no file was uploaded")
     path = Path(path)
-    size = path.stat().st_size if path.is_file() else 0
+    shown = shown or path.name
+    try:
+        size = path.stat().st_size if path.is_file() else 0
+    except OSError as e:
+        raise DataError(f"{shown}: cannot be read ({os_reason(e)})") from None
     if size > MAX_MASK_FILE_BYTES:
-        raise DataError(f"{path.name} is {size / 2**20:.0f} MB; a mask file may be at most "
+        raise DataError(f"{shown} is {size / 2**20:.0f} MB; a mask file may be at most "
                         f"{MAX_MASK_FILE_BYTES // 2**20} MB")
-    mask = read_mask(path)  # the library's one rule: the CLI reads the same file the same way
-    if not mask.any():
-        raise DataError(f"{path.name}: the mask is empty (no foreground pixel: above 127 in an 8-bit mask, "
-                        "1 in a 0/1 label mask)")
-    if mask.all():
-        raise DataError(f"{path.name}: the mask is all white; it needs some black background")
+    try:
+        mask = read_mask(path)  # the library's one rule: the CLI reads the same file the same way
+    except DataError as e:
+        raise DataError(str(e).replace(str(path), shown)) from None
+    check_mask(mask, shown + ": ")
     return mask
+
+
+def check_mask(mask: np.ndarray, where: str = "") -> None:
+    """Refuse an empty or all-white (H, W) {0, 1} mask, the message starting with `where`."""
+    if not mask.any():
+        raise DataError(f"{where}the mask is empty (no foreground pixel: above 127 in an 8-bit mask, above 32767 in "
+                        "a 16-bit one, 1 in a 0/1 label mask, and opaque where it has transparency)")
+    if mask.all():
+        raise DataError(f"{where}the mask is all white; it needs some black background")
+
+
+def mask_value(value) -> np.ndarray:
+    """The mask a /generate request sends -> (H, W) {0, 1}: a file (FileData from the network, a path from a direct
+    call) read by `read_mask_upload`, or an array or image (a direct call) binarised by the same rule."""
+    if value is None:
+        raise DataError("no mask: draw one, upload a mask file or click an example")
+    if isinstance(value, Image.Image):
+        value = np.asarray(value)
+    if isinstance(value, np.ndarray):
+        mask = binarize_mask(value)
+        check_mask(mask)
+        return mask
+    return read_mask_upload(inputs.upload(value, "mask"), inputs.shown_name(value))
 
 
 def outline(image: np.ndarray, mask: np.ndarray, color=(0, 255, 0)) -> np.ndarray:

@@ -116,7 +116,8 @@ def weaken(model, seed: int = 7, std: float = 0.02, parts: tuple[str, ...] = ("c
 
     weak = copy.deepcopy(model)
     g = torch.Generator().manual_seed(seed)
-    decoder = ("up_blocks.", "conv_norm_out.", "conv_out.")
+    from siamese.networks import UNET_DECODER_PREFIXES as decoder
+
     with torch.no_grad():
         for name, p in weak.unet.named_parameters():
             if ("unet_decoder" in parts and name.startswith(decoder)) or \
@@ -131,7 +132,7 @@ def weaken(model, seed: int = 7, std: float = 0.02, parts: tuple[str, ...] = ("c
 @pytest.fixture(scope="session")
 def guided_model_dir(tiny_model, tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny model with a guide (a weakened copy of it) and autoguidance 2 recommended (`add-guide`)."""
-    from siamese.guide import add_guide
+    from siamese.folder_ops import add_guide
 
     weak = weaken(tiny_model).save_pretrained(tmp_path_factory.mktemp("models") / "weak")
     return add_guide(tiny_model_dir, weak, 2.0, output=tmp_path_factory.mktemp("models") / "guided")

@@ -25,10 +25,10 @@ from conftest import write_dataset
 from siamese import DataError, ModelLoadError, read_mask
 from siamese.objective import LOSS_KEYS
 from studio import datasets, masks
-from studio.models import ModelCatalog, ModelNotOffered
+from studio.catalog import ModelCatalog, ModelNotOffered
 from studio.settings import Settings, training_disabled_reason
-from studio.training import BASE_MODELS
-from studio.state import Studio
+from studio.tabs.train import BASE_MODELS
+from studio.server import Studio
 
 
 @pytest.fixture()
@@ -143,11 +143,11 @@ def test_model_choices_are_the_default_checkpoints_and_runs_by_public_id(tiny_mo
 
 
 def test_model_info_describes_the_model_or_says_why_not(studio, tiny_model_dir, tmp_path):
-    text, slider, steps, autoguidance = studio.model_info(str(tiny_model_dir))
+    text, slider, steps, autoguidance = studio.selector.model_info(str(tiny_model_dir))
     assert "64×64" in text and "a test image" in text and slider.value == 1.0  # the model's recommended scale
     assert steps.value == 1.0 and "mask strength 1 in every step" in text and "autoguidance" not in text
     assert autoguidance.value == 1.0 and autoguidance.interactive is False  # no guide: off, and locked
-    text, slider, steps, autoguidance = studio.model_info(str(tmp_path / "nowhere"))
+    text, slider, steps, autoguidance = studio.selector.model_info(str(tmp_path / "nowhere"))
     assert text.startswith("⚠️") and "nowhere" in text
 
 
@@ -159,18 +159,18 @@ def guided_studio(guided_model_dir, tmp_path) -> Studio:
 
 
 def test_the_autoguidance_slider_follows_a_model_with_a_guide(guided_studio):
-    assert guided_studio.default_guided()
-    text, _, _, autoguidance = guided_studio.model_info(guided_studio.catalog.default_id)
+    assert guided_studio.catalog.default_guided()
+    text, _, _, autoguidance = guided_studio.selector.model_info(guided_studio.catalog.default_id)
     assert autoguidance.value == 2.0 and autoguidance.interactive is True  # the model's recommended weight
     assert "recommended autoguidance 2" in text
 
 
 def test_generate_with_autoguidance_records_it_and_changes_the_images(guided_studio):
-    mask, _ = guided_studio.prepare(editor([layer_with_disk()]), 0, False)
+    mask, _ = guided_studio.generate.prepare(editor([layer_with_disk()]), 0, False)
     args = (mask, "", 1, 2, 3.0, 11, "ddim", None, False, [])
-    _, guided, status = guided_studio.generate(*args, autoguidance=2.0)
-    _, plain, plain_status = guided_studio.generate(*args, autoguidance=1.0)
-    _, preset, _ = guided_studio.generate(*args)  # None: the model's recommended 2
+    _, guided, status = guided_studio.generate.generate(*args, autoguidance=2.0)
+    _, plain, plain_status = guided_studio.generate.generate(*args, autoguidance=1.0)
+    _, preset, _ = guided_studio.generate.generate(*args)  # None: the model's recommended 2
     assert guided[0].item.params["autoguidance"] == 2.0 and plain[0].item.params["autoguidance"] == 1.0
     assert json.loads(Image.open(guided[0].png).text["siamese"])["autoguidance"] == 2.0
     assert "autoguidance 2" in status and "autoguidance" not in plain_status
@@ -179,19 +179,23 @@ def test_generate_with_autoguidance_records_it_and_changes_the_images(guided_stu
 
 
 # -- generation -----------------------------------------------------------------------------------
-def test_prepare_turns_the_canvas_into_a_binary_mask_and_a_seed(studio):
-    mask, seed = studio.prepare(editor([layer_with_disk()]), 7, False)
-    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 255} and seed == 7
-    _, s1 = studio.prepare(editor([layer_with_disk()]), 7, True)
-    _, s2 = studio.prepare(editor([layer_with_disk()]), 7, True)
+def test_prepare_turns_the_canvas_into_a_binary_mask_and_a_seed(studio, tmp_path):
+    """The drawn mask leaves the canvas as a bool array, shown (and sent) as a 1-bit PNG that reads back as it."""
+    shown, seed = studio.generate.prepare(editor([layer_with_disk()]), 7, False)
+    mask = np.asarray(shown)
+    assert shown.mode == "1" and mask.dtype == bool and set(np.unique(mask)) == {False, True} and seed == 7
+    shown.save(tmp_path / "sent.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "sent.png"), mask)
+    _, s1 = studio.generate.prepare(editor([layer_with_disk()]), 7, True)
+    _, s2 = studio.generate.prepare(editor([layer_with_disk()]), 7, True)
     assert s1 != s2
     with pytest.raises(gr.Error, match="empty"):
-        studio.prepare(editor([]), 0, False)
+        studio.generate.prepare(editor([]), 0, False)
 
 
 def test_generate_writes_pngs_with_parameters_and_records_seeds(studio):
-    mask, _ = studio.prepare(editor([layer_with_disk()]), 0, False)
-    gallery, results, status = studio.generate(mask, "", 2, 2, 3.0, 11, "dpm++", None, False, [])
+    mask, _ = studio.generate.prepare(editor([layer_with_disk()]), 0, False)
+    gallery, results, status = studio.generate.generate(mask, "", 2, 2, 3.0, 11, "dpm++", None, False, [])
     assert len(gallery) == 2 and len(results) == 2 and "2 images" in status
     assert [s.item.seed for s in results] == [11, 12]
     path, caption = gallery[0]
@@ -206,17 +210,17 @@ def test_generate_writes_pngs_with_parameters_and_records_seeds(studio):
     item = results[0].item
     assert item.mask.shape == item.image.shape[:2] and set(np.unique(item.mask)) == {0, 255}
     # the outline view changes the shown files, not the kept pairs
-    outlined = studio.render(results, True)
+    outlined = studio.generate.render(results, True)
     assert outlined[0][0] != path and not np.array_equal(np.asarray(Image.open(outlined[0][0])), item.image)
-    again = studio.generate(mask, "", 1, 2, 3.0, 11, "dpm++", None, False, [])[1][0].item
+    again = studio.generate.generate(mask, "", 1, 2, 3.0, 11, "dpm++", None, False, [])[1][0].item
     np.testing.assert_array_equal(again.image, item.image)  # reproducible from the seed
 
 
 def test_autoguidance_asked_of_a_model_without_a_guide_is_off_and_said(studio):
     """The tiny model has no guide: its slider is locked at 1, and a script sending the default model's weight gets
     images at autoguidance 1 and a status that says so (not an error)."""
-    mask = studio.prepare(editor([layer_with_disk()]), 0, False)[0]
-    _, shots, status = studio.generate(mask, "", 1, 2, 3.0, 0, "ddim", None, False, [], autoguidance=2)
+    mask = studio.generate.prepare(editor([layer_with_disk()]), 0, False)[0]
+    _, shots, status = studio.generate.generate(mask, "", 1, 2, 3.0, 0, "ddim", None, False, [], autoguidance=2)
     assert shots[0].item.params["autoguidance"] == 1.0 and "autoguidance off: this model has no guide" in status
 
 
@@ -233,40 +237,40 @@ def test_autoguidance_asked_of_a_model_without_a_guide_is_off_and_said(studio):
     (dict(mask=None), "no mask"),
 ])
 def test_generate_bad_input_is_a_clear_error(studio, kwargs, message):
-    args = dict(mask=studio.prepare(editor([layer_with_disk()]), 0, False)[0], prompt="", num_images=1, steps=2,
+    args = dict(mask=studio.generate.prepare(editor([layer_with_disk()]), 0, False)[0], prompt="", num_images=1, steps=2,
                 guidance_scale=3.0, seed=0, scheduler="ddim", model=None)
     args.update(kwargs)
     with pytest.raises(gr.Error, match=message):
-        studio.generate(**args)
+        studio.generate.generate(**args)
 
 
 # -- curation and export --------------------------------------------------------------------------
 @pytest.fixture()
 def shots(studio):
-    mask, _ = studio.prepare(editor([layer_with_disk()]), 0, False)
-    return studio.generate(mask, "", 3, 2, 3.0, 100, "ddim", None, False, [])[1]
+    mask, _ = studio.generate.prepare(editor([layer_with_disk()]), 0, False)
+    return studio.generate.generate(mask, "", 3, 2, 3.0, 100, "ddim", None, False, [])[1]
 
 
 def test_keep_discard_remove_and_the_collection_grows(studio, shots):
-    gallery, results, collection, sel, *_ = studio.keep(shots, [], 1)
+    gallery, results, collection, sel, *_ = studio.collection.keep(shots, [], 1)
     assert [s.item.seed for s in collection] == [101] and [s.item.seed for s in results] == [100, 102]
     assert len(gallery.value) == 2 and sel == 1 == gallery.selected_index  # the next image is selected
     # nothing selected with several results: a warning, nothing moves
-    _, results2, collection2, *_ = studio.keep(results, collection, None)
+    _, results2, collection2, *_ = studio.collection.keep(results, collection, None)
     assert len(results2) == 2 and len(collection2) == 1
-    gallery, results, sel = studio.discard(results, 0)
+    gallery, results, sel = studio.collection.discard(results, 0)
     assert [s.item.seed for s in results] == [102] and sel == 0
-    *_, collection, _, view, count, download = studio.keep(results, collection, None)  # single result: kept
+    *_, collection, _, view, count, download = studio.collection.keep(results, collection, None)  # single result: kept
     assert [s.item.seed for s in collection] == [101, 102] and "**2** pairs" in count
-    _, results, collection, *_ = studio.keep_all(shots, collection)  # a later run adds to the collection
+    _, results, collection, *_ = studio.collection.keep_all(shots, collection)  # a later run adds to the collection
     assert results == [] and len(collection) == 5
-    collection, sel, *_ = studio.remove(collection, 0)
+    collection, sel, *_ = studio.collection.remove(collection, 0)
     assert len(collection) == 4 and [s.item.seed for s in collection][0] == 102
 
 
 def test_export_zip_has_pairs_metadata_and_nnunet(studio, shots, tmp_path):
-    path = Path(studio.export(shots, True, "polyp"))
-    assert path.suffix == ".zip" and studio.download_ready(shots).label == "Download 3 pairs (.zip)"
+    path = Path(studio.collection.export(shots, True, "polyp"))
+    assert path.suffix == ".zip" and studio.collection.download_ready(shots).label == "Download 3 pairs (.zip)"
     with zipfile.ZipFile(path) as zf:
         names = set(zf.namelist())
         images = sorted(n for n in names if n.startswith("images/"))
@@ -280,16 +284,16 @@ def test_export_zip_has_pairs_metadata_and_nnunet(studio, shots, tmp_path):
         assert [m["seed"] for m in meta] == [100, 101, 102] and all(m["model"]["fingerprint"] for m in meta)
         assert json.loads(zf.read("nnunet/dataset.json"))["labels"] == {"background": 0, "polyp": 1}
     with pytest.raises(gr.Error, match="nothing to export"):
-        studio.export([], False, "lesion")
+        studio.collection.export([], False, "lesion")
 
 
 def test_an_error_never_touches_the_collection(studio, shots):
     collection = list(shots)
     with pytest.raises(gr.Error):
-        studio.generate(np.zeros((64, 64), np.uint8), "", 1, 2, 3.0, 0, "ddim", None, False, [])
+        studio.generate.generate(np.zeros((64, 64), np.uint8), "", 1, 2, 3.0, 0, "ddim", None, False, [])
     with pytest.raises(gr.Error):
-        studio.export([], False, "x")
-    assert len(collection) == 3 and studio.remove(collection, 99)[0] == collection
+        studio.collection.export([], False, "x")
+    assert len(collection) == 3 and studio.collection.remove(collection, 99)[0] == collection
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -327,42 +331,42 @@ def test_safe_extract_zip_finds_the_dataset_and_refuses_unsafe_archives(tmp_path
 def test_train_start_refuses_bad_datasets_and_when_disabled(studio, tmp_path, monkeypatch):
     (tmp_path / "nomasks" / "images").mkdir(parents=True)
     with pytest.raises(gr.Error, match="no masks/ folder"):
-        studio.train_start(data_folder=str(tmp_path / "nomasks"))
+        studio.train.train_start(data_folder=str(tmp_path / "nomasks"))
     with pytest.raises(gr.Error, match="no dataset"):
-        studio.train_start()
+        studio.train.train_start()
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     assert "ZeroGPU" in training_disabled_reason()
     monkeypatch.delenv("SPACES_ZERO_GPU")
     monkeypatch.setenv("SIAMESE_DISABLE_TRAINING", "1")
     disabled = Studio(studio.default, runs_dir=tmp_path / "r")
     with pytest.raises(gr.Error, match="disabled"):
-        disabled.train_start(data_folder=str(tmp_path))
+        disabled.train.train_start(data_folder=str(tmp_path))
     assert not studio.job.running
 
 
 def test_training_events_become_status_curves_and_a_model_in_the_selector(studio):
     job = studio.job
-    text, frame, *_, timer = studio.train_poll(-1)
+    text, frame, *_, timer = studio.train.train_poll(-1)
     assert "No training run yet" in text and frame is None  # None, not an empty frame (see train_status)
-    assert not timer.active and studio.train_poll(0)[-1].active is False  # idle: no polling, changed or not
+    assert not timer.active and studio.train.train_poll(0)[-1].active is False  # idle: no polling, changed or not
     job._on_event({"type": "start", "stage": "siamese", "step": 0, "max_steps": 10, "output": "runs/app/x"})
     for step in (1, 2):
         job._on_event({"type": "log", "step": step, "loss_mask": 1.0 / step, "loss_image": 0.5, "loss_consistency":
                        0.1, "loss_regularization": 0.01, "loss": 2.0, "lr": 1e-4, "it_per_s": 2.0, "eta_s": 4.0})
-    text, frame, preview, dropdown, version, timer = studio.train_poll(-1)
+    text, frame, preview, dropdown, version, timer = studio.train.train_poll(-1)
     assert timer.active, "the page polls while a run is active"
     assert "2 / 10" in text and "2.00 it/s" in text and "loss_mask 0.5" in text
     assert len(frame) == 10 and set(frame["term"]) == set(LOSS_KEYS) and frame["value"].dtype == float
-    assert studio.train_poll(version)[0] == gr.skip()  # nothing new: nothing re-sent
+    assert studio.train.train_poll(version)[0] == gr.skip()  # nothing new: nothing re-sent
     job._on_event({"type": "end", "step": 2, "stopped": True, "output": "runs/app/x"})
-    text, *_, timer = studio.train_poll(version)
+    text, *_, timer = studio.train.train_poll(version)
     assert text.startswith("⏹️ Stopped at step 2") and "model selector" in text
     assert not timer.active, "the page stops polling when the run ends"
-    status = studio.train_status()
+    status = studio.train.train_status()
     assert status["state"] == "stopped" and status["step"] == 2 and len(status["losses"]) == 2
     assert status["losses"][1]["loss_mask"] == 0.5
     job._fail("boom")
-    assert "Training failed: boom" in studio.train_poll(-1)[0] and studio.train_status()["error"] == "boom"
+    assert "Training failed: boom" in studio.train.train_poll(-1)[0] and studio.train.train_status()["error"] == "boom"
 
 
 def test_from_scratch_runs_count_both_stages(studio):
@@ -370,17 +374,17 @@ def test_from_scratch_runs_count_both_stages(studio):
     job = studio.job
     job._base_steps, job.max_steps = 3, 5
     job._on_event({"type": "start", "stage": "base", "step": 0, "max_steps": 3, "output": "runs/app/x/base"})
-    assert "Stage 1 of 2" in studio.train_status()["message"]
+    assert "Stage 1 of 2" in studio.train.train_status()["message"]
     job._on_event({"type": "log", "step": 3, "loss": 0.9, "lr": 1e-4, "it_per_s": 2.0, "eta_s": 0.0})
     job._on_event({"type": "end", "step": 3, "stopped": False, "output": "runs/app/x/base"})
-    assert studio.train_status()["state"] == "running"  # stage 2 follows
+    assert studio.train.train_status()["state"] == "running"  # stage 2 follows
     job._on_event({"type": "start", "stage": "siamese", "step": 0, "max_steps": 2, "output": "runs/app/x"})
     job._on_event({"type": "log", "step": 1, "loss_mask": 0.5, "loss": 1.0, "lr": 1e-4, "it_per_s": 2.0, "eta_s": 0.5})
-    status = studio.train_status()
+    status = studio.train.train_status()
     assert status["step"] == 4 and status["max_steps"] == 5
     assert [r["step"] for r in status["losses"]] == [3, 4]
     job._on_event({"type": "end", "step": 2, "stopped": False, "output": "runs/app/x"})
-    assert studio.train_status()["message"].startswith("✅ Finished at step 5")
+    assert studio.train.train_status()["message"].startswith("✅ Finished at step 5")
 
 
 def test_build_demo_exposes_the_stable_api(tiny_model_dir, tmp_path):
@@ -406,12 +410,12 @@ def test_build_demo_exposes_the_stable_api(tiny_model_dir, tmp_path):
 def test_only_models_the_server_offers_load(studio, tiny_model_dir, tmp_path):
     """/generate and the Train tab load the default model, checkpoints/, runs/app/ and the models root only;
     anything else is refused with one message, whether it exists or not, that shows no server path."""
-    mask = studio.prepare(editor([layer_with_disk()]), 0, False)[0]
+    mask = studio.generate.prepare(editor([layer_with_disk()]), 0, False)[0]
     outside = shutil.copytree(tiny_model_dir, tmp_path / "elsewhere" / "model")  # a real model, not offered
 
     def refusal(value) -> str:
         with pytest.raises(gr.Error, match="not a model this server offers") as info:
-            studio.generate(mask, "", 1, 1, 3.0, 0, "ddim", value, False, [])
+            studio.generate.generate(mask, "", 1, 1, 3.0, 0, "ddim", value, False, [])
         assert str(tmp_path) not in str(info.value) and "hub ids are not allowed" in str(info.value)
         return str(info.value)
 
@@ -421,14 +425,14 @@ def test_only_models_the_server_offers_load(studio, tiny_model_dir, tmp_path):
         refusal(value)
     write_dataset(tmp_path / "data")
     with pytest.raises(gr.Error, match="not a model this server offers"):  # the Train tab's "current model"
-        studio.train_start(data_folder="data", base_model=BASE_MODELS[1], model=str(outside))
+        studio.train.train_start(data_folder="data", base_model=BASE_MODELS[1], model=str(outside))
     with pytest.raises(gr.Error, match="not a model this server offers"):  # ...and its base model folder
-        studio.train_start(data_folder="data", base_model=BASE_MODELS[2], base_path=str(outside))
+        studio.train.train_start(data_folder="data", base_model=BASE_MODELS[2], base_path=str(outside))
     assert not studio.job.running
 
     run = shutil.copytree(tiny_model_dir, tmp_path / "runs" / "b")  # a run trained here: offered
     for value in ("runs/app/b", str(run), "tiny", str(tiny_model_dir), None):
-        assert len(studio.generate(mask, "", 1, 1, 3.0, 0, "ddim", value, False, [])[1]) == 1, value
+        assert len(studio.generate.generate(mask, "", 1, 1, 3.0, 0, "ddim", value, False, [])[1]) == 1, value
     root = tmp_path / "models-root"
     shutil.copytree(tiny_model_dir, root / "sd" / "m")
     with_root = Studio(str(tiny_model_dir), tmp_path / "checkpoints", tmp_path / "runs",
@@ -466,7 +470,7 @@ def no_training(studio, monkeypatch) -> list:
     def start(config, tmp=None, prepare=None):
         started.append(config)
         if tmp is not None:
-            tmp.cleanup()
+            shutil.rmtree(tmp)
     monkeypatch.setattr(studio.job, "start", start)
     return started
 
@@ -482,16 +486,16 @@ def test_dataset_folders_stay_inside_the_data_root(tiny_model_dir, tmp_path, mon
     messages = set()
     for typed in (str(outside), "../outside", "link", "/etc", "/no/such/folder", "kvasir/../../outside", "/"):
         with pytest.raises(gr.Error, match="must be inside the server's data folder") as info:
-            studio.train_start(data_folder=typed)
+            studio.train.train_start(data_folder=typed)
         messages.add(str(info.value))
     assert len(messages) == 1 and str(tmp_path) not in messages.pop()  # the same, whatever exists
     assert not started
     for typed in ("kvasir", str(root / "kvasir"), " kvasir/ "):
-        reply = studio.train_start(data_folder=typed)
+        reply = studio.train.train_start(data_folder=typed)
         assert "6 image-mask pairs from `kvasir`" in reply and str(tmp_path) not in reply
     assert [c.data for c in started] == [str(root / "kvasir")] * 3
     with pytest.raises(gr.Error, match="missing: no such folder") as info:  # inside the root: said plainly
-        studio.train_start(data_folder="missing")
+        studio.train.train_start(data_folder="missing")
     assert str(root) not in str(info.value)
 
 
@@ -505,7 +509,7 @@ def png_zip(path: Path, extra: dict[str, bytes] | None = None) -> Path:
 
 
 def test_an_uploaded_zip_is_unpacked_in_a_server_folder_and_never_shown(studio, no_training, tmp_path):
-    reply = studio.train_start(data_zip=str(png_zip(tmp_path / "upload.zip")))
+    reply = studio.train.train_start(data_zip=str(png_zip(tmp_path / "upload.zip")))
     assert "1 image-mask pairs from the uploaded upload.zip" in reply
     assert tempfile.gettempdir() not in reply and str(tmp_path) not in reply
     assert no_training and Path(no_training[0].data).name == "d"
@@ -518,15 +522,15 @@ def test_zip_bombs_and_full_disks_are_refused(tiny_model_dir, tmp_path, monkeypa
     settings = Settings.from_env()
     assert settings.max_unpacked_bytes == 4 * 2**20 and app.launch_options(settings)["max_file_size"] == "1mb"
     studio = Studio(str(tiny_model_dir), runs_dir=tmp_path / "runs", settings=replace(settings, data_root=tmp_path))
-    monkeypatch.setattr(studio.job, "start", lambda config, tmp=None, prepare=None: tmp.cleanup())
+    monkeypatch.setattr(studio.job, "start", lambda config, tmp=None, prepare=None: shutil.rmtree(tmp))
     bomb = png_zip(tmp_path / "bomb.zip", {"d/images/b.png": bytes(8 * 2**20)})  # 8 MB of zeros
     assert bomb.stat().st_size < 2**20
     with pytest.raises(gr.Error, match="unpacks to 8 MB; at most 4 MB"):
-        studio.train_start(data_zip=str(bomb))
-    studio.train_start(data_zip=str(png_zip(tmp_path / "small.zip")))  # a small one passes
+        studio.train.train_start(data_zip=str(bomb))
+    studio.train.train_start(data_zip=str(png_zip(tmp_path / "small.zip")))  # a small one passes
     monkeypatch.setattr(datasets.shutil, "disk_usage", lambda p: SimpleNamespace(total=2**40, used=2**40, free=2**20))
     with pytest.raises(gr.Error, match="free disk space"):
-        studio.train_start(data_zip=str(png_zip(tmp_path / "small.zip")))
+        studio.train.train_start(data_zip=str(png_zip(tmp_path / "small.zip")))
     with pytest.raises(ValueError, match="SIAMESE_MAX_UPLOAD"):
         Settings.from_env({"SIAMESE_MAX_UPLOAD": "lots"})
 
@@ -550,14 +554,14 @@ def test_live_progress_keeps_the_curve_to_the_metrics_rows_and_the_latest_point(
     for step, row in ((1, False), (2, False), (3, False), (4, True), (5, False), (6, False)):
         job._on_event({"type": "log", "step": step, "loss": 1.0 / step, "lr": 1e-4, "it_per_s": 1.0, "eta_s": 9.0,
                        "row": row})
-        assert studio.train_status()["step"] == step
-    assert [r["step"] for r in studio.train_status()["losses"]] == [4, 6]
+        assert studio.train.train_status()["step"] == step
+    assert [r["step"] for r in studio.train.train_status()["losses"]] == [4, 6]
 
 
 def test_train_stop_without_a_run_warns(studio, monkeypatch):
     warned = []
     monkeypatch.setattr(gr, "Warning", lambda message, *args, **kwargs: warned.append(message))
-    assert "No training run yet" in studio.train_stop()
+    assert "No training run yet" in studio.train.train_stop()
     assert warned == ["No training run is in progress."]
 
 

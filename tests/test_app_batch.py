@@ -22,10 +22,10 @@ import pytest
 
 import app
 from conftest import write_dataset
-from studio.batch import GALLERY_MAX, batch_status_text
+from studio.tabs.batch import GALLERY_MAX, batch_status_text
 from studio.settings import Settings
-from studio.state import Studio
-from studio.turns import Turns
+from studio.server import Studio
+from studio.jobs.base import Turns
 
 
 class FakeScorer:
@@ -70,7 +70,7 @@ def masks_zip(path: Path, n: int = 3, extra: dict[str, bytes] | None = None) -> 
 def studio(tiny_model_dir, tmp_path) -> Studio:
     s = Studio(str(tiny_model_dir), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
                settings=Settings(data_root=tmp_path))
-    s.load_scorer = fake_loader(FakeScorer())
+    s.models.load_scorer = fake_loader(FakeScorer())
     yield s
     s.batches.stop_all(60)
 
@@ -80,12 +80,12 @@ FAST = dict(steps=2, scheduler="ddim", guidance_scale=3.0, seed=5)
 
 def finished(studio: Studio, key: str, timeout: float = 120) -> dict:
     studio.batches.get(key).wait(timeout)
-    return studio.batch_status(key)
+    return studio.batch.batch_status(key)
 
 
 # -- handlers ---------------------------------------------------------------------------------------
 def test_a_zip_of_masks_becomes_scored_pairs_sorted_moved_and_exported(studio, tmp_path):
-    status, key = studio.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip")], num_images=2,
+    status, key = studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip")], num_images=2,
                                      min_fidelity=0.5, **FAST)
     assert "0 / 6" in status and "3 masks from the uploaded masks.zip" in status and len(key) >= 20
     st = finished(studio, key)
@@ -95,23 +95,23 @@ def test_a_zip_of_masks_becomes_scored_pairs_sorted_moved_and_exported(studio, t
     assert "**6 / 6** pairs · ✓ **3** accepted · ✗ **3** rejected (min fidelity 0.50)" in st["message"]
 
     # the page: status, both galleries (scores in the captions, the nearest the threshold first), timer off
-    text, acc, rej, seen, timer, _ = studio.batch_poll(key, -1)
+    text, acc, rej, seen, timer, _ = studio.batch.batch_poll(key, -1)
     assert "Finished: 6 of 6" in text and seen >= 0 and timer.active is False
     assert [g["caption"] for g in acc.value] == ["#0 · 0.90 · m0_00", "#2 · 0.90 · m1_00", "#4 · 0.90 · m2_00"]
     assert [g["caption"] for g in rej.value] == ["#1 · 0.20 · m0_01", "#3 · 0.20 · m1_01", "#5 · 0.20 · m2_01"]
     assert acc.label.startswith("Accepted: 3") and rej.label.startswith("Rejected: 3")
-    assert studio.batch_poll(key, seen)[:3] == (gr.skip(), gr.skip(), gr.skip())  # nothing new: nothing sent
+    assert studio.batch.batch_poll(key, seen)[:3] == (gr.skip(), gr.skip(), gr.skip())  # nothing new: nothing sent
 
     # a click on a rejected pair moves it (the caption names it), and back again
-    studio.batch_pick(key, gr.SelectData(None, {"index": 0, "value": {"image": {}, "caption": "#3 · 0.20 · m1_01"}}))
-    assert studio.batch_status(key)["accepted"] == 4
-    studio.batch_move(key, 3)
-    studio.batch_move(key, 3)
-    studio.batch_move(key, 0)  # an accepted one out
-    st = studio.batch_status(key)
+    studio.batch.batch_pick(key, gr.SelectData(None, {"index": 0, "value": {"image": {}, "caption": "#3 · 0.20 · m1_01"}}))
+    assert studio.batch.batch_status(key)["accepted"] == 4
+    studio.batch.batch_move(key, 3)
+    studio.batch.batch_move(key, 3)
+    studio.batch.batch_move(key, 0)  # an accepted one out
+    st = studio.batch.batch_status(key)
     assert (st["accepted"], st["rejected"]) == (3, 3) and [p["moved"] for p in st["pairs"]][:4] == [1, 0, 0, 1]
 
-    path = studio.batch_export(key, nnunet=True, label="polyp")
+    path = studio.batch.batch_export(key, nnunet=True, label="polyp")
     made = {p.seed: p for p in studio.batches.get(key).snapshot()["pairs"]}
     with zipfile.ZipFile(path) as zf:
         meta = [json.loads(line) for line in zf.read("metadata.jsonl").decode().splitlines()]
@@ -132,22 +132,22 @@ def test_a_zip_of_masks_becomes_scored_pairs_sorted_moved_and_exported(studio, t
 
 def test_stop_keeps_the_pairs_made(studio, tmp_path):
     gate = threading.Event()
-    studio.load_scorer = fake_loader(FakeScorer(gate))
-    _, key = studio.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=6)], num_images=2,
+    studio.models.load_scorer = fake_loader(FakeScorer(gate))
+    _, key = studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=6)], num_images=2,
                                 min_fidelity=0.5, **FAST)
     deadline = time.time() + 60
-    while studio.batch_status(key)["done"] == 0:  # the first image-batch is in; the second waits at the gate
+    while studio.batch.batch_status(key)["done"] == 0:  # the first image-batch is in; the second waits at the gate
         assert time.time() < deadline
         time.sleep(0.05)
-    assert studio.batch_status(key)["state"] == "running"
-    assert studio.batch_poll(key, -1)[4].active is True  # the page polls while the batch runs
-    assert studio.batch_stop(key).startswith("⏳ Stopping")
+    assert studio.batch.batch_status(key)["state"] == "running"
+    assert studio.batch.batch_poll(key, -1)[4].active is True  # the page polls while the batch runs
+    assert studio.batch.batch_stop(key).startswith("⏳ Stopping")
     gate.set()
     st = finished(studio, key)
     assert st["state"] == "stopped" and 0 < st["done"] < st["total"] == 12
     assert st["accepted"] + st["rejected"] == st["done"] == len(st["pairs"])
     assert st["message"].startswith(f"⏹️ Stopped: {st['done']} of 12 pairs made (those made are kept)")
-    with zipfile.ZipFile(studio.batch_export(key)) as zf:
+    with zipfile.ZipFile(studio.batch.batch_export(key)) as zf:
         assert len([n for n in zf.namelist() if n.startswith("images/")]) == st["accepted"]
 
 
@@ -156,13 +156,13 @@ def test_a_dataset_folder_with_augmentation_and_a_model_without_scorer(studio, t
     and the page says why the threshold does not apply."""
     from siamese.fidelity import load_scorer
 
-    studio.load_scorer = load_scorer
+    studio.models.load_scorer = load_scorer
     write_dataset(tmp_path / "data", n=4)
     warnings = []
     original = gr.Warning
     gr.Warning = lambda message, **kw: warnings.append(message)
     try:
-        _, key = studio.batch_start(data_folder="data", augment=True, num_images=1, min_fidelity=0.7, **FAST)
+        _, key = studio.batch.batch_start(data_folder="data", augment=True, num_images=1, min_fidelity=0.7, **FAST)
     finally:
         gr.Warning = original
     assert len(warnings) == 1 and "no fidelity scorer" in warnings[0] and "train-scorer" in warnings[0]
@@ -186,7 +186,7 @@ def test_the_models_own_scorer_scores_the_pairs_and_a_damaged_one_is_named(tiny_
                 model)
     studio = Studio(str(model), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
                     settings=Settings(data_root=tmp_path))
-    _, key = studio.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=2)], num_images=2, min_fidelity=0.0,
+    _, key = studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=2)], num_images=2, min_fidelity=0.0,
                                 **FAST)
     st = finished(studio, key)
     assert (st["state"], st["done"], st["accepted"], st["scored"]) == ("finished", 4, 4, True)
@@ -197,25 +197,25 @@ def test_the_models_own_scorer_scores_the_pairs_and_a_damaged_one_is_named(tiny_
                     settings=Settings(data_root=tmp_path))
     damaged = "fidelity scorer \\(segmenter/\\) cannot be loaded: model/segmenter/config.json: not valid JSON"
     with pytest.raises(gr.Error, match=damaged) as info:
-        studio.batch_start(mask_files=[str(tmp_path / "masks.zip")], **FAST)
+        studio.batch.batch_start(mask_files=[str(tmp_path / "masks.zip")], **FAST)
     assert studio.batches.active() == 0 and str(tmp_path) not in info.value.message
 
 
 def test_a_new_batch_replaces_the_sessions_last_and_sessions_are_apart(studio, tmp_path):
     zipped = masks_zip(tmp_path / "masks.zip")
-    _, key = studio.batch_start(mask_files=[zipped], num_images=1, **FAST)
+    _, key = studio.batch.batch_start(mask_files=[zipped], num_images=1, **FAST)
     finished(studio, key)
-    _, other = studio.batch_start(mask_files=[zipped], num_images=2, **FAST)  # another session (no key)
-    _, again = studio.batch_start(mask_files=[zipped], num_images=2, batch_key=key, **FAST)
+    _, other = studio.batch.batch_start(mask_files=[zipped], num_images=2, **FAST)  # another session (no key)
+    _, again = studio.batch.batch_start(mask_files=[zipped], num_images=2, batch_key=key, **FAST)
     assert again == key and other != key
     assert finished(studio, key)["done"] == 6 and finished(studio, other)["done"] == 6
-    assert studio.batch_status("not-a-key")["state"] == "idle" and studio.batch_status(None)["pairs"] == []
-    assert studio.batch_poll("not-a-key", -1)[4].active is False  # an unknown key: nothing to poll
+    assert studio.batch.batch_status("not-a-key")["state"] == "idle" and studio.batch.batch_status(None)["pairs"] == []
+    assert studio.batch.batch_poll("not-a-key", -1)[4].active is False  # an unknown key: nothing to poll
 
 
 def test_the_gallery_shows_the_pairs_nearest_the_threshold(tmp_path):
-    from studio.batch import pair_galleries
-    from studio.batch_job import BatchPair
+    from studio.tabs.batch import pair_galleries
+    from studio.jobs.batch import BatchPair
 
     png = tmp_path / "x.png"
     png.write_bytes(mask_png(0))
@@ -227,7 +227,7 @@ def test_the_gallery_shows_the_pairs_nearest_the_threshold(tmp_path):
 
 
 def test_the_registry_keeps_the_jobs_used_last_and_drops_unseen_ones(tmp_path):
-    from studio.batch_job import MAX_IDLE_S, BatchRegistry
+    from studio.jobs.batch import MAX_IDLE_S, BatchRegistry
 
     registry = BatchRegistry(tmp_path, max_active=1, max_kept=2)
     first, second = registry.job_for(None), registry.job_for(None)
@@ -331,34 +331,34 @@ def test_bad_batch_inputs_are_clear_messages(case, tiny_model_dir, tmp_path):
     kwargs, message = BAD[case]
     studio = Studio(str(tiny_model_dir), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
                     settings=Settings(data_root=tmp_path, max_upload="512kb", batch_max_masks=4))
-    studio.load_scorer = fake_loader(FakeScorer())
+    studio.models.load_scorer = fake_loader(FakeScorer())
     kwargs = {k: v(tmp_path) if callable(v) else v for k, v in kwargs.items()}
     if "mask_files" in kwargs:
         kwargs["mask_files"] = [kwargs["mask_files"]]
     if case != "no masks" and "mask_files" not in kwargs and "data_folder" not in kwargs:
         kwargs["mask_files"] = [masks_zip(tmp_path / "ok.zip")]
     with pytest.raises(gr.Error, match=message) as info:
-        studio.batch_start(**{**FAST, **kwargs})
+        studio.batch.batch_start(**{**FAST, **kwargs})
     assert "\n" not in info.value.message and str(tmp_path) not in info.value.message
-    assert studio.batches.active() == 0 and not list(studio.pngs.path.rglob("*.png"))
+    assert studio.batches.active() == 0 and not list(studio.scratch.path.rglob("*.png"))
     assert studio.batches.get(None) is None and not studio.batches._jobs  # no job (nor key) for a refused batch
 
 
 def test_the_batch_sliders_follow_the_model(studio, tiny_model_dir, tmp_path):
-    scale, steps, autoguidance = studio.batch_control(str(tiny_model_dir))
+    scale, steps, autoguidance = studio.batch.batch_control(str(tiny_model_dir))
     assert (scale.value, steps.value, autoguidance.value) == (1.0, 1.0, 1.0)  # the tiny model's recommendations
     assert autoguidance.interactive is False  # no guide: autoguidance off, and locked
-    assert studio.batch_control(str(tmp_path / "nowhere")) == (gr.skip(), gr.skip(), gr.skip())  # left alone
+    assert studio.batch.batch_control(str(tmp_path / "nowhere")) == (gr.skip(), gr.skip(), gr.skip())  # left alone
 
 
 def test_a_batch_with_autoguidance_records_it(guided_model_dir, tmp_path):
     """A model with a guide: its slider is set to the recommended weight, and the pairs record the weight used."""
     studio = Studio(str(guided_model_dir), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
                     settings=Settings(data_root=tmp_path))
-    studio.load_scorer = fake_loader(FakeScorer())
-    _, _, autoguidance = studio.batch_control(studio.catalog.default_id)
+    studio.models.load_scorer = fake_loader(FakeScorer())
+    _, _, autoguidance = studio.batch.batch_control(studio.catalog.default_id)
     assert autoguidance.value == 2.0 and autoguidance.interactive is True
-    status, key = studio.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=1)], num_images=1,
+    status, key = studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=1)], num_images=1,
                                      autoguidance=1.5, **FAST)
     assert "autoguidance 1.5" in status
     finished(studio, key)
@@ -373,22 +373,22 @@ def test_batch_limits_and_switch_come_from_the_environment(studio):
         Settings.from_env({"SIAMESE_BATCH_MAX_MASKS": "lots"})
     assert "SIAMESE_DISABLE_BATCH=1" in Settings.from_env({"SIAMESE_DISABLE_BATCH": "1"}).batch_disabled
     assert "ZeroGPU" in Settings.from_env({"SPACES_ZERO_GPU": "1"}).batch_disabled
-    studio.settings = Settings(data_root=Path("."), batch_disabled="Batches are disabled here.")
+    studio.batch.settings = Settings(data_root=Path("."), batch_disabled="Batches are disabled here.")
     with pytest.raises(gr.Error, match="Batches are disabled here."):
-        studio.batch_start(mask_files=[], **FAST)
+        studio.batch.batch_start(mask_files=[], **FAST)
 
 
 def test_the_server_runs_a_limited_number_of_batches(studio, tmp_path):
     gate = threading.Event()
-    studio.load_scorer = fake_loader(FakeScorer(gate))
+    studio.models.load_scorer = fake_loader(FakeScorer(gate))
     studio.batches.max_active = 1
     zipped = masks_zip(tmp_path / "masks.zip")
-    _, key = studio.batch_start(mask_files=[zipped], num_images=2, **FAST)
+    _, key = studio.batch.batch_start(mask_files=[zipped], num_images=2, **FAST)
     try:
         with pytest.raises(gr.Error, match="the server is running 1 batches"):
-            studio.batch_start(mask_files=[zipped], num_images=2, **FAST)
+            studio.batch.batch_start(mask_files=[zipped], num_images=2, **FAST)
         with pytest.raises(gr.Error, match="a batch is already running in this session"):
-            studio.batch_start(mask_files=[zipped], num_images=2, batch_key=key, **FAST)
+            studio.batch.batch_start(mask_files=[zipped], num_images=2, batch_key=key, **FAST)
     finally:
         gate.set()
     assert finished(studio, key)["done"] == 6
@@ -416,7 +416,7 @@ def server(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("batch-server")
     demo = app.build_demo(str(tiny_model_dir), runs_dir=root / "runs", checkpoints_dir=root / "checkpoints",
                           settings=Settings(data_root=tmp_path_factory.getbasetemp()))
-    demo.studio.load_scorer = fake_loader(FakeScorer())
+    demo.studio.models.load_scorer = fake_loader(FakeScorer())
     port = free_port()
     demo.queue(**app.QUEUE_OPTIONS).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
                                            quiet=True, **app.launch_options())
@@ -482,7 +482,7 @@ def test_a_batch_through_the_api_survives_a_reload(server, tmp_path):
 
 def test_another_sessions_generate_answers_while_a_batch_runs(server, tmp_path):
     """A long batch (10 masks x 4 images x 40 steps) in one session; another session's /generate is answered
-    within seconds, while the batch still runs (it waits for at most one image-batch: studio.turns)."""
+    within seconds, while the batch still runs (it waits for at most one image-batch: studio.jobs.base.Turns)."""
     pytest.importorskip("gradio_client")
     from gradio_client import handle_file
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 import app
 from siamese import default_model
-from studio.models import is_model_folder
+from studio.catalog import is_model_folder
 from studio.settings import ROOT, RUNS_DIR, Settings
 
 CHROMIUM = "/usr/bin/chromium"

@@ -22,9 +22,9 @@ from PIL import Image
 import app
 from conftest import write_dataset
 from siamese.objective import LOSS_KEYS
-from studio.models import is_model_folder
+from studio.catalog import is_model_folder
 from studio.settings import Settings
-from studio.training import BASE_MODELS
+from studio.tabs.train import BASE_MODELS
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402

@@ -28,7 +28,7 @@ from siamese.data import PairDataset, binarize_mask, find_pairs, split_pairs
 from siamese.export import export_zip, write_pairs
 from siamese.train import TrainConfig, train
 from studio.settings import Settings
-from studio.state import Studio
+from studio.server import Studio
 
 
 class Inputs:
@@ -60,6 +60,12 @@ class Inputs:
         (folder / "siamese_config.json").write_text(json.dumps({**saved, **config}))
         return folder
 
+    def model_changed(self, change) -> Path:
+        """A copy of the model folder, `change`d (a function of the folder)."""
+        folder = shutil.copytree(self.model, self.tmp / "model")
+        change(folder)
+        return folder
+
     def model_file(self, content: bytes) -> Path:
         folder = shutil.copytree(self.model, self.tmp / "model")
         (folder / "siamese_config.json").write_bytes(content)
@@ -82,6 +88,37 @@ def png_header(width: int, height: int) -> bytes:
     rows = zlib.compress(b"\0" * ((width + 7) // 8 + 1) * 16)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
             + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def truncate(relative: str):
+    """Cut a model file to half its size, as an interrupted copy or download leaves it."""
+    def change(folder: Path) -> None:
+        data = (folder / relative).read_bytes()
+        (folder / relative).write_bytes(data[: len(data) // 2])
+    return change
+
+
+def truncated_guide(folder: Path) -> None:
+    """guide/ as add-guide writes it, its safetensors file cut short."""
+    import torch
+    from safetensors.torch import save_file
+
+    (folder / "guide").mkdir()
+    save_file({"unet.conv_out.bias": torch.ones(16)}, str(folder / "guide" / "guide.safetensors"))
+    (folder / "guide" / "guide_config.json").write_text('{"source": "x", "tensors": 1, "parts": ["unet"]}')
+    truncate("guide/guide.safetensors")(folder)
+
+
+def edit_json(relative: str, **changes):
+    def change(folder: Path) -> None:
+        path = folder / relative
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return change
+
+
+def empty_tokenizer(folder: Path) -> None:
+    for path in (folder / "tokenizer").iterdir():
+        path.unlink()
 
 
 def duplicate_stem(root: Path) -> None:
@@ -132,6 +169,8 @@ CLI = {
     "sample control end 0": (lambda i: sample(i, "--control-end", "0"), "control end must be a fraction of the steps"),
     "sample unknown scheduler": (lambda i: sample(i, "--scheduler", "euler"), "argument --scheduler: invalid choice"),
     "sample images not a number": (lambda i: sample(i, "--num-images", "abc"), "invalid int value: 'abc'"),
+    "sample device foo": (lambda i: sample(i, "--device", "foo"),
+                          "argument --device: expected cpu, cuda, cuda:N or mps, got 'foo'"),
     # sample: mask files, all read before any image is made
     "sample no such masks": (lambda i: sample(i, masks=i.tmp / "none"), "no such file or folder"),
     "sample folder of no images": (lambda i: sample(i, masks=i.file("notes.txt").parent),
@@ -147,6 +186,14 @@ CLI = {
     # sample: where it writes, before the model loads and before any sampling
     "sample output is a file": (lambda i: sample(i, "--output", str(i.file())), "it is a file, not a folder"),
     "sample output under a file": (lambda i: sample(i, "--output", str(i.file() / "out")), "is a file, not a folder"),
+    "sample output holds the masks": (lambda i: sample(i, "--output", str(i.masks().parent), masks=i.tmp / "pairs/masks"),
+                                      "pairs contains the masks folder"),
+    "sample output is the masks": (lambda i: sample(i, "--output", str(i.masks()), masks=i.tmp / "pairs/masks"),
+                                   "pairs/masks is the masks folder"),
+    "sample output in the masks": (lambda i: sample(i, "--output", str(i.masks() / "out"), masks=i.tmp / "pairs/masks"),
+                                   "masks/out is inside the masks folder"),
+    "sample output holds the mask file": (lambda i: sample(i, "--output", str(i.mask().parent.parent)),
+                                          "one contains the masks folder"),
     # sample: the model
     "sample no model": (lambda i: sample(i, model=i.tmp / "nowhere"), "No model folder at"),
     "sample config resolution text": (lambda i: sample(i, model=i.model_with(resolution="abc")),
@@ -156,6 +203,22 @@ CLI = {
     "sample config bad JSON": (lambda i: sample(i, model=i.model_file(b"{")), "siamese_config.json: not valid JSON"),
     "sample config not UTF-8": (lambda i: sample(i, model=i.model_file(b'{"name": "\xff"}')),
                                 "siamese_config.json: not UTF-8 text"),
+    # sample: a damaged model folder, each part named (nothing is written: the model loads before any sampling)
+    "sample guide cut short": (lambda i: sample(i, model=i.model_changed(truncated_guide)),
+                               "guide/guide.safetensors: not a complete safetensors file"),
+    "sample text encoder cut short": (lambda i: sample(i, model=i.model_changed(truncate("text_encoder/model.safetensors"))),
+                                      "text_encoder/model.safetensors: not a complete safetensors file"),
+    "add-guide guide cut short": (lambda i: ["add-guide", "--model", str(i.model), "--output", str(i.out), "--guide",
+                                             str(i.model_changed(truncate("text_encoder/model.safetensors")))],
+                                  "text_encoder/model.safetensors: not a complete safetensors file"),
+    "sample text encoder hidden size": (
+        lambda i: sample(i, model=i.model_changed(edit_json("text_encoder/config.json", hidden_size=32))),
+        "'embeddings.position_embedding.weight' is [77, 64] but"),
+    "sample empty tokenizer": (lambda i: sample(i, model=i.model_changed(empty_tokenizer)),
+                               "tokenizer: no tokenizer files"),
+    "sample 0 training timesteps": (
+        lambda i: sample(i, model=i.model_changed(edit_json("scheduler/scheduler_config.json", num_train_timesteps=0))),
+        "scheduler_config.json: 'num_train_timesteps' must be a whole number between 1 and 100000, got 0"),
     # train: settings, checked before anything is read or written
     "train seed -1": (lambda i: train_args(i, "--seed", "-1"), "seed must be a whole number between 0 and 4294967295"),
     "train seed 2**70": (lambda i: train_args(i, "--seed", str(2**70)), "seed must be a whole number between 0"),
@@ -164,6 +227,13 @@ CLI = {
     "train 0 steps": (lambda i: train_args(i, "--max-steps", "0"), "max steps must be a whole number 1 or more"),
     "train lr 0": (lambda i: train_args(i, "--lr", "0"), "learning rate must be a positive number"),
     "train lr nan": (lambda i: train_args(i, "--lr", "nan"), "learning rate must be a positive number, got nan"),
+    "train lr 1e30": (lambda i: train_args(i, "--lr", "1e30"), "learning rate must be at most 1, got 1e+30: AdamW"),
+    "train lr times zero scale": (lambda i: train_args(i, "--lr", "0.5", "--zero-lr-scale", "10"),
+                                  "at most 1, got 0.5 times the zero-layer lr scale 10 = 5"),
+    "train batch size 10**9": (lambda i: train_args(i, "--batch-size", str(10**9)),
+                               "batch size must be at most 4096, got 1000000000: a batch"),
+    "train empty tokenizer": (lambda i: train_args(i, "--model", str(i.model_changed(empty_tokenizer))),
+                              "tokenizer: no tokenizer files"),
     "train EMA decay 1": (lambda i: train_args(i, "--ema-decay", "1"), "EMA decay must be in [0, 1)"),
     "train holdout 1": (lambda i: train_args(i, "--holdout", "1"), "holdout must be a fraction in [0, 1)"),
     "train base steps on a folder": (lambda i: train_args(i, "--base-steps", "2", "--model", str(i.model)),
@@ -256,7 +326,21 @@ LIBRARY = {
     "write_pairs into a file": (lambda i, m: write_pairs(generate(m, _mask(), params=SamplingParams(steps=1)),
                                                          i.file() / "out"), OSError, "a-file"),
     "export nothing": (lambda i, m: export_zip([], i.out / "x.zip"), ValueError, "nothing to export"),
+    "export nnU-Net label background": (lambda i, m: export_zip(_pair(m), i.out / "x.zip", nnunet=True,
+                                                                label="background"),
+                                        ValueError, "nnU-Net label name cannot be 'background'"),
+    "export nnU-Net label Ignore": (lambda i, m: export_zip(_pair(m), i.out / "x.zip", nnunet=True, label="Ignore"),
+                                    ValueError, "cannot be 'Ignore': nnU-Net reserves"),
+    "export nnU-Net label empty": (lambda i, m: export_zip(_pair(m), i.out / "x.zip", nnunet=True, label=" "),
+                                   ValueError, "label name must be a non-empty text"),
+    "load 0 training timesteps": (lambda i, m: _load(i.model_changed(edit_json("scheduler/scheduler_config.json",
+                                                                               num_train_timesteps=0))),
+                                  ModelLoadError, "'num_train_timesteps' must be a whole number"),
 }
+
+
+def _pair(model) -> list:
+    return generate(model, _mask(), params=SamplingParams(steps=1))
 
 
 def _load(folder):
@@ -360,6 +444,11 @@ def model_with_scorer(i: Inputs, damage=None) -> Path:
     return folder
 
 
+def decoder_args(i: Inputs, *extra: str) -> list[str]:
+    return ["train-decoder", "--model", str(i.model), "--data", str(i.data()), "--output", str(i.out), "--steps", "1",
+            *extra]
+
+
 FIDELITY_CLI = {
     "sample min fidelity 1.5": (lambda i: sample(i, "--min-fidelity", "1.5"),
                                 "minimum fidelity must be a Dice score between 0 and 1, got 1.5"),
@@ -372,6 +461,10 @@ FIDELITY_CLI = {
                                       "segmenter/config.json: not valid JSON"),
     "sample scorer config unknown key": (
         lambda i: sample(i, model=model_with_scorer(i, b'{"colour": 1}')), "config.json: unknown keys ['colour']"),
+    "train-decoder holdout nan": (lambda i: decoder_args(i, "--holdout", "nan"),
+                                  "holdout must be a fraction in [0, 1), got nan"),
+    "train-decoder holdout 1": (lambda i: decoder_args(i, "--holdout", "1"), "holdout must be a fraction in [0, 1), got 1"),
+    "train-decoder holdout -0.1": (lambda i: decoder_args(i, "--holdout", "-0.1"), "in [0, 1), got -0.1"),
     "train-scorer 0 steps": (lambda i: ["train-scorer", "--model", str(i.model), "--data", str(i.data()),
                                         "--output", str(i.out), "--steps", "0"], "scorer steps must be a whole number"),
     "train-scorer resolution 100": (lambda i: ["train-scorer", "--model", str(i.model), "--data", str(i.data()),

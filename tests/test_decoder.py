@@ -86,7 +86,7 @@ def test_decoder_that_does_not_fit_the_codec_is_refused():
 
 
 def test_add_decoder_in_place_writes_the_decoder_whole_then_the_config(tiny_model_dir, dataset, tmp_path):
-    from siamese.decoder import add_decoder
+    from siamese.folder_ops import add_decoder
 
     folder = tmp_path / "m"
     shutil.copytree(tiny_model_dir, folder)
@@ -124,7 +124,7 @@ def test_adversarial_term_trains_a_critic_from_its_start_step():
 
 
 def test_fine_tune_starts_from_the_folders_decoder_and_records_it(tiny_model_dir, dataset, tmp_path):
-    from siamese.decoder import add_decoder
+    from siamese.folder_ops import add_decoder
 
     with pytest.raises(ValueError, match="no learned decoder to fine-tune"):
         add_decoder(str(tiny_model_dir), str(dataset), DecoderTrainConfig(steps=1, crop=32, width=8), fine_tune=True,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamese.export import check_writable, export_zip, parameters_text, write_pairs
+from siamese.export import export_zip, parameters_text, write_pairs
+from siamese.files import check_writable
 from siamese.sampling import Generated
 
 

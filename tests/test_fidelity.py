@@ -14,8 +14,8 @@ import torch
 from conftest import write_dataset
 from siamese.cli import main
 from siamese.curation import measure_curation
-from siamese.fidelity import (FidelityScorer, ScorerConfig, add_scorer, load_scorer, save_scorer, scorer_split,
-                              train_scorer)
+from siamese.fidelity import FidelityScorer, ScorerConfig, load_scorer, save_scorer, train_scorer
+from siamese.folder_ops import add_scorer, scorer_split
 from siamese.sampling import Generated
 
 

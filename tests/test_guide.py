@@ -15,7 +15,7 @@ from siamese.cli import main
 from siamese.data import mask_to_hint
 from siamese.guide import GUIDE_FOLDER, build_guide, guide_tensors, make_guide
 from siamese.model import ModelLoadError
-from siamese.networks import controlnet_residuals, unet_decode, unet_encode
+from siamese.networks import UNET_DECODER_PREFIXES, controlnet_residuals, unet_decode, unet_encode
 from siamese.sampling import _guide_eps, sample
 
 MASK = np.zeros((64, 64), np.uint8)
@@ -29,8 +29,7 @@ def _guided(model, **parts):
 
 def test_a_guide_keeps_only_what_differs_and_knows_when_it_shares_the_encoder(tiny_model):
     tensors = guide_tensors(tiny_model, weaken(tiny_model))
-    decoder = ("up_blocks.", "conv_norm_out.", "conv_out.")
-    assert all(k.startswith("controlnet.") or k.split(".", 1)[1].startswith(decoder) for k in tensors)
+    assert all(k.startswith("controlnet.") or k.split(".", 1)[1].startswith(UNET_DECODER_PREFIXES) for k in tensors)
     assert any(k.startswith("unet.up_blocks.") for k in tensors) and any(k.startswith("controlnet.") for k in tensors)
     assert build_guide(tensors, tiny_model.unet, tiny_model.controlnet).shares_encoder
     assert not _guided(tiny_model, parts=("unet_encoder",)).shares_encoder

@@ -12,6 +12,7 @@ from diffusers import DDPMScheduler
 
 from siamese import objective, reference
 from siamese.model import SCHEDULE
+from siamese.networks import UNET_DECODER_PREFIXES
 from siamese.objective import LOSS_KEYS, controlnet_losses, siamese_losses
 from siamese.reference import naive_siamese_losses
 from siamese.train import trainable_parameters
@@ -145,7 +146,7 @@ def test_no_unet_gradient_from_loss_image_and_frozen_parts_get_none(tiny_model):
     out = siamese_losses(model.unet, model.controlnet, progress=0.6, **batch)
     out["loss"].backward()
     for name, p in model.unet.named_parameters():
-        trainable = name.startswith(("up_blocks.", "conv_norm_out.", "conv_out."))
+        trainable = name.startswith(UNET_DECODER_PREFIXES)
         assert (p.grad is not None) == trainable, name
     assert all(p.grad is None for p in model.text_encoder.parameters())
 

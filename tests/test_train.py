@@ -7,6 +7,7 @@ import csv
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,8 +22,8 @@ from safetensors.torch import load_file
 import siamese.train
 from siamese.model import load_model
 from siamese.train import (
-    EMA, TrainConfig, batch_indices, ema_decay_at, latest_checkpoint, param_groups, timestep_weights, train,
-    trainable_parameters,
+    EMA, TrainConfig, TrainingDiverged, batch_indices, ema_decay_at, latest_checkpoint, param_groups, timestep_weights,
+    train, trainable_parameters,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,6 +161,27 @@ def test_bad_config_is_refused(dataset, tmp_path):
     assert (run / "metrics.csv").read_bytes() == rows
 
 
+def test_a_diverging_run_stops_saves_no_model_and_keeps_its_good_checkpoints(dataset, tmp_path):
+    """lr 1 (the highest allowed) makes the tiny model's loss NaN within a few steps: the run stops at that step
+    with TrainingDiverged (a ValueError: one line on the CLI and in the app), writes no model folder, keeps the
+    checkpoints saved before, and none of them holds a weight that is not finite."""
+    out = tmp_path / "run"
+    events = []
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step \d+: the loss \(nan\) is not a finite "
+                                               r"number.*no model is saved.*it was 1\)") as info:
+        train(_config(dataset, out, lr=1.0, max_steps=8, scorer_steps=0), callback=events.append)
+    assert "\n" not in str(info.value)
+    diverged = int(re.search(r"at step (\d+)", str(info.value)).group(1))
+    assert not (out / "siamese_config.json").exists() and not (out / "unet").exists()  # nothing offered as a model
+    kept = sorted((out / "checkpoints").iterdir())
+    assert kept and all(int(c.name.split("-")[1]) < diverged for c in kept)
+    for checkpoint in kept:
+        assert all(torch.isfinite(w).all() for w in load_file(checkpoint / "trainable.safetensors").values())
+    assert f"{kept[-1].name}, is kept" in str(info.value)
+    assert not any(e["type"] == "end" for e in events)
+    assert all(r["loss"] != "nan" for r in _rows(out))  # no metrics row of the diverged step
+
+
 def test_two_processes_with_torchrun(dataset, tmp_path):
     """torchrun --nproc_per_node 2 on the CPU: accelerate picks both processes up."""
     out = tmp_path / "ddp"
@@ -195,14 +217,14 @@ def die(*_):
 
 callback = None
 if kill == "init":  # while init/ is written: its UNet saved, its other parts not
-    save_module = siamese.model._save_module
+    save_module = siamese.model.save_module
 
     def save_then_die(module, folder, *args):
         save_module(module, folder, *args)
         if folder.parent.name.startswith("init"):
             die()
 
-    siamese.model._save_module = save_then_die
+    siamese.model.save_module = save_then_die
 elif kill.startswith("after-step-"):  # between checkpoints, after the step's metrics row
     at = int(kill.rsplit("-", 1)[1])
     callback = lambda event: event["type"] == "log" and event["step"] == at and die()

@@ -2,8 +2,9 @@
 loads a model folder's `codec/` with `PatchCodec.from_pretrained(folder / "codec")`.
 
 Carried in model folders written by the `siamese` package (as codec/patch_codec.py); imports only torch,
-safetensors and diffusers. The same arithmetic as `siamese.codec.PatchCodec` (decode: the learned decoder when
-the folder has one, else the linear inverse of the whitened PCA projection of 8x8 patches).
+safetensors and diffusers. The one source of the codec's arithmetic: `siamese.codec.PatchCodec` is this class with
+fitting and saving added (decode: the learned decoder when the folder has one, else the linear inverse of the
+whitened PCA projection of 8x8 patches).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class PatchCodec(nn.Module):
     latent = (basis @ (patch - mean)) / scale; patch = basis.T @ (latent * scale) + mean.
     """
 
+    WEIGHTS = "codec.safetensors"
+    BUFFERS = ("mean", "basis", "scale")
+
     def __init__(self, patch_size: int = 8, channels: int = 16, decoder: PatchDecoder | None = None) -> None:
         super().__init__()
         d = 3 * patch_size**2
@@ -91,13 +95,14 @@ class PatchCodec(nn.Module):
         if settings.get("learned_decoder"):
             decoder = PatchDecoder.from_pretrained(folder / "decoder", use_safetensors=True).requires_grad_(False)
         codec = cls(settings.get("patch_size", 8), settings.get("channels", 16), decoder)
-        weights = load_file(folder / "codec.safetensors")
-        codec.load_state_dict({k: weights[k] for k in ("mean", "basis", "scale")}, strict=False)
+        weights = load_file(folder / cls.WEIGHTS)
+        codec.load_state_dict({k: weights[k] for k in cls.BUFFERS}, strict=False)
         codec.requires_grad_(False).eval()
         return codec.to(torch_dtype) if torch_dtype is not None else codec
 
-    def encode(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, channels, H/p, W/p)."""
+    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, channels, H/p, W/p). Deterministic: `generator` (a VAE samples its
+        posterior with one) is not used."""
         x = F.pixel_unshuffle(images.to(self.dtype), self.patch_size) - self.mean.view(1, -1, 1, 1)
         return torch.einsum("kd,bdhw->bkhw", self.basis, x) / self.scale.view(1, -1, 1, 1)
 
@@ -105,5 +110,9 @@ class PatchCodec(nn.Module):
         """(B, channels, h, w) -> (B, 3, h*p, w*p) images in [-1, 1] (not clamped)."""
         if self.decoder is not None:
             return self.decoder(latents.to(self.decoder.dtype))
+        return self.decode_linear(latents)
+
+    def decode_linear(self, latents: Tensor) -> Tensor:
+        """The exact linear inverse of `encode` on the kept components."""
         x = torch.einsum("kd,bkhw->bdhw", self.basis, latents.to(self.dtype) * self.scale.view(1, -1, 1, 1))
         return F.pixel_shuffle(x + self.mean.view(1, -1, 1, 1), self.patch_size)

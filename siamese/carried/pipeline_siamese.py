@@ -35,7 +35,8 @@ MaskInput = PIL.Image.Image | np.ndarray | Tensor
 
 
 def binarize_mask(mask: MaskInput) -> np.ndarray:
-    """One mask -> (H, W) uint8 in {0, 1}, by the rule of `siamese.data.binarize_mask`: lesion where the gray
+    """One mask -> (H, W) uint8 in {0, 1}, by the package's one mask rule (`siamese.data.binarize_mask` is this
+    function): lesion where the gray
     level is above half the full scale (8-bit: > 127, 16-bit: > 32767, floating point: > 0.5, a 0/1 label mask:
     the 1s), and where more than half opaque when there is an alpha channel. A tensor may be (H, W), (C, H, W)
     or (H, W, C)."""
@@ -50,7 +51,7 @@ def binarize_mask(mask: MaskInput) -> np.ndarray:
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"a mask must be an image or an array of numbers, got {arr.dtype}")
+        raise ValueError(f"a mask must be an array of numbers (or an image), got {arr.dtype}")
     if arr.ndim == 3 and arr.shape[2] in (1, 3):
         color, alpha = arr, None
     elif arr.ndim == 3 and arr.shape[2] in (2, 4):

@@ -30,7 +30,13 @@ __all__ = [
     "unet_encode",
     "unet_decode",
     "unet_forward",
+    "check_supported",
+    "UNET_DECODER_PREFIXES",
 ]
+
+# the parameters of the UNet's decoder (what `unet_decode` runs): what the Siamese stages train besides the
+# ControlNet, and all a guide from an earlier stage may change while sharing the model's encoding
+UNET_DECODER_PREFIXES = ("up_blocks.", "conv_norm_out.", "conv_out.")
 
 
 class ResidualBlock(nn.Module):
@@ -122,7 +128,8 @@ class DHIControlNetModel(ControlNetModel):
         return self.controlnet_cond_embedding(hint)
 
 
-def _check_supported(model: nn.Module) -> None:
+def check_supported(model: nn.Module) -> None:
+    """Refuse a UNet with embeddings this module's split forward does not run (class, addition, encoder hidden)."""
     cfg = model.config
     unsupported = {
         k: getattr(cfg, k, None)

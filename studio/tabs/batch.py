@@ -2,9 +2,10 @@
 
 Masks come from uploaded files (mask images, or zips of them) or a dataset folder in the server's data folder;
 the library's `siamese.batch.run_batch` makes and scores the pairs in a background job of the session
-(`studio.batch_job`), so the batch survives a page reload and other visitors' Generate goes first
-(`studio.turns`). The page polls only while the batch runs, as the Train tab does. Scripts: `/batch_start`,
-`/batch_status`, `/batch_stop`, `/batch_move`, `/batch_export`, each with the `batch_key` /batch_start returned.
+(`studio.jobs.batch`), so the batch survives a page reload and other visitors' Generate goes first
+(`studio.jobs.base.Turns`). The page polls only while the batch runs, as the Train tab does. Scripts:
+`/batch_start` (run without Gradio's preprocessing: the handler checks every value), `/batch_status`,
+`/batch_stop`, `/batch_move`, `/batch_export`, each with the `batch_key` /batch_start returned.
 """
 
 from __future__ import annotations
@@ -12,30 +13,26 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import tempfile
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 
-from siamese import DataError, ModelLoadError, SamplingParams, export_zip
+from siamese import DataError, ModelLoadError
 from siamese.batch import run_batch
 from siamese.data import resize_pair
-from siamese.sampling import MAX_CONTROL_SCALE, MAX_SEED, SCHEDULERS, random_seed, validate_request
 
-from . import inputs
-from .batch_job import ACTIVE_STATES, BatchJob, BatchPair, BatchRegistry
-from .datasets import DISK_RESERVE_BYTES, dataset_folder, extract_zip, human_size, mask_sources
-from .generate import DEFAULTS, PngFolder
-from .job import duration
-from .masks import read_mask_upload
-from .messages import Redactor, md_escape, user_error
-from .models import (ModelCatalog, ModelStore, autoguidance_slider, autoguidance_update, describe_autoguidance,
-                     fit_autoguidance, hub_snapshot)
-from .settings import Settings
-from .training import POLL_SECONDS
-from .turns import Turns
+from .. import inputs
+from ..catalog import ModelCatalog, ModelStore
+from ..datasets import DISK_RESERVE_BYTES, dataset_folder, extract_zip, human_size, mask_sources
+from ..jobs.base import ACTIVE_STATES, POLL_SECONDS, STATE_ICONS, Turns, duration
+from ..jobs.batch import BatchJob, BatchPair, BatchRegistry
+from ..masks import MAX_MASK_FILE_BYTES, read_mask_upload
+from ..replies import Redactor, md_escape, refusal
+from ..scratch import Scratch
+from ..settings import Settings
+from . import sampling
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +42,7 @@ DEFAULT_MIN_FIDELITY = 0.8  # the model card's measured best (versions 2 and 6: 
 
 
 def read_masks(sources: list[tuple[str, Path]], shown: str, resolution: int) -> list[tuple[str, np.ndarray]]:
-    """Mask files -> (name, (R, R) {0, 255} at the model resolution), refusing unreadable, empty and all-white
+    """Mask files -> (name, (R, R) {0, 1} at the model resolution), refusing unreadable, empty and all-white
     masks and masks whose lesion vanishes at the model resolution, each named in the message."""
     masks = []
     for name, path in sources:
@@ -57,15 +54,13 @@ def read_masks(sources: list[tuple[str, Path]], shown: str, resolution: int) -> 
         if not small.any():
             raise DataError(f"{shown}: {path.name}: the lesion vanishes at the model's {resolution}x{resolution} pixels "
                             "(too small): leave this mask out")
-        masks.append((name, small * 255))
+        masks.append((name, small))
     return masks
 
 
 def batch_status_text(snap: dict) -> str:
     """The progress readout: pairs done, accepted and rejected of the total, a bar, speed and ETA."""
-    icon = {"idle": "", "running": "⏳ ", "stopping": "⏳ ", "finished": "✅ ", "stopped": "⏹️ ",
-            "failed": "❌ "}[snap["state"]]
-    text = icon + snap["message"]
+    text = STATE_ICONS[snap["state"]] + snap["message"]
     if snap["state"] == "idle":
         return text
     done, total = snap["done"], snap["total"]
@@ -99,45 +94,36 @@ def pair_galleries(snap: dict) -> tuple[gr.Gallery, gr.Gallery]:
     return gallery(accepted, "Accepted", "Rejected"), gallery(rejected, "Rejected", "Accepted")
 
 
-class BatchHandlers:
-    """The Batch tab's handlers; part of `Studio` (uses `self.settings`, `self.catalog`, `self.models`,
-    `self.pngs`, `self.redact`, `self.batches`, `self.turns` and `self.load_scorer`)."""
+class BatchTab:
+    """The Batch tab's handlers."""
 
-    settings: Settings
-    catalog: ModelCatalog
-    models: ModelStore
-    pngs: PngFolder
-    redact: Redactor
-    batches: BatchRegistry
-    turns: Turns
-    load_scorer: Callable  # (model folder, device) -> FidelityScorer | None: siamese.fidelity.load_scorer
-    _scorers: dict
-
-    def scorer_for(self, model: str):
-        """The fidelity scorer of the model a request names (loaded once), or None when it has none."""
-        ref = self.catalog.resolve(model)
-        if ref.location not in self._scorers:
-            folder = hub_snapshot(ref.location) if ref.hub else Path(ref.location)
-            self._scorers[ref.location] = self.load_scorer(folder, device=self.models.device)
-        return self._scorers[ref.location]
+    def __init__(self, settings: Settings, catalog: ModelCatalog, models: ModelStore, scratch: Scratch,
+                 redact: Redactor, batches: BatchRegistry, turns: Turns) -> None:
+        self.settings, self.catalog, self.models, self.scratch = settings, catalog, models, scratch
+        self.redact, self.batches, self.turns = redact, batches, turns
 
     def _batch_masks(self, mask_files, data_folder: str | None, resolution: int, tmp: Path) -> tuple[list, str]:
-        files = [str(f) for f in (mask_files if isinstance(mask_files, (list, tuple)) else [mask_files]) if f]
+        """The batch's masks at the model resolution, and how messages name where they came from."""
+        uploaded = [(path, inputs.shown_name(value)) for value in
+                    (mask_files if isinstance(mask_files, (list, tuple)) else [mask_files])
+                    if (path := inputs.upload(value, "mask file")) is not None]
         sources, names = [], []
         budget = self.settings.max_unpacked_bytes  # for all the zips together
-        if files:
-            for k, f in enumerate(files):
-                path = Path(f)
+        limit = self.settings.batch_max_masks
+        if uploaded:
+            for k, (path, name) in enumerate(uploaded):
+                stem = Path(name).stem
                 if path.suffix.lower() == ".zip":
-                    root = extract_zip(path, tmp / str(k), max_bytes=budget)
+                    # counts and sizes from the zip's directory, before anything is unpacked
+                    root = extract_zip(path, tmp / str(k), max_bytes=budget, max_files=2 * limit + 100,
+                                       max_file_bytes=MAX_MASK_FILE_BYTES, max_masks=limit, shown=name)
                     budget -= sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-                    found = mask_sources(root, path.name)
-                    sources.append((path.name, [(f"{path.stem}/{n}" if len(files) > 1 else n, p)
-                                                for n, p in found]))
+                    found = mask_sources(root, name)
+                    sources.append((name, [(f"{stem}/{n}" if len(uploaded) > 1 else n, p) for n, p in found]))
                 else:
-                    sources.append(("the uploaded masks", [(path.stem, path)]))
-                names.append(path.name)
-            shown = f"{len(files)} uploaded files" if len(files) > 1 else f"the uploaded {names[0]}"
+                    sources.append(("the uploaded masks", [(stem, path)]))
+                names.append(name)
+            shown = f"{len(uploaded)} uploaded files" if len(uploaded) > 1 else f"the uploaded {names[0]}"
         elif data_folder:
             folder = dataset_folder(data_folder, self.settings.data_root)
             shown = f"`{self.redact(str(folder))}`"
@@ -146,8 +132,8 @@ class BatchHandlers:
             raise DataError("no masks: upload mask images or a zip of them, or type a dataset folder of the "
                             "server's data folder")
         count = sum(len(found) for _, found in sources)
-        if count > self.settings.batch_max_masks:
-            raise DataError(f"{shown} holds {count:,} masks; a batch takes at most {self.settings.batch_max_masks:,} "
+        if count > limit:
+            raise DataError(f"{shown} holds {count:,} masks; a batch takes at most {limit:,} "
                             "(SIAMESE_BATCH_MAX_MASKS): split them")
         masks = [m for where, found in sources for m in read_masks(found, where, resolution)]
         taken = set()
@@ -159,20 +145,21 @@ class BatchHandlers:
 
     def batch_start(self, mask_files: list[str] | str | None = None, data_folder: str | None = None,
                     augment: bool = False, num_images: int = 2, min_fidelity: float | None = DEFAULT_MIN_FIDELITY,
-                    prompt: str | None = None, steps: int = DEFAULTS["steps"],
-                    guidance_scale: float = DEFAULTS["guidance_scale"], seed: int | None = None,
-                    scheduler: str = DEFAULTS["scheduler"], control_scale: float | None = None,
+                    prompt: str | None = None, steps: int = sampling.DEFAULTS["steps"],
+                    guidance_scale: float = sampling.DEFAULTS["guidance_scale"], seed: int | None = None,
+                    scheduler: str = sampling.DEFAULTS["scheduler"], control_scale: float | None = None,
                     control_end: float | None = None, model: str | None = None, batch_key: str | None = None,
                     randomize: bool = False, autoguidance: float | None = None):
         """Start a batch in the background: `num_images` pairs per mask (uploaded mask images or zips of them,
         else the masks of `data_folder` in the server's data folder), optionally augmented (flips, scaling,
         shift-scale-rotate), each scored by the model's fidelity scorer and accepted when it scores at least
-        `min_fidelity`. Returns the status and the session's `batch_key` (pass it to the other /batch_* calls).
-        `seed` None or negative: random; `control_scale`, `control_end` and `autoguidance` as for /generate (None:
-        the model's recommended values); a new batch replaces the session's previous one."""
+        `min_fidelity` (None: no threshold, every pair accepted with its score). Returns the status and the
+        session's `batch_key` (pass it to the other /batch_* calls). `seed` None or negative: random;
+        `control_scale`, `control_end` and `autoguidance` as for /generate (None: the model's recommended values);
+        a new batch replaces the session's previous one."""
         if self.settings.batch_disabled:
             raise gr.Error(self.settings.batch_disabled, title="Batches disabled")
-        tmp = Path(tempfile.mkdtemp(prefix="batch-masks-", dir=self.pngs.path))
+        tmp = self.scratch.folder("batch-masks-")
         try:
             count = inputs.number(num_images, "images per mask", whole=True)
             if not 1 <= count <= self.settings.batch_max_images:
@@ -181,33 +168,23 @@ class BatchHandlers:
             threshold = inputs.number(min_fidelity, "min fidelity", optional=True)
             if threshold is not None and not 0.0 <= threshold <= 1.0:
                 raise ValueError(f"min fidelity must be between 0 and 1 (a Dice score), got {threshold:g}")
-            params = SamplingParams(prompt=inputs.text(prompt, "prompt"),
-                                    steps=inputs.number(steps, "steps", whole=True),
-                                    guidance_scale=inputs.number(guidance_scale, "guidance scale"),
-                                    scheduler=inputs.text(scheduler, "scheduler") or "",
-                                    control_scale=inputs.number(control_scale, "control scale", optional=True),
-                                    control_end=inputs.number(control_end, "control end", optional=True),
-                                    autoguidance=inputs.number(autoguidance, "autoguidance", optional=True))
-            params.validate()
-            seed = inputs.number(seed, "seed", whole=True, optional=True)
-            seed = random_seed() if randomize or seed is None or seed < 0 else seed
-            validate_request(count, seed, STEP_IMAGES)
+            params = sampling.read_params(prompt, steps, guidance_scale, scheduler, control_scale, control_end,
+                                          autoguidance)
+            seed = inputs.seed(seed, inputs.flag(randomize, "randomise seed"))
+            augment = inputs.flag(augment, "augment")
             self.batches.check(batch_key)  # before the masks are read; the job is made when all is checked
             model = inputs.text(model, "model") or self.catalog.default
             m = self.models.get(model)
-            off = fit_autoguidance(params, m)
+            off = sampling.fit_autoguidance(params, m)
             weight = params.autoguidance_for(m)
             res = m.config.resolution
             masks, shown = self._batch_masks(mask_files, inputs.text(data_folder, "dataset folder"), res, tmp)
             total = len(masks) * count
             need = total * 4 * res * res  # an upper bound of the PNGs: RGB image + mask, uncompressed
-            if need + DISK_RESERVE_BYTES > shutil.disk_usage(self.pngs.path).free:
+            if need + DISK_RESERVE_BYTES > shutil.disk_usage(self.scratch.path).free:
                 raise DataError(f"{total:,} pairs need up to {human_size(need)}, more than the server's free disk "
                                 "space allows: fewer masks or fewer images per mask")
-            try:
-                scorer = self.scorer_for(model)
-            except (ModelLoadError, ValueError, OSError) as e:
-                raise ModelLoadError(f"the model's fidelity scorer (segmenter/) cannot be loaded: {e}") from None
+            scorer = self.models.scorer(model)
             if scorer is None and threshold:
                 gr.Warning("This model has no fidelity scorer (segmenter/), so the min fidelity cannot apply: every "
                            "pair is accepted, unscored. Add one with `python -m siamese train-scorer`.",
@@ -215,17 +192,17 @@ class BatchHandlers:
             threshold = threshold if scorer is not None else None
             describe = (f"{len(masks)} masks from {shown}{' (augmented)' if augment else ''} × {count} images · "
                         f"seeds from {seed} · model `{self.catalog.resolve(model).public}`"
-                        f"{describe_autoguidance(weight)}{off}")
+                        f"{sampling.describe_autoguidance(weight)}{off}")
 
             def make_pairs(stop):
-                return run_batch(m, masks, count, seed, params, augment=bool(augment), scorer=scorer,
+                return run_batch(m, masks, count, seed, params, augment=augment, scorer=scorer,
                                  min_fidelity=threshold, stop=stop, batch_size=STEP_IMAGES)
 
             job = self.batches.job_for(batch_key)
             job.start(make_pairs, total, threshold, scorer is not None, md_escape(describe).replace("\\`", "`"),
                       self.turns)
-        except (DataError, ModelLoadError, ValueError, RuntimeError) as e:
-            raise user_error(e, self.redact) from None
+        except Exception as e:
+            raise refusal(e, self.redact, "the batch") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return batch_status_text(job.snapshot()), job.key
@@ -262,8 +239,8 @@ class BatchHandlers:
             if job is None:
                 raise ValueError("no batch in this session: start one first")
             job.move(inputs.number(pair, "pair", whole=True))
-        except ValueError as e:
-            raise user_error(e, self.redact) from None
+        except Exception as e:
+            raise refusal(e, self.redact, "the move") from None
         return batch_status_text(job.snapshot())
 
     def batch_pick(self, batch_key: str | None, evt: gr.SelectData) -> None:
@@ -294,10 +271,10 @@ class BatchHandlers:
         accepted = [p for p in (job.snapshot()["pairs"] if job else []) if p.accepted]
         if not accepted:
             raise gr.Error("nothing to export: no accepted pairs in this session's batch", title="Nothing accepted")
-        label = re.sub(r"[^A-Za-z0-9_-]+", "_", (label or "").strip()) or "lesion"
-        folder = Path(tempfile.mkdtemp(prefix="export-", dir=self.pngs.path))
-        items = [p.generated() for p in accepted]
-        return str(export_zip(items, folder / f"siamese-batch-{len(items)}.zip", nnunet=bool(nnunet), label=label))
+        try:
+            return self.scratch.export([p.generated() for p in accepted], "siamese-batch", bool(nnunet), label)
+        except Exception as e:
+            raise refusal(e, self.redact, "the export") from None
 
     def batch_download_ready(self, batch_key: str | None = None):
         job = self._job(batch_key)
@@ -311,86 +288,112 @@ class BatchHandlers:
             m = self.models.get(model)
         except ModelLoadError:
             return gr.skip(), gr.skip(), gr.skip()  # Generate's model box says why
-        return gr.Slider(value=m.config.control_scale), gr.Slider(value=m.config.control_end), autoguidance_update(m)
+        return sampling.preset(m)
 
 
-def batch_tab(demo: gr.Blocks, studio, model: gr.Dropdown, key: gr.BrowserState) -> None:
-    """The Batch tab and its wiring; called inside the page's gr.Tabs (`model`: the page's model selector, `key`:
-    the session's batch key, a gr.BrowserState outside the tabs so that it is read when the page loads)."""
-    settings = studio.settings
-    recommended = studio.default_config()  # the sliders' presets (they follow the selected model)
-    with gr.Tab("Batch", id="batch") as tab:
-        if settings.batch_disabled:
-            gr.Markdown(f"⚠️ {settings.batch_disabled}")
-        with gr.Row():
-            with gr.Column(scale=1):
-                files = gr.File(label="Masks: mask images, or a zip of them (white = lesion)", file_count="multiple",
-                                file_types=[".zip", "image"], type="filepath", elem_id="batch-files")
-                folder = gr.Textbox(label="...or the masks of a dataset folder on the server",
-                                    placeholder="e.g. data/kvasir-seg, in the server's data folder (its masks/)")
-                augment = gr.Checkbox(False, label="Augment each mask (flips, scaling, shift-scale-rotate)")
-                with gr.Row():
-                    count = gr.Slider(1, settings.batch_max_images, value=min(2, settings.batch_max_images), step=1,
-                                      label="Images per mask")
-                    threshold = gr.Slider(0.0, 1.0, value=DEFAULT_MIN_FIDELITY, step=0.05, label="Min fidelity",
-                                          info="the scorer's Dice between its segmentation of the image and the mask")
-                with gr.Accordion("Sampling (as in Generate)", open=False):
-                    prompt = gr.Textbox(label="Prompt", placeholder="empty: the model's default prompt", lines=1)
-                    with gr.Row():
-                        steps = gr.Slider(1, 100, value=DEFAULTS["steps"], step=1, label="Steps", elem_id="batch-steps")
-                        guidance = gr.Slider(0.0, 15.0, value=DEFAULTS["guidance_scale"], step=0.5,
-                                             label="Guidance scale")
-                    with gr.Row():
-                        control = gr.Slider(0.0, MAX_CONTROL_SCALE, value=recommended.control_scale, step=0.25,
-                                            label="Mask strength (control scale)", info="preset per model")
-                        control_end = gr.Slider(0.05, 1.0, value=recommended.control_end, step=0.05,
-                                                label="Mask steps (share of the steps)", info="preset per model")
-                        autoguidance = autoguidance_slider(recommended.autoguidance, studio.default_guided())
-                    with gr.Row():
-                        scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULTS["scheduler"], label="Scheduler")
-                        seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
-                        randomize = gr.Checkbox(True, label="Randomise seed")
-                gr.Markdown(f"At most {settings.batch_max_masks:,} masks and {settings.batch_max_images} images per "
-                            "mask. The batch runs on the server: it goes on when this page closes and shows again "
-                            "when it reopens. Starting a new batch replaces this one.")
-                with gr.Row():
-                    start = gr.Button("Start batch", variant="primary", interactive=not settings.batch_disabled,
-                                      elem_id="batch-start")
-                    stop = gr.Button("Stop", variant="stop", elem_id="batch-stop")
-            with gr.Column(scale=1):
-                status = gr.Markdown("", elem_id="batch-status", label="Status")
-                accepted = gr.Gallery(label="Accepted", columns=5, height=300, format="png", object_fit="contain",
-                                      allow_preview=False, interactive=False, fit_columns=False,
-                                      elem_id="batch-accepted")
-                rejected = gr.Gallery(label="Rejected", columns=5, height=200, format="png", object_fit="contain",
-                                      allow_preview=False, interactive=False, fit_columns=False,
-                                      elem_id="batch-rejected")
-                with gr.Row():
-                    nnunet = gr.Checkbox(False, label="Also the nnU-Net v2 layout")
-                    label = gr.Textbox("lesion", label="Label name (nnU-Net)", max_lines=1)
-                    export = gr.Button("Prepare zip of the accepted pairs", variant="primary",
-                                       elem_id="batch-export")
-                    download = gr.DownloadButton("Download zip (prepare it first)", interactive=False,
-                                                 elem_id="batch-download")
-        seen = gr.State(-1)
-        timer = gr.Timer(POLL_SECONDS, active=False)  # on only while the batch runs (batch_poll)
+@dataclass
+class BatchWidgets:
+    files: gr.File
+    folder: gr.Textbox
+    augment: gr.Checkbox
+    count: gr.Slider
+    threshold: gr.Slider
+    prompt: gr.Textbox
+    steps: gr.Slider
+    guidance: gr.Slider
+    control: gr.Slider
+    control_end: gr.Slider
+    autoguidance: gr.Slider
+    scheduler: gr.Dropdown
+    seed: gr.Number
+    randomize: gr.Checkbox
+    start: gr.Button
+    stop: gr.Button
+    status: gr.Markdown
+    accepted: gr.Gallery
+    rejected: gr.Gallery
+    nnunet: gr.Checkbox
+    label: gr.Textbox
+    export: gr.Button
+    download: gr.DownloadButton
+    seen: gr.State  # the version the page shows
+    timer: gr.Timer
 
-        # wiring (inside the tab: gr.api adds a block). Polled as the Train tab is: on load, when the tab opens,
-        # after Start, Stop and a move, and on each tick of a timer that is on only while the batch runs.
-        poll = dict(fn=studio.batch_poll, inputs=[key, seen],
-                    outputs=[status, accepted, rejected, seen, timer, download], api_visibility="private",
-                    show_progress="hidden", concurrency_limit=None)
-        demo.load(**poll)
-        tab.select(**poll)  # the tab's content mounts when it opens: show it and start its timer then
-        model.change(studio.batch_control, model, [control, control_end, autoguidance], api_visibility="private")
-        start.click(studio.batch_start, [files, folder, augment, count, threshold, prompt, steps, guidance, seed,
-                                         scheduler, control, control_end, model, key, randomize, autoguidance],
-                    [status, key], api_name="batch_start").success(**poll)
-        stop.click(studio.batch_stop, key, status, api_name="batch_stop").then(**poll)
-        for gallery in (accepted, rejected):
-            gallery.select(studio.batch_pick, key, None, api_visibility="private").then(**poll)
-        export.click(studio.batch_export, [key, nnunet, label], download, api_name="batch_export").success(
-            studio.batch_download_ready, key, download, api_visibility="private")
-        timer.tick(**poll)
-        gr.api(studio.batch_status, api_name="batch_status", concurrency_limit=None)
-        gr.api(studio.batch_move, api_name="batch_move")
+
+def build(settings: Settings, recommended, guided: bool) -> BatchWidgets:
+    """The tab's content (inside the page's gr.Tab): `recommended` is the default model's config, which presets
+    the mask and autoguidance sliders (they follow the selected model), `guided` whether it has a guide."""
+    if settings.batch_disabled:
+        gr.Markdown(f"⚠️ {settings.batch_disabled}")
+    with gr.Row():
+        with gr.Column(scale=1):
+            files = gr.File(label="Masks: mask images, or a zip of them (white = lesion)", file_count="multiple",
+                            file_types=[".zip", "image"], type="filepath", elem_id="batch-files")
+            folder = gr.Textbox(label="...or the masks of a dataset folder on the server",
+                                placeholder="e.g. data/kvasir-seg, in the server's data folder (its masks/)")
+            augment = gr.Checkbox(False, label="Augment each mask (flips, scaling, shift-scale-rotate)")
+            with gr.Row():
+                count = gr.Slider(1, settings.batch_max_images, value=min(2, settings.batch_max_images), step=1,
+                                  label="Images per mask")
+                threshold = gr.Slider(0.0, 1.0, value=DEFAULT_MIN_FIDELITY, step=0.05, label="Min fidelity",
+                                      info="the scorer's Dice between its segmentation of the image and the mask")
+            with gr.Accordion("Sampling (as in Generate)", open=False):
+                prompt = gr.Textbox(label="Prompt", placeholder="empty: the model's default prompt", lines=1)
+                with gr.Row():
+                    steps = sampling.steps_slider(elem_id="batch-steps")
+                    guidance = sampling.guidance_slider()
+                with gr.Row():
+                    control = sampling.control_slider(recommended.control_scale, "preset per model")
+                    control_end = sampling.control_end_slider(recommended.control_end, "preset per model")
+                    autoguidance = sampling.autoguidance_slider(recommended.autoguidance, guided)
+                scheduler, seed, randomize = sampling.seed_row()
+            gr.Markdown(f"At most {settings.batch_max_masks:,} masks and {settings.batch_max_images} images per "
+                        "mask. The batch runs on the server: it goes on when this page closes and shows again "
+                        "when it reopens. Starting a new batch replaces this one.")
+            with gr.Row():
+                start = gr.Button("Start batch", variant="primary", interactive=not settings.batch_disabled,
+                                  elem_id="batch-start")
+                stop = gr.Button("Stop", variant="stop", elem_id="batch-stop")
+        with gr.Column(scale=1):
+            status = gr.Markdown("", elem_id="batch-status", label="Status")
+            accepted = gr.Gallery(label="Accepted", columns=5, height=300, format="png", object_fit="contain",
+                                  allow_preview=False, interactive=False, fit_columns=False, elem_id="batch-accepted")
+            rejected = gr.Gallery(label="Rejected", columns=5, height=200, format="png", object_fit="contain",
+                                  allow_preview=False, interactive=False, fit_columns=False, elem_id="batch-rejected")
+            with gr.Row():
+                nnunet = gr.Checkbox(False, label="Also the nnU-Net v2 layout")
+                label = gr.Textbox("lesion", label="Label name (nnU-Net)", max_lines=1)
+                export = gr.Button("Prepare zip of the accepted pairs", variant="primary", elem_id="batch-export")
+                download = gr.DownloadButton("Download zip (prepare it first)", interactive=False,
+                                             elem_id="batch-download")
+    seen = gr.State(-1)
+    timer = gr.Timer(POLL_SECONDS, active=False)  # on only while the batch runs (batch_poll)
+    return BatchWidgets(files, folder, augment, count, threshold, prompt, steps, guidance, control, control_end,
+                        autoguidance, scheduler, seed, randomize, start, stop, status, accepted, rejected, nnunet,
+                        label, export, download, seen, timer)
+
+
+def wire(demo: gr.Blocks, tab: BatchTab, w: BatchWidgets, tab_block: gr.Tab, model: gr.Dropdown,
+         key: gr.BrowserState) -> None:
+    """Called inside the tab (gr.api adds a block). `model`: the page's model selector; `key`: the session's batch
+    key, a gr.BrowserState outside the tabs so that it is read when the page loads. Polled as the Train tab is: on
+    load, when the tab opens, after Start, Stop and a move, and on each tick of a timer that is on only while the
+    batch runs."""
+    poll = dict(fn=tab.batch_poll, inputs=[key, w.seen],
+                outputs=[w.status, w.accepted, w.rejected, w.seen, w.timer, w.download], api_visibility="private",
+                show_progress="hidden", concurrency_limit=None)
+    demo.load(**poll)
+    tab_block.select(**poll)  # the tab's content mounts when it opens: show it and start its timer then
+    model.change(tab.batch_control, model, [w.control, w.control_end, w.autoguidance], api_visibility="private")
+    w.start.click(tab.batch_start, [w.files, w.folder, w.augment, w.count, w.threshold, w.prompt, w.steps,
+                                    w.guidance, w.seed, w.scheduler, w.control, w.control_end, model, key,
+                                    w.randomize, w.autoguidance],
+                  [w.status, key], api_name="batch_start", preprocess=False).success(**poll)
+    w.stop.click(tab.batch_stop, key, w.status, api_name="batch_stop").then(**poll)
+    for gallery in (w.accepted, w.rejected):
+        gallery.select(tab.batch_pick, key, None, api_visibility="private").then(**poll)
+    w.export.click(tab.batch_export, [key, w.nnunet, w.label], w.download, api_name="batch_export").success(
+        tab.batch_download_ready, key, w.download, api_visibility="private")
+    w.timer.tick(**poll)
+    gr.api(tab.batch_status, api_name="batch_status", concurrency_limit=None)
+    gr.api(tab.batch_move, api_name="batch_move")

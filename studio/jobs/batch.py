@@ -2,10 +2,14 @@
 
 A session is named by a key the page keeps in its local storage (gr.BrowserState). The key is made here, with
 `secrets`, when the session's first batch starts, so no one can guess another session's key. A job runs the
-library's `siamese.batch.run_batch` in a thread, one image-batch per turn of the models (`studio.turns`), and
-writes every pair as two PNG files in its own folder (the image with its parameters and score in the PNG text,
-and the mask): a 1,000-mask batch costs disk, not memory. The registry keeps the `MAX_KEPT` jobs used last and
-drops (with their files) older ones and those no page has asked for in `MAX_IDLE_S`.
+library's `siamese.batch.run_batch` in a thread, one image-batch per turn of the models (`Turns`), and writes
+every pair as two PNG files in its own folder (the image with its parameters and score in the PNG text, and the
+mask): a 1,000-mask batch costs disk, not memory.
+
+The registry keeps a session's batch, running or finished, until no page has asked for it for `MAX_IDLE_S` since
+it ended (then it is dropped with its files); another session never evicts it. It holds at most `MAX_KEPT`
+sessions' batches: when full, a new session's batch is refused until one expires (a session may always start a new
+batch of its own, which replaces its last).
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import secrets
 import shutil
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +29,13 @@ from PIL import Image
 from siamese import DataError, Generated, ModelLoadError
 from siamese.export import png_bytes
 
-from .background import BackgroundJob
-from .messages import md_escape
-from .turns import Turns
+from ..replies import Busy, md_escape, os_reason
+from .base import BackgroundJob, Turns, duration
 
 logger = logging.getLogger(__name__)
 
-ACTIVE_STATES = ("running", "stopping")  # the page polls only while its batch is in one of these
-MAX_KEPT = 16  # jobs kept (with their pairs) for sessions to come back to; running ones are never dropped
-MAX_IDLE_S = 24 * 3600  # a job no page has looked at for this long is dropped with its files
+MAX_KEPT = 16  # sessions' batches kept (with their pairs) for their sessions to come back to
+MAX_IDLE_S = 6 * 3600  # a batch no page has looked at for this long since it ended is dropped with its files
 
 
 @dataclass
@@ -88,13 +89,18 @@ class BatchJob(BackgroundJob):
         self.describe = ""
         self._t0 = self._t1 = 0.0
         self.seen = time.monotonic()  # when a page last asked for it (the registry drops long-unseen jobs)
+        self.ended = time.monotonic()  # when its work last ended (or it was made)
+
+    def idle_s(self) -> float:
+        """Seconds since it was last asked for or ended, whichever came later; 0 while it runs."""
+        return 0.0 if self.running else time.monotonic() - max(self.seen, self.ended)
 
     def start(self, make_pairs: Callable[[threading.Event], Iterator], total: int, min_fidelity: float | None,
               scored: bool, describe: str, turns: Turns) -> None:
         """Run `make_pairs(stop)` (the library's iterator of ScoredPair) in a thread, one step per turn."""
         with self._lock:
             if self.running:
-                raise RuntimeError("a batch is already running in this session: stop it first")
+                raise Busy("a batch is already running in this session: stop it first")
             self.state, self.pairs, self.total, self.error = "running", [], total, ""
             self.min_fidelity, self.scored, self.describe = min_fidelity, scored, describe
             self.message = "Starting: sampling the first images..."
@@ -117,6 +123,9 @@ class BatchJob(BackgroundJob):
                 self._add(scored)
         except (DataError, ModelLoadError, ValueError) as e:
             self._end("failed", str(e))
+        except OSError as e:  # its text names server files: the reason only
+            logger.exception("batch failed")
+            self._end("failed", f"a file could not be read or written ({os_reason(e)})")
         except Exception as e:  # noqa: BLE001 - a failed batch must not take the server down
             logger.exception("batch failed")
             self._end("failed", f"{type(e).__name__}: {e}")
@@ -141,7 +150,8 @@ class BatchJob(BackgroundJob):
 
     def _end(self, state: str, error: str = "") -> None:
         with self._lock:
-            self.state, self.error = state, self.public(error)
+            self.state, self.error = state, " ".join(self.public(error).split())
+            self.ended = time.monotonic()
             done = len(self.pairs)
             if state == "failed":
                 self.message = f"The batch failed after {done} pairs (kept): {md_escape(self.error)}"
@@ -177,16 +187,16 @@ class BatchRegistry:
     """The sessions' jobs by key; a key the registry did not make (or has dropped) gets a new job and key."""
 
     def __init__(self, root: Path, max_active: int, public: Callable[[str], str] = str,
-                 max_kept: int = MAX_KEPT) -> None:
-        self.root, self.max_active, self.public, self.max_kept = Path(root), max_active, public, max_kept
-        self._jobs: OrderedDict[str, BatchJob] = OrderedDict()
+                 max_kept: int = MAX_KEPT, max_idle_s: float = MAX_IDLE_S) -> None:
+        self.root, self.max_active, self.public = Path(root), max_active, public
+        self.max_kept, self.max_idle_s = max_kept, max_idle_s
+        self._jobs: dict[str, BatchJob] = {}
         self._lock = threading.Lock()
 
     def get(self, key: object) -> BatchJob | None:
         with self._lock:
             job = self._jobs.get(key) if isinstance(key, str) else None
             if job is not None:
-                self._jobs.move_to_end(key)
                 job.seen = time.monotonic()
             return job
 
@@ -194,14 +204,31 @@ class BatchRegistry:
         with self._lock:
             return sum(job.running for job in self._jobs.values())
 
+    def _expire(self) -> None:
+        """Drop, with their files, the jobs no page has asked for in `max_idle_s` since they ended (lock held)."""
+        for key in [k for k, job in self._jobs.items() if job.idle_s() > self.max_idle_s]:
+            shutil.rmtree(self._jobs.pop(key).folder, ignore_errors=True)
+
     def check(self, key: object) -> None:
-        """RuntimeError unless the session may start a batch: none running in it, and room on the server."""
+        """Busy unless the session may start a batch: none running in it, room for one more running batch on the
+        server, and, for a session without a batch, room in the registry."""
         job = self.get(key)
         if job is not None and job.running:
-            raise RuntimeError("a batch is already running in this session: stop it first, or wait")
+            raise Busy("a batch is already running in this session: stop it first, or wait")
         if self.active() >= self.max_active:
-            raise RuntimeError(f"the server is running {self.max_active} batches (its limit, "
-                               "SIAMESE_BATCH_MAX_ACTIVE): try again when one has finished")
+            raise Busy(f"the server is running {self.max_active} batches (its limit, "
+                       "SIAMESE_BATCH_MAX_ACTIVE): try again when one has finished")
+        if job is None:
+            with self._lock:
+                self._check_room()
+
+    def _check_room(self) -> None:
+        """Busy when the registry holds `max_kept` sessions' batches that have not expired (lock held)."""
+        self._expire()
+        if len(self._jobs) >= self.max_kept:
+            soonest = self.max_idle_s - max(job.idle_s() for job in self._jobs.values())
+            raise Busy(f"the server keeps the batches of {self.max_kept} sessions (its limit) until their pages "
+                       f"leave them for {duration(self.max_idle_s)}: try again in {duration(max(soonest, 60))}")
 
     def job_for(self, key: object) -> BatchJob:
         """The session's job, ready to start (`check`): its own, else a new one with a new key."""
@@ -209,12 +236,9 @@ class BatchRegistry:
         job = self.get(key)
         with self._lock:
             if job is None:
+                self._check_room()
                 key = secrets.token_urlsafe(16)
                 job = self._jobs[key] = BatchJob(key, self.root / key, self.public)
-            idle = [k for k, j in self._jobs.items() if not j.running and j is not job]
-            stale = {k for k in idle if time.monotonic() - self._jobs[k].seen > MAX_IDLE_S}
-            for old in stale | set(idle[:max(0, len(self._jobs) - self.max_kept)]):  # the least recently used first
-                shutil.rmtree(self._jobs.pop(old).folder, ignore_errors=True)
             return job
 
     def stop_all(self, timeout: float | None = None) -> None:

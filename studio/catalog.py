@@ -1,4 +1,5 @@
-"""Which models the server offers (the access policy), and loading them once for all sessions.
+"""The model catalogue: which models the server offers (the access policy), and loading them (with their fidelity
+scorers) once for all sessions. No widgets here: the model selector is `studio.tabs.model`.
 
 Visitors see and send public model ids, never server paths. The server offers:
 
@@ -22,22 +23,19 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import gradio as gr
 import torch
 
 from siamese import ModelLoadError, SiameseConfig, load_model
+from siamese.fidelity import load_scorer
 from siamese.guide import GUIDE_FOLDER
 from siamese.model import HUB_ALLOW_PATTERNS, HUB_IGNORE_PATTERNS
-from siamese.sampling import describe_mask
 
-from .messages import Redactor, md_escape
+from .replies import Redactor, os_reason, shorten
 
 logger = logging.getLogger(__name__)
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-AUTOGUIDANCE_MAX = 4.0  # the sliders' top (the library takes up to siamese.guide.MAX_AUTOGUIDANCE)
-AUTOGUIDANCE_INFO = ("pushes the images away from the model's weaker guide: cleaner, more faithful; 1: off; costs "
-                     "about 40% more time; preset per model (off without a guide)")
+MAX_NAME_CHARS = 1000  # a model name longer than this is not one the server offers
 
 
 def is_model_folder(path: Path) -> bool:
@@ -129,12 +127,29 @@ class ModelCatalog:
                         choices.append((f"{p.name} ({where})", public))
         return choices
 
+    def default_config(self) -> SiameseConfig:
+        """The default model's config, read without loading the model (the package defaults for a hub id or a
+        folder that cannot load: the sliders follow the model once it loads, or its own error shows)."""
+        folder = Path(self.default)
+        try:
+            return SiameseConfig.load(folder) if folder.is_dir() else SiameseConfig()
+        except (ModelLoadError, ValueError, TypeError, OSError):
+            return SiameseConfig()
+
+    def default_guided(self) -> bool:
+        """Whether the default model's folder has a guide (autoguidance), seen without loading the model (True for
+        a hub id: the slider follows the model once it loads)."""
+        folder = Path(self.default)
+        return (folder / GUIDE_FOLDER).is_dir() if folder.is_dir() else True
+
     def resolve(self, value: str | None) -> ModelRef:
         """The model a request names, if this server offers it; else ModelNotOffered (the same message whether
         or not the name exists on the server)."""
         text = str(value or "").strip()
         if not text:
             raise ModelLoadError("no model selected: pick one in the model selector")
+        if len(text) > MAX_NAME_CHARS:
+            raise ModelNotOffered(self.refusal(text))
         if text in (self.default_id, self.default):
             return ModelRef(self.default, self.default_id, hub=self._default_is_hub)
         folder = next((root / text[len(prefix) + 1:] for prefix, root, _ in self.roots()
@@ -142,22 +157,27 @@ class ModelCatalog:
         if folder is None and Path(text).is_absolute():
             folder = Path(text)
         if folder is not None and ".." not in folder.parts:
-            public = self.public_id(folder)
+            try:
+                public = self.public_id(folder)
+                location = str(folder.resolve())
+            except (OSError, RuntimeError):  # a name too long for the file system, a loop of links
+                public = None
             if public is not None:
-                return ModelRef(str(folder.resolve()), public)
+                return ModelRef(location, public)
         elif folder is None and self.allow_hub and HUB_ID.fullmatch(text):
             return ModelRef(text, text, hub=True)
         raise ModelNotOffered(self.refusal(text))
 
     def refusal(self, text: str) -> str:
-        shown = text if len(text) <= 80 else text[:77] + "..."
+        shown = shorten(text)
         other = " or type a folder of the server's models folder as models/NAME" if self.models_root else ""
         hub = "hub ids (owner/name) are allowed" if self.allow_hub else "hub ids are not allowed here"
         return f"'{shown}' is not a model this server offers: pick one in the model selector{other} ({hub})."
 
 
 class ModelStore:
-    """Loaded models by location (the last `capacity` kept), shared by all sessions; only offered models load."""
+    """Loaded models by location (the last `capacity` kept) and their fidelity scorers, shared by all sessions; only
+    offered models load."""
 
     def __init__(self, catalog: ModelCatalog, redact: Redactor, device: str = "cpu",
                  dtype: torch.dtype = torch.float32, capacity: int = 2) -> None:
@@ -165,6 +185,8 @@ class ModelStore:
         self.device, self.dtype, self.capacity = device, dtype, capacity
         self._models: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
+        self.load_scorer = load_scorer  # (model folder, device) -> FidelityScorer | None; tests put a fake here
+        self._scorers: dict = {}
 
     def get(self, value: str | None):
         """The model a request names (loaded once); ModelLoadError with a message that shows no server path."""
@@ -182,6 +204,8 @@ class ModelStore:
                 model = load_model(folder, device=self.device, dtype=self.dtype)
             except ModelLoadError as e:
                 raise ModelLoadError(self.redact(str(e))) from None
+            except OSError as e:  # its text names server files: the reason only
+                raise ModelLoadError(f"{ref.public}: the model cannot be read ({os_reason(e)})") from None
             model.source = ref.public  # what generated pairs record: the public id, not the server folder
             logger.info("loaded %s in %.1f s", ref.public, time.perf_counter() - t0)
             self._models[ref.location] = model
@@ -197,95 +221,15 @@ class ModelStore:
         with self._lock:
             self._models.pop(location, None)
 
-
-def describe_autoguidance(weight: float) -> str:
-    """The autoguidance part of a status line (" · autoguidance W"); nothing when it is off (1)."""
-    return "" if float(weight) == 1.0 else f" · autoguidance {float(weight):g}"
-
-
-def fit_autoguidance(params, model) -> str:
-    """A model without a guide samples at autoguidance 1, whatever was asked: its slider is locked at 1, but a
-    script leaving the setting out gets the default model's value. Sets `params.autoguidance` (SamplingParams) to 1
-    then and returns a note for the status line ("" otherwise)."""
-    if model.guide is None and params.autoguidance is not None and float(params.autoguidance) != 1.0:
-        params.autoguidance = 1.0
-        return " (autoguidance off: this model has no guide)"
-    return ""
-
-
-def autoguidance_slider(value: float = 1.0, guided: bool = True) -> gr.Slider:
-    """The Autoguidance slider of the Generate and Batch tabs: at `value` (the model's recommended weight),
-    usable only when the model has a guide."""
-    return gr.Slider(1.0, max(AUTOGUIDANCE_MAX, float(value)), value=float(value) if guided else 1.0, step=0.25,
-                     label="Autoguidance", info=AUTOGUIDANCE_INFO, interactive=guided)
-
-
-def autoguidance_update(model) -> gr.Slider:
-    """The Autoguidance slider for a loaded model: its recommended weight, or 1 and locked when it has no guide."""
-    if model.guide is None:
-        return gr.Slider(value=1.0, maximum=AUTOGUIDANCE_MAX, interactive=False)
-    weight = float(model.config.autoguidance)
-    return gr.Slider(value=weight, maximum=max(AUTOGUIDANCE_MAX, weight), interactive=True)
-
-
-def model_summary(model) -> str:
-    ident = model.identity()
-    prompt = model.config.prompt or "(empty)"
-    guide = ""
-    if model.guide is not None:
-        guide = (f" · recommended autoguidance {model.config.autoguidance:g}" if model.config.autoguidance != 1
-                 else " · has a guide for autoguidance (off by default)")
-    return (f"**{ident['name'] or 'model'}** · {model.config.resolution}×{model.config.resolution} px · "
-            f"default prompt: *{prompt}* · recommended mask strength "
-            f"{describe_mask(model.config.control_scale, model.config.control_end)}{guide} · "
-            f"weights `{ident['fingerprint']}` · from `{ident['source']}`")
-
-
-class ModelHandlers:
-    """The model selector's handlers; part of `Studio` (uses `self.catalog`, `self.models`)."""
-
-    catalog: ModelCatalog
-    models: ModelStore
-
-    def model_choices(self) -> list[tuple[str, str]]:
-        return self.catalog.choices()
-
-    def refresh_models(self, model: str | None = None):
-        """The model selector with a fresh list of folders (the selection kept)."""
-        return gr.Dropdown(choices=self.model_choices(), value=model or self.catalog.default_id)
-
-    def default_config(self) -> SiameseConfig:
-        """The default model's config, read without loading the model (the package defaults for a hub id or a
-        folder that cannot load: the sliders follow the model once it loads, or its own error shows)."""
-        folder = Path(self.catalog.default)
-        try:
-            return SiameseConfig.load(folder) if folder.is_dir() else SiameseConfig()
-        except (ModelLoadError, ValueError, TypeError, OSError):
-            return SiameseConfig()
-
-    def default_guided(self) -> bool:
-        """Whether the default model's folder has a guide (autoguidance), seen without loading the model (True for
-        a hub id: the slider follows the model once it loads)."""
-        folder = Path(self.catalog.default)
-        return (folder / GUIDE_FOLDER).is_dir() if folder.is_dir() else True
-
-    def model_info(self, model: str | None):
-        """Load the selected model: its description and its recommended mask strength, mask steps and
-        autoguidance for the sliders (autoguidance 1 and locked without a guide); a clear message (not a crash,
-        the sliders left alone) when it cannot load."""
-        try:
-            m = self.models.get(model)
-        except ModelLoadError as e:
-            gr.Warning(str(e), title="Model not loaded")
-            return f"⚠️ {md_escape(str(e))}", gr.Slider(), gr.Slider(), gr.Slider()
-        return (model_summary(m), gr.Slider(value=m.config.control_scale), gr.Slider(value=m.config.control_end),
-                autoguidance_update(m))
-
-    def preload(self) -> None:
-        """Load the default model in the background so the first generation starts at once."""
-        def work():
+    def scorer(self, value: str | None):
+        """The fidelity scorer of the model a request names (loaded once), or None when it has none; a damaged one
+        is a ModelLoadError naming its file."""
+        ref = self.catalog.resolve(value)
+        if ref.location not in self._scorers:
             try:
-                self.models.get(self.catalog.default)
-            except Exception as e:  # noqa: BLE001 - reported when the model is used
-                logger.warning("default model not loaded: %s", e)
-        threading.Thread(target=work, name="siamese-preload", daemon=True).start()
+                folder = hub_snapshot(ref.location) if ref.hub else Path(ref.location)
+                self._scorers[ref.location] = self.load_scorer(folder, device=self.device)
+            except (ModelLoadError, ValueError, OSError) as e:
+                reason = os_reason(e) if isinstance(e, OSError) else self.redact(str(e))
+                raise ModelLoadError(f"the model's fidelity scorer (segmenter/) cannot be loaded: {reason}") from None
+        return self._scorers[ref.location]

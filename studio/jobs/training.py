@@ -1,4 +1,5 @@
-"""The background training run (one at a time) and what the page shows of it: status text and loss curves.
+"""The background training run, one at a time: `siamese.train.train` in a thread, its events turned into the state,
+message, losses and preview the Train tab shows (`studio.tabs.train`).
 
 The job keeps server paths to itself: every message it writes goes through `public` (a Redactor), which shows
 the run folder as `runs/app/NAME`.
@@ -7,21 +8,18 @@ the run folder as `runs/app/NAME`.
 from __future__ import annotations
 
 import logging
-import tempfile
+import shutil
 from collections.abc import Callable
-
-import pandas as pd
+from pathlib import Path
 
 from siamese import DataError, ModelLoadError
 from siamese.objective import LOSS_KEYS
 from siamese.train import TrainConfig, train
 
-from .background import BackgroundJob
-from .messages import md_escape
+from ..replies import Busy, md_escape, os_reason
+from .base import BackgroundJob
 
 logger = logging.getLogger(__name__)
-
-ACTIVE_STATES = ("running", "stopping")  # the page polls only while a run is in one of these
 
 
 class TrainingJob(BackgroundJob):
@@ -40,15 +38,15 @@ class TrainingJob(BackgroundJob):
         self.it_per_s = 0.0
         self.eta_s = 0.0
         self.output: str | None = None
-        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._tmp: Path | None = None
 
-    def start(self, config: TrainConfig, tmp: tempfile.TemporaryDirectory | None = None,
+    def start(self, config: TrainConfig, tmp: Path | None = None,
               prepare: Callable[[TrainConfig], TrainConfig] | None = None) -> None:
         """Run `train(config)` in a thread; `prepare` (e.g. fetching a hub base model) runs there first, and
-        `tmp` (an unpacked upload) is removed when the run ends."""
+        the folder `tmp` (an unpacked upload) is removed when the run ends."""
         with self._lock:
             if self.running:
-                raise RuntimeError("a training run is already in progress: stop it first")
+                raise Busy("a training run is already in progress: stop it first")
             self.state, self.rows, self.preview, self.error = "running", [], None, ""
             self._live_tail = False
             self.step, self.max_steps, self.it_per_s, self.eta_s = 0, config.base_steps + config.max_steps, 0.0, 0.0
@@ -66,17 +64,20 @@ class TrainingJob(BackgroundJob):
             train(prepare(config) if prepare else config, callback=self._on_event, stop=self._stop)
         except (DataError, ModelLoadError, ValueError) as e:
             self._fail(str(e))
+        except OSError as e:  # its text names server files: the reason only
+            logger.exception("training failed")
+            self._fail(f"a file could not be read or written ({os_reason(e)})")
         except Exception as e:  # noqa: BLE001 - a failed run must not take the server down
             logger.exception("training failed")
             self._fail(f"{type(e).__name__}: {e}")
         finally:
             if self._tmp is not None:
-                self._tmp.cleanup()
+                shutil.rmtree(self._tmp, ignore_errors=True)
                 self._tmp = None
 
     def _fail(self, text: str) -> None:
         with self._lock:
-            text = self.public(text)
+            text = " ".join(self.public(text).split())
             self.state, self.error = "failed", text
             self.message = f"Training failed: {md_escape(text)}"
             self.version += 1
@@ -131,35 +132,3 @@ class TrainingJob(BackgroundJob):
                         preview=self.preview, step=self.step, max_steps=self.max_steps, it_per_s=self.it_per_s,
                         eta_s=self.eta_s, output=self.output, error=self.error)
 
-
-def duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def status_text(snap: dict) -> str:
-    icon = {"idle": "", "running": "⏳ ", "stopping": "⏳ ", "finished": "✅ ", "stopped": "⏹️ ",
-            "failed": "❌ "}[snap["state"]]
-    text = icon + snap["message"]
-    if snap["state"] in ACTIVE_STATES and snap["max_steps"]:
-        text += f"\n\nStep **{snap['step']} / {snap['max_steps']}**"
-        if snap["it_per_s"]:
-            text += f" · {snap['it_per_s']:.2f} it/s · ETA {duration(snap['eta_s'])}"
-    if snap["rows"]:
-        last = snap["rows"][-1]
-        text += "\n\n" + " · ".join(f"{k} {last[k]:.4g}" for k in LOSS_KEYS if k in last)
-    return text
-
-
-LOSS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#7f7f7f")
-
-
-def loss_frame(rows: list[dict]) -> pd.DataFrame:
-    """Loss rows -> long format (step, value, term) for the line plot."""
-    records = [(r["step"], float(r[k]), k) for r in rows for k in LOSS_KEYS if k in r]
-    steps, values, terms = zip(*records) if records else ((), (), ())
-    # typed even when empty, so the plot's axes are numeric from the start
-    return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "value": pd.Series(values, dtype="float64"),
-                         "term": pd.Series(terms, dtype="str")})

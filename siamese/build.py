@@ -1,0 +1,326 @@
+"""A complete model from a folder of image-mask pairs, in one resumable command (`python -m siamese build`).
+
+The stages are those that made the bundled polyp model (its model card has every figure):
+
+    1-base      text-to-image pre-training of the tiny UNet (objective base, EMA)
+    decoder     the learned decoder of the patch codec fitted in 1-base (it depends on the codec alone)
+    scorer      the fidelity scorer, a MONAI UNet on the training pairs (its Dice on the held-out pairs is the ceiling)
+    2-siamese   the Siamese objective; the ControlNet initialised from the 1-base encoder
+    3-biased    more Siamese steps with the noisiest timesteps favoured (timestep bias "later", x3 on half)
+    4-locked    more biased Siamese steps with the UNet decoder locked (the ControlNet alone learns)
+    assemble    4-locked with the decoder, the scorer, and 2-siamese as its autoguidance guide
+    sweep       mask strength, guidance and autoguidance chosen on the held-out split (`siamese.sweep`)
+    ship        OUTPUT: the model in float16 with the chosen settings, metrics.csv of every stage, build.json, card
+    evaluate    `siamese.evaluate` on the held-out split: evaluation.json and the model card's figures
+
+OUTPUT/build/ holds the stages' run folders, `plan.json` (every stage's settings, fixed at the first run) and
+`done.json` (the finished stages). Running the same command again skips the finished stages and resumes the
+running one from its last checkpoint; a training stage killed at any point continues to the same weights.
+`budget_hours` scales every stage's steps from the full recipe (`REFERENCE_HOURS` on 2 idle CPU cores at 256 px,
+batch 8), in the recipe's proportions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .card import write_model_card
+from .data import PairDataset, find_pairs, split_pairs
+from .decoder import DecoderTrainConfig
+from .evaluate import EvalConfig, evaluate
+from .fidelity import ScorerConfig, load_scorer
+from .files import atomic_write, check_writable
+from .folder_ops import add_decoder, add_scorer
+from .guide import make_guide
+from .model import load_model
+from .sweep import Candidate, choose, measure_candidates
+from .train import train
+from .train_config import MAX_SEED, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BuildConfig", "build", "plan_stages", "BUILD_FOLDER", "REFERENCE_HOURS", "STAGES"]
+
+BUILD_FOLDER = "build"
+REFERENCE_HOURS = 3.5  # the full recipe (budget factor 1) on 2 idle CPU cores at 256 px, batch 8
+# seconds per step of each kind at budget factor 1 (what REFERENCE_HOURS adds up to); for the ETA only
+_SECONDS_PER_STEP = {"base": 0.5, "siamese": 2.2, "decoder": 0.4, "scorer": 0.3}
+STAGES = ("1-base", "decoder", "scorer", "2-siamese", "3-biased", "4-locked", "assemble", "sweep", "ship", "evaluate")
+# the full recipe's training stages: steps, length of the lr/EMA schedule (steps / share), settings
+_FULL = {
+    "1-base": dict(steps=3600, share=1.0, objective="base", lr=3e-4, warmup_steps=100, ema_decay=0.999, log_every=50),
+    "2-siamese": dict(steps=2000, share=1.0, objective="siamese", lr=2e-4, warmup_steps=50, ema_decay=0.99,
+                      log_every=20, preview_every=250),
+    "3-biased": dict(steps=700, share=0.7, objective="siamese", lr=2e-4, warmup_steps=50, ema_decay=0.99, log_every=20,
+                     timestep_bias="later", timestep_bias_multiplier=3.0, timestep_bias_portion=0.5),
+    "4-locked": dict(steps=1200, share=0.6, objective="siamese", lr=2e-4, warmup_steps=50, ema_decay=0.99,
+                     log_every=20, unlock_decoder=False, timestep_bias="later", timestep_bias_multiplier=3.0,
+                     timestep_bias_portion=0.5),
+}
+_FULL_DECODER_STEPS, _FULL_SCORER_STEPS = 4000, 2000
+_FROM = {"1-base": "tiny", "2-siamese": "1-base", "3-biased": "2-siamese", "4-locked": "3-biased"}
+# the sweep: mask strength x guidance at autoguidance 2, then autoguidance 1 and 3 at the best of those
+_SWEEP_GRID = [Candidate(c, 1.0, g, 2.0) for c in (1.0, 1.5, 2.0) for g in (6.0, 9.0)]
+_SWEEP_AUTOGUIDANCE = (1.0, 3.0)
+
+
+class BuildStopped(Exception):
+    """The build was asked to stop; the running stage saved a checkpoint (the same command resumes)."""
+
+
+@dataclass
+class BuildConfig:
+    """The settings of a build; the plan made from them is fixed at the first run (OUTPUT/build/plan.json)."""
+
+    data: str
+    output: str
+    budget_hours: float = REFERENCE_HOURS  # CPU time the training stages are planned for (2 cores)
+    resolution: int = 256
+    batch_size: int = 8
+    holdout: float = 0.2  # share of the pairs held out for the sweep and the evaluation (split seed 0)
+    prompt: str | None = None  # None: guessed from the data folder's name, or the pairs' prompt.json
+    name: str = ""  # default: the output folder's name
+    seed: int = 0
+    sweep_masks: int = 32  # held-out masks the sweep samples (one image each, per candidate)
+    sweep_steps: int = 16  # sampling steps in the sweep (the app's default)
+    eval_seeds: int = 2  # segmentation seeds of the final evaluation's downstream test; 0: no evaluation
+    eval_seg_steps: int = 600  # training steps of each of the evaluation's segmentation networks
+    report_to: str = "none"
+
+    def validate(self) -> None:
+        if not isinstance(self.budget_hours, (int, float)) or isinstance(self.budget_hours, bool) \
+                or not 0 < self.budget_hours <= 1000:
+            raise ValueError(f"budget hours must be a positive number, at most 1000, got {self.budget_hours!r}")
+        if not isinstance(self.holdout, (int, float)) or not 0 < self.holdout < 1:
+            raise ValueError(f"holdout must be a fraction above 0 and below 1 (the sweep and the evaluation need "
+                             f"held-out pairs), got {self.holdout!r}")
+        for name, low, high in (("sweep_masks", 4, 1000), ("sweep_steps", 1, 1000), ("eval_seeds", 0, 16),
+                                ("eval_seg_steps", 1, 100000),
+                                ("seed", 0, MAX_SEED)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name.replace('_', ' ')} must be a whole number from {low} to {high}, got {value!r}")
+        TrainConfig(data=self.data, output=self.output, resolution=self.resolution, batch_size=self.batch_size,
+                    holdout=self.holdout, prompt=self.prompt, name=self.name, seed=self.seed,
+                    report_to=self.report_to).validate()  # the settings every training stage shares
+
+    def factor(self) -> float:
+        """The share of the full recipe's steps: budget / REFERENCE_HOURS, less for larger images and batches."""
+        return self.budget_hours / REFERENCE_HOURS * (256 / self.resolution) ** 2 * (8 / self.batch_size)
+
+    def train_config(self, stage: str, settings: dict) -> TrainConfig:
+        """The TrainConfig of a training stage from its planned settings."""
+        build = Path(self.output) / BUILD_FOLDER
+        source = _FROM[stage]
+        return TrainConfig(
+            data=self.data, output=str(build / stage), model=source if source == "tiny" else str(build / source),
+            resolution=self.resolution, batch_size=self.batch_size, seed=self.seed, holdout=self.holdout,
+            name=self.name or Path(self.output).name, prompt=self.prompt, resume="latest", scorer_steps=0,
+            report_to=self.report_to, **settings)
+
+
+def plan_stages(config: BuildConfig) -> dict[str, dict]:
+    """Every stage's settings, from the budget: the full recipe's steps times `config.factor()` (at least 10)."""
+    f = config.factor()
+    plan: dict[str, dict] = {}
+    for stage, full in _FULL.items():
+        settings = {k: v for k, v in full.items() if k not in ("steps", "share")}
+        steps = max(10, round(full["steps"] * f))
+        schedule = max(steps, round(steps / full["share"]))
+        settings.update(max_steps=schedule, stop_at=steps if schedule > steps else 0,
+                        checkpoint_every=max(5, min(200, steps // 10)),
+                        warmup_steps=min(steps // 2, round(full["warmup_steps"] * f)))
+        if "preview_every" in full:
+            settings["preview_every"] = max(10, round(full["preview_every"] * f))
+        plan[stage] = settings
+    plan["decoder"] = {"steps": max(10, round(_FULL_DECODER_STEPS * f)), "crop": min(96, config.resolution)}
+    plan["scorer"] = {"steps": max(10, round(_FULL_SCORER_STEPS * f)), "resolution": min(128, config.resolution)}
+    return plan
+
+
+def _stage_seconds(stage: str, settings: dict) -> float:
+    """A rough duration of a stage on 2 idle cores, for the ETA."""
+    if stage in _FULL:
+        steps = settings["stop_at"] or settings["max_steps"]
+        return steps * _SECONDS_PER_STEP["base" if settings["objective"] == "base" else "siamese"]
+    if stage in ("decoder", "scorer"):
+        return settings["steps"] * _SECONDS_PER_STEP[stage]
+    return 0.0
+
+
+class _Record:
+    """OUTPUT/build/plan.json and done.json: the plan fixed at the first run, and the finished stages' results."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.done_path = folder / "done.json"
+        self.done: dict[str, dict] = json.loads(self.done_path.read_text()) if self.done_path.is_file() else {}
+
+    def fix_plan(self, config: BuildConfig, plan: dict) -> None:
+        record = {"config": {k: v for k, v in asdict(config).items()}, "stages": plan}
+        path = self.folder / "plan.json"
+        if path.is_file():
+            before = json.loads(path.read_text())
+            if before != json.loads(json.dumps(record)):
+                changed = sorted(k for k in record["config"] if before.get("config", {}).get(k) != record["config"][k])
+                raise ValueError(f"{self.folder.parent} holds a build begun with other settings ({', '.join(changed) or 'the plan'}"
+                                 f" differ): run it again with the same settings to resume, or build into a new output folder")
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, (json.dumps(record, indent=2) + "\n").encode())
+
+    def finish(self, stage: str, result: dict | None = None) -> None:
+        self.done[stage] = result or {}
+        atomic_write(self.done_path, (json.dumps(self.done, indent=2) + "\n").encode())
+
+
+def build(config: BuildConfig, callback: Callable[[dict], None] | None = None, stop: threading.Event | None = None,
+          progress_bar: bool = False) -> Path:
+    """Run (or resume) every stage of the build; returns OUTPUT, a complete model folder.
+
+    `callback` receives {"type": "stage", "stage", "index", "total", "eta_s"} before each stage, every training event
+    of `siamese.train.train` with "stage" added, and {"type": "done", "output"} at the end. Setting `stop` ends the
+    build after the current training step (saved; the same call resumes): BuildStopped is raised.
+    """
+    config.validate()
+    out = Path(config.output)
+    check_writable(out)
+    find_pairs(config.data)  # the data, checked before anything is written
+    emit = callback or (lambda event: None)
+    plan = plan_stages(config)
+    record = _Record(out / BUILD_FOLDER)
+    record.fix_plan(config, plan)
+    build_dir = out / BUILD_FOLDER
+    remaining = [s for s in STAGES if s not in record.done and not (s == "evaluate" and not config.eval_seeds)]
+    for index, stage in enumerate(STAGES, 1):
+        if stage not in remaining:
+            continue
+        eta = sum(_stage_seconds(s, plan.get(s, {})) for s in remaining[remaining.index(stage):])
+        logger.info("stage %d/%d: %s (about %.0f min of training left on 2 idle cores)", index, len(STAGES), stage,
+                    eta / 60)
+        emit({"type": "stage", "stage": stage, "index": index, "total": len(STAGES), "eta_s": eta})
+        result = _run_stage(stage, config, plan, build_dir, emit, stop, progress_bar)
+        record.finish(stage, result)
+    emit({"type": "done", "output": str(out)})
+    return out
+
+
+def _run_stage(stage: str, config: BuildConfig, plan: dict, build_dir: Path, emit: Callable[[dict], None],
+               stop: threading.Event | None, progress_bar: bool) -> dict:
+    if stage in _FULL:
+        train(config.train_config(stage, plan[stage]), lambda e: emit({**e, "stage": stage}), stop, progress_bar)
+        if stop is not None and stop.is_set():
+            raise BuildStopped(f"stopped in stage {stage}: run the same build again to resume")
+        return {}
+    parts = build_dir / "parts"  # 1-base's codec with the learned decoder, and the fidelity scorer
+    if stage == "decoder":
+        add_decoder(str(build_dir / "1-base"), config.data, DecoderTrainConfig(seed=config.seed, **plan["decoder"]),
+                    output=str(parts), holdout=config.holdout)
+        return {}
+    if stage == "scorer":
+        add_scorer(parts, config.data, ScorerConfig(seed=config.seed, **plan["scorer"]), holdout=config.holdout,
+                   holdout_seed=0, progress_bar=progress_bar)
+        return {"held_out_dice": load_scorer(parts).config.held_out_dice}
+    if stage == "assemble":
+        model, weak = load_model(build_dir / "4-locked"), load_model(build_dir / "2-siamese")
+        decoder = load_model(parts).codec.decoder
+        model.codec.set_decoder(decoder)
+        weak.codec.set_decoder(decoder)
+        model.guide = make_guide(model, weak, "stage 2-siamese of its build")
+        model.scheduler_config["timestep_spacing"] = "trailing"
+        model.save_pretrained(build_dir / "assembled")
+        _copy_scorer(parts, build_dir / "assembled")
+        return {}
+    if stage == "sweep":
+        return _sweep(config, build_dir, emit)
+    if stage == "ship":
+        return _ship(config, plan, build_dir)
+    if stage == "evaluate":
+        evaluate(EvalConfig(data=config.data, model=config.output, test_fraction=config.holdout, seed=0,
+                            seeds=config.eval_seeds, seg_steps=config.eval_seg_steps, steps=config.sweep_steps,
+                            guidance_scale=_chosen(build_dir)["guidance_scale"]), progress_bar=progress_bar)
+        return {}  # the report is OUTPUT/evaluation.json, and in the model card
+    raise ValueError(f"unknown build stage {stage!r}")
+
+
+def _copy_scorer(parts: Path, folder: Path) -> None:
+    import shutil
+
+    shutil.copytree(parts / "segmenter", folder / "segmenter", dirs_exist_ok=True)
+
+
+def _held_out(config: BuildConfig, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sweep's held-out masks and images, and the training images, at the model resolution."""
+    train_pairs, held = split_pairs(find_pairs(config.data), config.holdout, 0)
+    test = PairDataset(config.data, resolution, pairs=held[:config.sweep_masks])
+    keep = [i for i, m in enumerate(test.masks) if 0 < m.mean() < 1]
+    train_images = PairDataset(config.data, resolution, pairs=train_pairs[:200]).images
+    return test.masks[keep], test.images[keep], train_images
+
+
+def _sweep(config: BuildConfig, build_dir: Path, emit: Callable[[dict], None]) -> dict:
+    model = load_model(build_dir / "assembled")
+    scorer = load_scorer(build_dir / "assembled")
+    masks, real, train_images = _held_out(config, model.config.resolution)
+    progress = lambda done, total: emit({"type": "sweep", "done": done, "total": total})  # noqa: E731
+    kw = dict(steps=config.sweep_steps, seed=config.seed, callback=progress)
+    rows = measure_candidates(model, scorer, masks, real, train_images, _SWEEP_GRID, **kw)
+    best = choose(rows, scorer.config.held_out_dice)
+    more = [Candidate(best["control_scale"], best["control_end"], best["guidance_scale"], w) for w in _SWEEP_AUTOGUIDANCE]
+    rows += measure_candidates(model, scorer, masks, real, train_images, more, **kw)
+    chosen = choose(rows, scorer.config.held_out_dice)
+    logger.info("chosen: %s", chosen)
+    return {"rows": rows, "chosen": chosen, "ceiling": scorer.config.held_out_dice, "masks": len(masks),
+            "steps": config.sweep_steps, "scheduler": "dpm++"}
+
+
+def _chosen(build_dir: Path) -> dict:
+    return json.loads((build_dir / "done.json").read_text())["sweep"]["chosen"]
+
+
+def _ship(config: BuildConfig, plan: dict, build_dir: Path) -> dict:
+    out = Path(config.output)
+    chosen = _chosen(build_dir)
+    model = load_model(build_dir / "assembled")
+    model.config.control_scale, model.config.control_end = chosen["control_scale"], chosen["control_end"]
+    model.config.autoguidance = chosen["autoguidance"]
+    if chosen["autoguidance"] == 1.0:
+        model.guide = None
+    model.save_pretrained(out, dtype=torch.float16)
+    _copy_scorer(build_dir / "parts", out)
+    for name in ("train_config.json",):
+        (out / name).write_text((build_dir / "4-locked" / name).read_text())
+    _merge_metrics([build_dir / s for s in _FULL], out / "metrics.csv")
+    done = json.loads((build_dir / "done.json").read_text())
+    summary = {"plan": plan, "budget_hours": config.budget_hours, "factor": round(config.factor(), 4),
+               "sweep": done.get("sweep"), "scorer_held_out_dice": done.get("scorer", {}).get("held_out_dice"),
+               "recommended": {"control_scale": chosen["control_scale"], "control_end": chosen["control_end"],
+                               "guidance_scale": chosen["guidance_scale"], "autoguidance": chosen["autoguidance"]}}
+    atomic_write(out / "build.json", (json.dumps(summary, indent=2) + "\n").encode())
+    write_model_card(out)
+    return {}
+
+
+def _merge_metrics(folders: list[Path], path: Path) -> None:
+    """Every training stage's metrics.csv rows in one file, with a `stage` column first."""
+    rows, header = [], None
+    for folder in folders:
+        with open(folder / "metrics.csv", newline="") as f:
+            reader = csv.reader(f)
+            head = next(reader)
+            header = header or head
+            rows += [[folder.name, *row] for row in reader]
+    with open(path.with_suffix(".tmp"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["stage", *(header or [])])
+        writer.writerows(rows)
+    path.with_suffix(".tmp").replace(path)

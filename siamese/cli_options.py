@@ -1,0 +1,77 @@
+"""Command-line options made from the settings themselves, so that no default or help text is written twice.
+
+`add_config_options` turns the fields of a settings dataclass (`TrainConfig`) into options: `--field-name`, the
+field's type and default, and the help, choices or other option name in its metadata (`train_config.setting`);
+`config_from_args` builds the dataclass back from the parsed arguments. `add_sampling_options` declares the
+sampling options that `sample` and `evaluate` share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from dataclasses import MISSING, fields
+from typing import Any
+
+from .params import SCHEDULERS
+
+__all__ = ["add_config_options", "config_from_args", "add_sampling_options", "CONTROL_SCALE_HELP",
+           "CONTROL_END_HELP", "AUTOGUIDANCE_HELP"]
+
+CONTROL_SCALE_HELP = ("multiplies the ControlNet residuals: how strongly the mask acts (1: as trained, 0: ignored; "
+                      "default: the model's recommended value)")
+AUTOGUIDANCE_HELP = ("autoguidance weight: above 1 pushes the images away from the model's guide, a weaker version of "
+                     "it (1: off; needs a guide, see add-guide; default: the model's recommended value)")
+CONTROL_END_HELP = ("fraction of the sampling steps, from the first, in which the mask acts (1: all; 0.5: the noisier "
+                    "half, which decides the layout; default: the model's recommended value)")
+
+
+def _value_type(annotation: Any) -> type:
+    """The type an option's text is converted to: str, int, float or bool (`X | None` counts as X)."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation not in (str, int, float, bool):
+        raise TypeError(f"a command-line setting must be text, a whole number, a number or a switch, got {annotation}")
+    return annotation
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One option per field of the dataclass `cls` that is not `hidden`: required when the field has no default;
+    a bool field is a switch (`--name` sets True; with a `flag` and default True, the flag sets it False)."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        meta = f.metadata
+        if meta.get("hidden"):
+            continue
+        kind = _value_type(hints[f.name])
+        name = meta.get("flag", "--" + f.name.replace("_", "-"))
+        kw: dict[str, Any] = {"dest": f.name, "help": meta.get("help") or None}
+        if kind is bool:
+            kw.update(action="store_false" if f.default is True else "store_true")
+        elif f.default is MISSING:
+            kw.update(type=kind, required=True)
+        else:
+            kw.update(type=kind, default=f.default)
+        if "choices" in meta:
+            kw["choices"] = tuple(meta["choices"])
+        parser.add_argument(name, **kw)
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """The dataclass `cls` from parsed arguments: every option `add_config_options` made, the hidden fields at their
+    defaults."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if not f.metadata.get("hidden")})
+
+
+def add_sampling_options(parser: argparse.ArgumentParser, *, steps: int, guidance: float, scheduler: str,
+                         guidance_help: str | None = None) -> None:
+    """The sampling options `sample` and `evaluate` share (their defaults differ): --steps, --guidance,
+    --scheduler, --control-scale, --control-end and --autoguidance."""
+    parser.add_argument("--steps", type=int, default=steps, help="denoising steps (default %(default)s)")
+    parser.add_argument("--guidance", type=float, default=guidance,
+                        help=guidance_help or "classifier-free guidance scale (default %(default)g)")
+    parser.add_argument("--scheduler", default=scheduler, choices=SCHEDULERS)
+    parser.add_argument("--control-scale", type=float, default=None, help=CONTROL_SCALE_HELP)
+    parser.add_argument("--control-end", type=float, default=None, help=CONTROL_END_HELP)
+    parser.add_argument("--autoguidance", type=float, default=None, help=AUTOGUIDANCE_HELP)

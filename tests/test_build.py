@@ -1,0 +1,139 @@
+"""`python -m siamese build`: the plan follows the recipe and the budget, bad settings are refused before anything
+is written, and a build killed in the middle of a training stage resumes to the same model as one never killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from siamese import load_model
+from siamese.build import REFERENCE_HOURS, BuildConfig, build, plan_stages
+from siamese.cli import main
+from siamese.fidelity import load_scorer
+from siamese.sampling import SamplingParams, generate
+from siamese.sweep import choose
+
+from conftest import write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--budget-hours", "0.0001", "--resolution", "64", "--batch-size", "2", "--sweep-masks", "4",
+        "--eval-seeds", "1"]
+
+
+def test_the_full_budget_plans_the_polyp_recipe():
+    """At REFERENCE_HOURS, 256 px and batch 8 the plan is checkpoints/siamese-kvasir-tiny/recipe.sh's stages."""
+    plan = plan_stages(BuildConfig(data="d", output="o", budget_hours=REFERENCE_HOURS))
+    assert (plan["1-base"]["max_steps"], plan["1-base"]["stop_at"], plan["1-base"]["lr"]) == (3600, 0, 3e-4)
+    assert (plan["2-siamese"]["max_steps"], plan["2-siamese"]["stop_at"]) == (2000, 0)
+    assert (plan["3-biased"]["max_steps"], plan["3-biased"]["stop_at"]) == (1000, 700)
+    assert (plan["4-locked"]["max_steps"], plan["4-locked"]["stop_at"]) == (2000, 1200)
+    assert plan["4-locked"]["unlock_decoder"] is False and plan["3-biased"]["timestep_bias"] == "later"
+    assert plan["decoder"]["steps"] == 4000 and plan["scorer"]["steps"] == 2000
+
+
+def test_the_budget_scales_every_stage_in_proportion():
+    full = plan_stages(BuildConfig(data="d", output="o", budget_hours=REFERENCE_HOURS))
+    half = plan_stages(BuildConfig(data="d", output="o", budget_hours=REFERENCE_HOURS / 2))
+    assert half["1-base"]["max_steps"] == 1800 and half["3-biased"]["stop_at"] == 350
+    assert half["decoder"]["steps"] == 2000
+    bigger = plan_stages(BuildConfig(data="d", output="o", budget_hours=REFERENCE_HOURS, resolution=512))
+    assert bigger["1-base"]["max_steps"] == 900  # 4x the pixels per step: a quarter of the steps
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"budget_hours": 0}, "budget hours"), ({"holdout": 0.0}, "holdout"), ({"resolution": 100}, "resolution"),
+    ({"sweep_masks": 2}, "sweep masks"), ({"eval_seeds": -1}, "eval seeds"), ({"batch_size": 0}, "batch size"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(dataset, tmp_path, change, message):
+    out = tmp_path / "model"
+    with pytest.raises(ValueError, match=message):
+        build(BuildConfig(data=str(dataset), output=str(out), **change))
+    assert not out.exists()
+
+
+def test_cli_refuses_a_build_resumed_with_other_settings(dataset, tmp_path, capsys):
+    out = tmp_path / "model"
+    (out / "build").mkdir(parents=True)
+    config = BuildConfig(data=str(dataset), output=str(out), budget_hours=1.0)
+    (out / "build" / "plan.json").write_text(json.dumps({"config": vars(config), "stages": plan_stages(config)}))
+    assert main(["build", "--data", str(dataset), "--output", str(out), "--budget-hours", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "budget_hours" in err and "same settings" in err
+
+
+def test_choose_takes_the_most_realistic_faithful_setting():
+    rows = [{"fidelity": 0.50, "kid": 1.0}, {"fidelity": 0.80, "kid": 5.0}, {"fidelity": 0.78, "kid": 3.0},
+            {"fidelity": 0.60, "kid": 2.0}]
+    assert choose(rows, ceiling=0.8)["kid"] == 3.0  # 0.78 >= 0.95 x 0.8; the 0.5 and 0.6 rows are not faithful
+    assert choose(rows, ceiling=None)["kid"] == 3.0  # within 0.02 of the best
+    assert choose(rows, ceiling=0.99)["kid"] == 3.0  # none reaches the ceiling's share: within 0.02 of the best
+
+
+def _build(data: Path, out: Path, kill_at: str | None = None) -> subprocess.Popen | subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "siamese", "build", "--data", str(data), "--output", str(out), *TINY]
+    if kill_at is None:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 900
+    while not (out / "build" / kill_at).exists():
+        assert proc.poll() is None and time.time() < deadline, "the build ended before the kill point"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc
+
+
+def _weights(folder: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for path in sorted(folder.rglob("*.safetensors")):
+        if "build" not in path.relative_to(folder).parts:
+            out.update({f"{path.relative_to(folder)}:{k}": v for k, v in load_file(str(path)).items()})
+    return out
+
+
+@pytest.mark.slow
+def test_a_build_killed_in_a_stage_resumes_to_the_same_model(tmp_path):
+    """Every stage on a tiny dataset, once straight through and once killed by SIGKILL inside the Siamese stage (after
+    its first checkpoint) and run again: the same weights, sweep and recommended settings; the folder is complete."""
+    data = write_dataset(tmp_path / "data", n=12, size=80)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = _build(data, whole)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stage 10/10: evaluate" in done.stderr and f"model built in {whole}" in done.stdout
+    _build(data, killed, kill_at="2-siamese/checkpoints/step-0000005")
+    assert not (killed / "build.json").exists()
+    again = _build(data, killed)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "stage 1/10" not in again.stderr  # finished stages are skipped
+
+    a, b = _weights(whole), _weights(killed)
+    assert a.keys() == b.keys() and any(k.startswith("guide/") for k in a) and any("decoder" in k for k in a)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    record_a, record_b = (json.loads((f / "build.json").read_text()) for f in (whole, killed))
+    assert record_a["sweep"]["rows"] == record_b["sweep"]["rows"]
+    chosen = record_a["sweep"]["chosen"]
+    config = json.loads((whole / "siamese_config.json").read_text())
+    assert (config["control_scale"], config["autoguidance"]) == (chosen["control_scale"], chosen["autoguidance"])
+    # a complete model: scorer, card with the evaluation and the copying check, every stage's losses
+    assert load_scorer(whole) is not None
+    evaluation = json.loads((whole / "evaluation.json").read_text())
+    assert evaluation["memorisation"]["ratio"] > 0
+    card = (whole / "README.md").read_text()
+    assert "copying" in card and "Mask fidelity" in card
+    stages = {line.split(",")[0] for line in (whole / "metrics.csv").read_text().splitlines()[1:]}
+    assert stages == {"1-base", "2-siamese", "3-biased", "4-locked"}
+    model = load_model(whole)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:44, 16:40] = 1
+    [item] = generate(model, mask, 1, seed=0, params=SamplingParams(steps=2, scheduler="dpm++"))
+    assert item.params["control_scale"] == chosen["control_scale"] and item.image.shape == (64, 64, 3)
