@@ -5,13 +5,13 @@ Each candidate (a dict of `siamese.sampling.sample` settings) makes one image fr
 masks of the model's split (`--test-fraction 0.2`, seed 0, as the card), image i from generator seed i, so every
 candidate sees the same masks and starting noise. Measured, as `siamese.evaluate` measures them:
 
-- colour/texture KID x1e3: `image_metrics.image_statistics` of the generated images against all held-out real
+- colour/texture KID: `image_metrics.image_statistics` of the generated images against all held-out real
   images, standardised on the training images, at the model resolution (`siamese.sweep`'s protocol);
-- feature KID x1e3: the same on the encoder features of the model's fidelity scorer (its `segmenter/`, the
+- feature KID: the same on the encoder features of the model's fidelity scorer (its `segmenter/`, the
   evaluation's instrument trained on the training split), at the scorer's resolution;
 - fidelity Dice: the scorer's segmentation of each generated image against its mask.
 
-KID's "+-" is the standard deviation over random subsets of 50 (the card's noise). The candidates share masks and
+KID is on the scale `siamese.evaluate` reports and the model card quotes (unscaled); its "+-" is the standard deviation over random subsets of 50 (the card's noise). The candidates share masks and
 seeds, so their differences are less noisy than that: a paired comparison.
 """
 
@@ -94,7 +94,7 @@ def generate_held_out(model: SiameseModel, masks: np.ndarray, settings: dict, ba
 
 def measure_quality(model: SiameseModel, scorer: FidelityScorer, held: HeldOut, candidates: dict[str, dict],
                     log: Callable[[str], None] = lambda s: None) -> dict[str, dict]:
-    """name -> colour/texture and feature KID x1e3 (mean, std over subsets), fidelity Dice and the seconds per image
+    """name -> colour/texture and feature KID (mean, std over subsets), fidelity Dice and the seconds per image
     the generation took (timed alone: a rough figure; the speed sections time interleaved)."""
     out = {}
     S = scorer.config.resolution
@@ -105,10 +105,10 @@ def measure_quality(model: SiameseModel, scorer: FidelityScorer, held: HeldOut, 
         k_stat = kid(stats, held.real_statistics, subsets=100, subset_size=50, seed=0)
         k_feat = kid(feats, held.real_features, subsets=100, subset_size=50, seed=0)
         out[name] = {"settings": settings, "images": len(images),
-                     "kid_colour_x1e3": round(k_stat[0] * 1e3, 3), "kid_colour_std_x1e3": round(k_stat[1] * 1e3, 3),
-                     "kid_features_x1e3": round(k_feat[0] * 1e3, 3), "kid_features_std_x1e3": round(k_feat[1] * 1e3, 3),
+                     "kid_colour": round(k_stat[0], 3), "kid_colour_std": round(k_stat[1], 3),
+                     "kid_features": round(k_feat[0], 3), "kid_features_std": round(k_feat[1], 3),
                      "fidelity_dice": round(float(scorer.score(images, held.masks).mean()), 4),
                      "seconds_per_image_alone": round(seconds / len(images), 3)}
-        log(f"  {name}: colour/texture KID x1e3 {out[name]['kid_colour_x1e3']:.2f}, feature KID x1e3 "
-            f"{out[name]['kid_features_x1e3']:.2f}, fidelity {out[name]['fidelity_dice']:.3f}")
+        log(f"  {name}: colour/texture KID {out[name]['kid_colour']:.2f}, feature KID {out[name]['kid_features']:.2f}, "
+            f"fidelity {out[name]['fidelity_dice']:.3f}")
     return out

@@ -7,23 +7,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from .data import DataError, augment_mask, read_image, read_mask
 from .export import export_zip, write_pairs
+from .files import DEFAULT_MODEL_NAME, default_model
 from .model import ModelLoadError, SiameseConfig, SiameseModel, build_tiny, load_model
-from .sampling import Generated, SamplingParams, generate, sample
+from .params import Generated, SamplingParams
+from .sampling import generate, sample
 
 __all__ = [
     "DataError", "ModelLoadError", "SiameseConfig", "SiameseModel", "Generated", "SamplingParams",
     "build_tiny", "load_model", "generate", "sample", "read_image", "read_mask", "augment_mask",
     "write_pairs", "export_zip", "default_model", "DEFAULT_MODEL_NAME",
 ]
-
-DEFAULT_MODEL_NAME = "siamese-kvasir-tiny"
-
-
-def default_model() -> str:
-    """The model used when none is named: $SIAMESE_MODEL (a folder or hub id), else the bundled one."""
-    return os.environ.get("SIAMESE_MODEL") or str(Path(__file__).resolve().parent.parent / "checkpoints" / DEFAULT_MODEL_NAME)

@@ -36,8 +36,8 @@ __all__ = ["ScoredPair", "run_batch", "pair_seed", "validate_min_fidelity", "fin
 REJECTED_FOLDER = "rejected"
 # the settings a finished pair must have been made with to count as done (`finished_pairs`)
 _SAME = ("seed", "steps", "guidance_scale", "scheduler", "eta", "control_scale", "control_end", "autoguidance",
-         "prompt", "resolution")
-_BEFORE = {"autoguidance": 1.0}  # settings that pairs made before them lack, with the value they were made with
+         "cache_interval", "precision", "prompt", "resolution")
+_BEFORE = {"autoguidance": 1.0, "cache_interval": 1, "precision": "float32"}  # settings that pairs made before them lack, with the value they were made with
 
 
 @dataclass
@@ -175,6 +175,7 @@ def finished_pairs(
     expected = {"steps": params.steps, "guidance_scale": params.guidance_scale, "scheduler": params.scheduler,
                 "eta": params.eta, "control_scale": params.control_scale_for(model),
                 "control_end": params.control_end_for(model), "autoguidance": params.autoguidance_for(model),
+                "cache_interval": params.cache_interval, "precision": params.precision,
                 "prompt": model.config.prompt if params.prompt is None else params.prompt,
                 "resolution": model.config.resolution}
     fingerprint = model.identity()["fingerprint"]

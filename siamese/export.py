@@ -31,7 +31,8 @@ def parameters_text(params: dict) -> str:
     fields = {
         "Steps": params.get("steps"), "Sampler": params.get("scheduler"), "CFG scale": params.get("guidance_scale"),
         "Control scale": params.get("control_scale"), "Control end": params.get("control_end"),
-        "Autoguidance": params.get("autoguidance"),
+        "Autoguidance": params.get("autoguidance"), "Cache interval": params.get("cache_interval"),
+        "Precision": params.get("precision"),
         "Seed": params.get("seed"), "Size": f"{params.get('resolution')}x{params.get('resolution')}",
         "Eta": params.get("eta"), "Model": model.get("name"), "Model hash": model.get("fingerprint"),
     }

@@ -34,6 +34,7 @@ from .guide import Guide, GuideError, guide_of_model, load_guide, save_guide
 from .hub import push_folder
 from .networks import DHIControlNetModel, check_supported
 from .params import MAX_AUTOGUIDANCE
+from .presets import presets_problem
 from .pipeline import write_diffusers_files
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class SiameseConfig:
     control_scale: float = 1.0  # recommended sampling control scale (SamplingParams.control_scale None uses it)
     control_end: float = 1.0  # recommended fraction of the steps the ControlNet acts in (SamplingParams.control_end)
     autoguidance: float = 1.0  # recommended autoguidance weight (SamplingParams.autoguidance; 1: off; needs guide/)
+    # measured sampling presets, "default" and "fast" (`siamese.presets`; absent ones: presets.FALLBACK_PRESETS)
+    sampling_presets: dict = field(default_factory=dict)
 
     def save(self, folder: Path) -> None:
         """siamese_config.json, written atomically (a temporary file renamed over it)."""
@@ -139,6 +142,8 @@ def _config_problem(key: str, value) -> str | None:
     if key == "autoguidance":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 1 <= value <= MAX_AUTOGUIDANCE
         return None if ok else f"a number from 1 (off) to {MAX_AUTOGUIDANCE:g}"
+    if key == "sampling_presets":
+        return presets_problem(value)
     return None
 
 

@@ -259,12 +259,13 @@ def generate(
             step_cb = lambda i, n, done=done, k=len(chunk): callback(done + i * k, total)  # noqa: E731
         images = sample(model, hint.expand(len(chunk), -1, -1, -1), [prompt] * len(chunk), gens, params.steps,
                         params.guidance_scale, params.scheduler, params.eta, step_cb, control_scale,
-                        control_end, autoguidance)
+                        control_end, autoguidance, params.cache_interval, params.precision)
         for s, img in zip(chunk, images):
             arr = (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
             meta = {"prompt": prompt, "steps": params.steps, "guidance_scale": params.guidance_scale,
                     "scheduler": params.scheduler, "eta": params.eta, "control_scale": control_scale,
-                    "control_end": control_end, "autoguidance": autoguidance, "seed": s,
+                    "control_end": control_end, "autoguidance": autoguidance,
+                    "cache_interval": params.cache_interval, "precision": params.precision, "seed": s,
                     "resolution": model.config.resolution, "model": identity}
             if source:
                 meta["source_mask"] = source

@@ -148,8 +148,8 @@ class ModelCatalog:
         text = str(value or "").strip()
         if not text:
             raise ModelLoadError("no model selected: pick one in the model selector")
-        if len(text) > MAX_NAME_CHARS:
-            raise ModelNotOffered(self.refusal(text))
+        if len(text) > MAX_NAME_CHARS or any(len(part.encode()) > 255 for part in Path(text).parts):
+            raise ModelNotOffered(self.refusal(text))  # no folder of the server has such a name
         if text in (self.default_id, self.default):
             return ModelRef(self.default, self.default_id, hub=self._default_is_hub)
         folder = next((root / text[len(prefix) + 1:] for prefix, root, _ in self.roots()

@@ -73,6 +73,10 @@ def zip_entries(zf: zipfile.ZipFile, shown: str, max_bytes: int, max_files: int,
     files = [i for i in infos if not i.is_dir()]
     if len(files) > max_files:
         raise DataError(f"{shown} holds {len(files):,} files; at most {max_files:,} are accepted")
+    big = next((i for i in files if max_file_bytes is not None and i.file_size > max_file_bytes), None)
+    if big is not None:
+        raise DataError(f"{shown}: {shorten(big.filename)} is {human_size(big.file_size)}; a file in it may be at "
+                        f"most {human_size(max_file_bytes)}")
     total = sum(i.file_size for i in files)
     if total > max_bytes:
         raise DataError(f"{shown} unpacks to {human_size(total)}; at most {human_size(max_bytes)} are "
@@ -92,9 +96,6 @@ def zip_entries(zf: zipfile.ZipFile, shown: str, max_bytes: int, max_files: int,
         if info.is_dir():
             folders.update("/".join(parts[:k]) for k in range(1, len(parts) + 1))
             continue
-        if max_file_bytes is not None and info.file_size > max_file_bytes:
-            raise DataError(f"{shown}: {shorten(key)} is {human_size(info.file_size)}; a file in it may be at most "
-                            f"{human_size(max_file_bytes)}")
         if key in file_names:
             raise DataError(f"{shown}: '{shorten(key)}' is in it twice")
         file_names.add(key)

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import socket
+import time
 import zipfile
 from pathlib import Path
 
@@ -26,8 +27,9 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason=f"no browser at {CHROMIUM}: install Debian's chromium (apt-get install chromium)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                 reason=f"no browser at {CHROMIUM}: install Debian's chromium (apt-get install chromium)")]
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
 
@@ -178,6 +180,7 @@ def test_screenshots(browser, tmp_path):
     out.mkdir(parents=True, exist_ok=True)
     data = os.environ.get("SIAMESE_APP_SCREENSHOT_DATA") or str(ROOT.parent / "shared" / "data" / "kvasir-seg")
     demo, url = launch(best_model(), tmp_path, Path(data).resolve().parent)
+    started = time.time()
     try:
         page, _ = open_app(browser, url)
         page.set_viewport_size({"width": 1400, "height": 1300})
@@ -208,6 +211,7 @@ def test_screenshots(browser, tmp_path):
         page.get_by_role("button", name="Start training").click()
         page.wait_for_function("() => /Finished|failed/.test(document.querySelector('#train-status').innerText)",
                                timeout=900_000, polling=2000)
+        assert "Finished" in page.locator("#train-status").inner_text()  # the run the screenshot shows went through
         page.wait_for_timeout(2500)
         page.screenshot(path=str(out / "train.png"), full_page=True)
         # Batch: the example masks, two images each, scored and curated at the default threshold
@@ -218,9 +222,13 @@ def test_screenshots(browser, tmp_path):
         page.locator("#batch-start").click()
         page.wait_for_function("() => /Finished|failed/.test(document.querySelector('#batch-status').innerText)",
                                timeout=900_000, polling=2000)
+        assert "Finished" in page.locator("#batch-status").inner_text()
         page.wait_for_timeout(2500)
         page.screenshot(path=str(out / "batch.png"), full_page=True)
         page.close()
+        for name in ("generate", "train", "batch"):  # each screenshot is this run's, and shows a page
+            shot = np.asarray(Image.open(out / f"{name}.png").convert("L"))
+            assert (out / f"{name}.png").stat().st_mtime >= started and shot.shape[1] >= 1400 and shot.std() > 10
     finally:
         demo.studio.job.stop()
         demo.studio.job.wait(120)

@@ -9,10 +9,12 @@ real processes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
 import struct
+import typing
 import zlib
 from pathlib import Path
 
@@ -295,6 +297,19 @@ def test_cli(case, tmp_path, tiny_model_dir, capsys, signal_handlers):
     assert not list(tmp_path.rglob("train_config.json"))
 
 
+def test_cli_cuda_on_a_torch_without_cuda(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """--device cuda where CUDA is not available (a CPU-only torch here, whatever this machine has): refused when
+    parsed, before anything is read."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    inputs = _cli_error(lambda i: sample(i, "--device", "cuda"),
+                        "argument --device: 'cuda': CUDA is not available (this torch is built without CUDA); use "
+                        "--device cpu", tmp_path, tiny_model_dir, capsys)
+    assert not inputs.out.exists()
+
+
 # -- the library ---------------------------------------------------------------------------------
 def _mask() -> np.ndarray:
     mask = np.zeros((64, 64), np.uint8)
@@ -368,7 +383,7 @@ def studio(tiny_model_dir, tmp_path) -> Studio:
 def gen(**kwargs):
     args = dict(mask=_mask(), prompt="", num_images=1, steps=1, guidance_scale=3.0, seed=0, scheduler="ddim",
                 model=None)
-    return lambda s, i: s.generate(**{**args, **kwargs})
+    return lambda s, i: s.generate.generate(**{**args, **kwargs})
 
 
 def bad_run_model(s: Studio, i: Inputs) -> str:
@@ -379,7 +394,7 @@ def bad_run_model(s: Studio, i: Inputs) -> str:
 
 def start(**kwargs):
     args = dict(data_folder="data", max_steps=2, batch_size=2, resolution=64)
-    return lambda s, i: (i.data(), s.train_start(**{**args, **kwargs}))
+    return lambda s, i: (i.data(), s.train.train_start(**{**args, **kwargs}))
 
 
 APP = {
@@ -387,13 +402,14 @@ APP = {
     "generate steps text": (gen(steps="abc"), "steps must be a number, got 'abc'"),
     "generate steps 1.5": (gen(steps=1.5), "steps must be a whole number"),
     "generate no image count": (gen(num_images=None), "number of images is missing"),
-    "generate 100 images": (gen(num_images=100), "number of images must be between 1 and 64"),
+    "generate 100 images": (gen(num_images=100), "number of images must be between 1 and 16"),
     "generate seed 2**40": (gen(seed=2**40), "seed must be between 0 and 4294967295"),
     "generate guidance nan": (gen(guidance_scale=float("nan")), "guidance scale must be a finite number"),
     "generate scheduler list": (gen(scheduler=["ddim"]), "scheduler must be text"),
     "generate 16-bit empty mask": (gen(mask=np.zeros((64, 64), np.uint16)), "the mask is empty"),
     "generate text mask": (gen(mask=np.array([["a"]])), "a mask must be an array of numbers"),
-    "generate model config wrong": (lambda s, i: s.generate(_mask(), "", 1, 1, 3.0, 0, "ddim", bad_run_model(s, i)),
+    "generate model config wrong": (lambda s, i: s.generate.generate(_mask(), "", 1, 1, 3.0, 0, "ddim",
+                                                                          bad_run_model(s, i)),
                                     "'resolution' must be a whole number of pixels"),
     "train 0 steps": (start(max_steps=0), "max steps must be a whole number 1 or more"),
     "train steps text": (start(max_steps="many"), "steps must be a number, got 'many'"),
@@ -402,12 +418,14 @@ APP = {
     "train checkpoint every 0": (start(checkpoint_every=0), "checkpoint every must be a whole number 1 or more"),
     "train run name number": (start(name=5), "run name must be text, got int"),
     "train start from nonsense": (start(base_model="sd2"), "start from must be one of"),
-    "train two images one name": (lambda s, i: (i.data_with(duplicate_stem), s.train_start(data_folder="data")),
+    "train two images one name": (lambda s, i: (i.data_with(duplicate_stem),
+                                                s.train.train_start(data_folder="data")),
                                   "case02.jpg and case02.png have the same name"),
     "train prompt.json not UTF-8": (lambda s, i: (i.data_with(prompt_json(NOT_UTF8)),
-                                                  s.train_start(data_folder="data")), "prompt.json: not UTF-8 text"),
-    "export nothing": (lambda s, i: s.export([], False, "x"), "nothing to export"),
-    "generate from an empty canvas": (lambda s, i: s.prepare({"background": None, "layers": []}, 0, False),
+                                                  s.train.train_start(data_folder="data")),
+                                    "prompt.json: not UTF-8 text"),
+    "export nothing": (lambda s, i: s.collection.export([], False, "x"), "nothing to export"),
+    "generate from an empty canvas": (lambda s, i: s.generate.prepare({"background": None, "layers": []}, 0, False),
                                       "the canvas is empty"),
 }
 
@@ -421,11 +439,19 @@ def test_app(case, tmp_path, tiny_model_dir, studio):
         call(studio, inputs)
     assert "\n" not in info.value.message and str(tmp_path) not in info.value.message  # one line, no server path
     assert not studio.job.running and [p.name for p in studio.runs_dir.iterdir()] in ([], ["bad"])
-    assert not list(studio.pngs.path.rglob("*.png")) and not list(studio.pngs.path.rglob("*.zip"))
+    assert not list(studio.scratch.path.rglob("*.png")) and not list(studio.scratch.path.rglob("*.zip"))
 
 
-def test_there_are_at_least_40_cases():
-    assert len(CLI) + len(LIBRARY) + len(APP) >= 40
+def test_every_number_of_a_training_run_is_checked_with_its_name():
+    """Each number of TrainConfig (every one a `train` option or a library setting) refuses -1 before anything is
+    read or written, with a message that names the setting."""
+    named = {"lr": "learning rate", "zero_lr_scale": "zero-layer lr scale", "ema_decay": "EMA decay"}
+    hints = typing.get_type_hints(TrainConfig)
+    numbers = [f.name for f in dataclasses.fields(TrainConfig) if hints[f.name] in (int, float)]
+    assert len(numbers) >= 20
+    for name in numbers:
+        with pytest.raises(ValueError, match=named.get(name, name.replace("_", " "))):
+            dataclasses.replace(TrainConfig("data", "out"), **{name: -1}).validate()
 
 
 # -- the fidelity threshold and the scorer (issue 15) ---------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from siamese.cli import main
+from siamese.model import SiameseConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,9 +100,11 @@ def test_bundled_model_folder_is_small_and_documented():
     assert size <= 50 * 2**20
     card = (folder / "README.md").read_text()
     assert "Kvasir-SEG" in card and "research and education" in card.lower() and "recipe.sh" in card
-    config = json.loads((folder / "siamese_config.json").read_text())
-    assert config["control_scale"] == 1.5 and config["control_end"] == 1.0 and config["autoguidance"] == 2.0
-    assert (folder / "guide" / "guide.safetensors").is_file()
+    config = SiameseConfig.load(folder)  # valid settings: a value out of range or of the wrong type is an error
+    words = " ".join(card.split())  # the card states the values the folder recommends, and the guide is there
+    assert f'"control_scale": {config.control_scale:g}' in words and f'"control_end": {config.control_end:.1f}' in words
+    assert f"autoguidance {config.autoguidance:g}" in words
+    assert config.autoguidance == 1 or (folder / "guide" / "guide.safetensors").is_file()
 
 
 def test_train_decoder_adds_a_learned_decoder_to_a_model_folder(tiny_model_dir, dataset, tmp_path):
@@ -154,6 +157,7 @@ def test_seeds_wrap_around_instead_of_failing_at_a_later_mask(tiny_model_dir, da
     (["sample", "--masks", "m.png", "--output", "o", "--batch-size", "0"], "error: batch size must be at least 1"),
     (["train", "--data", "d", "--output", "o", "--seed", "-1"], "error: seed must be a whole number between 0"),
     (["sample", "--masks", "m.png", "--output", "o", "--num-images", "x"], "error: argument --num-images: invalid"),
+    (["sample", "--masks", "m.png", "--output", "o", "--device", "foo"], "error: argument --device: expected cpu"),
 ])
 def test_bad_settings_in_a_real_process_exit_2_before_anything(args, message, tmp_path):
     """As a process: exit code 2, the last stderr line says what was wrong, nothing written (cwd: tmp_path)."""

@@ -231,6 +231,14 @@ def test_evaluate_is_reproducible(pairs12, tiny_model_dir):
     first, second = evaluate(config), evaluate(config)
     for key in ("fidelity", "downstream", "realism", "diversity", "held_out"):
         assert first[key] == second[key]
+    # ... and what is equal are measurements: scores in their ranges, images that differ from seed to seed
+    assert first["fidelity"]["generated"]["n"] == first["pairs"]["generated_test"] > 0
+    dice = [first["fidelity"][k]["dice"] for k in ("real", "generated", "flat_painting")]
+    dice += first["downstream"]["real"]["dice"]["per_seed"] + first["downstream"]["real+synthetic"]["dice"]["per_seed"]
+    assert len(dice) == 5 and all(0 <= d <= 1 for d in dice)
+    kids = [v["mean"] for part in ("kid_features", "kid_statistics") for v in first["realism"][part].values()]
+    assert len(kids) == 6 and all(np.isfinite(kids))
+    assert first["diversity"]["generated_same_mask"]["pixel_l1"] > 0  # one mask, several seeds: several images
 
 
 def test_cli_evaluate_runs_and_turns_bad_data_into_exit_code_2(pairs12, tiny_model_dir, tmp_path, capsys):

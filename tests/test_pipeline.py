@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import fake_hub_cache, wake_controlnet
 from siamese.codec import VAECodec
 from siamese.model import SCHEDULE, SiameseConfig, SiameseModel, load_model, tiny_text_encoder, tiny_tokenizer
-from siamese.pipeline import MODEL_INDEX, carried_files
+from siamese.pipeline import MODEL_INDEX, carried_files, model_index
 from siamese.sampling import SamplingParams, generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,16 +100,18 @@ def test_base_model_folder_loads_and_says_it_cannot_sample(tiny_model, tmp_path)
 
 
 def test_bundled_model_is_a_diffusers_pipeline():
-    """The bundled model (fp16 weights, learned decoder, control scale 1.5) through diffusers: generate's pixels."""
+    """The bundled model (fp16, learned decoder, its recommended mask strength) through diffusers: generate's pixels."""
     for rel, source in carried_files(True, "patch").items():  # the code it carries is this package's
         assert (BUNDLED / rel).read_bytes() == source.read_bytes(), (
             f"{BUNDLED / rel} differs from {source}: refresh it with siamese.pipeline.write_diffusers_files("
             "folder, SiameseConfig.load(folder), True) (it writes no weights)")
     pipe = _load(BUNDLED)
     model = load_model(BUNDLED)
-    assert pipe.config.control_scale == model.config.control_scale == 1.5
-    assert pipe.config.control_end == model.config.control_end == 1.0
-    assert model.config.autoguidance == 2.0 and model.guide is not None  # the pipeline samples without it
+    index = json.loads((BUNDLED / MODEL_INDEX).read_text())  # the folder's settings, as it would be written now
+    assert {**index, "_diffusers_version": None} == {**model_index(model.config, True), "_diffusers_version": None}
+    assert (pipe.config.control_scale, pipe.config.control_end) == (model.config.control_scale,
+                                                                     model.config.control_end)
+    assert (model.guide is not None) == (model.config.autoguidance != 1)  # the pipeline samples without the guide
     items = generate(model, _mask(300), 1, seed=7, params=SamplingParams(steps=4, guidance_scale=3.0,
                                                                            autoguidance=1.0))
     out = pipe(image=_mask(300), num_inference_steps=4, guidance_scale=3.0, generator=torch.Generator().manual_seed(7))

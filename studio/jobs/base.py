@@ -21,7 +21,8 @@ from contextlib import contextmanager
 
 ACTIVE_STATES = ("running", "stopping")  # the page polls a job only while it is in one of these
 POLL_SECONDS = 1.5
-STATE_ICONS = {"idle": "", "running": "⏳ ", "stopping": "⏳ ", "finished": "✅ ", "stopped": "⏹️ ", "failed": "❌ "}
+STATE_ICONS = {"idle": "", "running": "⏳ ", "stopping": "⏳ ", "finished": "✅ ", "stopped": "⏹️ ",
+               "failed": "❌ "}
 GRACE_S = 0.3  # after a Generate, batches wait this long for the next queued Generate
 
 

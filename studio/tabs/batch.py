@@ -52,8 +52,8 @@ def read_masks(sources: list[tuple[str, Path]], shown: str, resolution: int) -> 
             raise DataError(f"{shown}: {str(e).replace(str(path), path.name)}") from None
         _, small = resize_pair(None, mask, resolution)
         if not small.any():
-            raise DataError(f"{shown}: {path.name}: the lesion vanishes at the model's {resolution}x{resolution} pixels "
-                            "(too small): leave this mask out")
+            raise DataError(f"{shown}: {path.name}: the lesion vanishes at the model's {resolution}x{resolution} "
+                            "pixels (too small): leave this mask out")
         masks.append((name, small))
     return masks
 
