@@ -73,7 +73,8 @@ def check_apart(output: str | Path, source: str | Path, what: str = "masks") -> 
         where = "is inside"
     else:
         return
-    raise ValueError(f"the output folder {output} {where} the {what} folder {folder}: the generated pairs would mix "
+    shown = Path(source).parent if src.is_file() else Path(source)  # as the caller named it
+    raise ValueError(f"the output folder {output} {where} the {what} folder {shown}: the generated pairs would mix "
                      f"with the input {what} (and a run again would take them for new ones); write them elsewhere")
 
 

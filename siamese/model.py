@@ -434,8 +434,8 @@ def _check_weight_files(folder: Path) -> None:
                 with safe_open(str(path), framework="pt"):
                     pass
             except (SafetensorError, OSError) as e:
-                raise ModelLoadError(f"{path}: not a complete safetensors file ({e}); copy or download the model "
-                                     "again") from None
+                raise ModelLoadError(f"{path} could not be read ({e}): not a complete safetensors file; copy or "
+                                     "download the model again") from None
 
 
 def _load_text_encoder(folder: Path, dtype: torch.dtype) -> CLIPTextModel:

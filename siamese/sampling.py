@@ -117,7 +117,7 @@ def sample(
     # 3. denoising loop. With feature reuse (cache_interval k > 1) every k-th step is a refresh step, which runs the
     #    networks whole and keeps their deep features; the steps between run their first level alone (siamese.deepcache).
     #    A change of control (control_end) refreshes: the kept features were made with or without the mask.
-    predict = _Denoiser(model, guide, prompt_embeds, hint_emb, guide_hint_emb, cond, control_scale, cache_interval > 1)
+    predict = Denoiser(model, guide, prompt_embeds, hint_emb, guide_hint_emb, cond, control_scale, cache_interval > 1)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bfloat16" else contextlib.nullcontext()
     age, kept_control = cache_interval, None  # steps since the last refresh; whether it ran the ControlNet
     for i, t in enumerate(sched.timesteps):
@@ -151,7 +151,7 @@ def sample(
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
-class _Denoiser:
+class Denoiser:
     """The networks' noise predictions in one denoising step: the model's on the guidance batch x (2B or B) and,
     with autoguidance, the guide's on its conditional half, reusing what the guide shares with the model (the UNet
     encoding; the ControlNet's residuals when it has no ControlNet of its own). With `keep`, `full` keeps each

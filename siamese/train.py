@@ -54,6 +54,7 @@ from .folder_ops import add_scorer
 from .model import ModelLoadError, SiameseModel, build_tiny, load_model
 from .networks import UNET_DECODER_PREFIXES
 from .objective import LOSS_KEYS, base_losses, controlnet_losses, siamese_losses
+from .sampling import sample
 from .train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -231,8 +232,6 @@ def _make_optimizer(params: dict[str, torch.nn.Parameter], config: TrainConfig) 
 def _preview(model: SiameseModel, dataset: PairDataset, step: int, output: Path):
     """Four images sampled from fixed training masks (DDIM 20 steps), saved as one PNG strip."""
     from PIL import Image
-
-    from .sampling import sample
 
     n = min(4, len(dataset))
     idx = list(range(0, len(dataset), max(1, len(dataset) // n)))[:n]

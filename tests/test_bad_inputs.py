@@ -207,12 +207,12 @@ CLI = {
                                 "siamese_config.json: not UTF-8 text"),
     # sample: a damaged model folder, each part named (nothing is written: the model loads before any sampling)
     "sample guide cut short": (lambda i: sample(i, model=i.model_changed(truncated_guide)),
-                               "guide/guide.safetensors: not a complete safetensors file"),
+                               "guide/guide.safetensors could not be read"),
     "sample text encoder cut short": (lambda i: sample(i, model=i.model_changed(truncate("text_encoder/model.safetensors"))),
-                                      "text_encoder/model.safetensors: not a complete safetensors file"),
+                                      "text_encoder/model.safetensors could not be read"),
     "add-guide guide cut short": (lambda i: ["add-guide", "--model", str(i.model), "--output", str(i.out), "--guide",
                                              str(i.model_changed(truncate("text_encoder/model.safetensors")))],
-                                  "text_encoder/model.safetensors: not a complete safetensors file"),
+                                  "text_encoder/model.safetensors could not be read"),
     "sample text encoder hidden size": (
         lambda i: sample(i, model=i.model_changed(edit_json("text_encoder/config.json", hidden_size=32))),
         "'embeddings.position_embedding.weight' is [77, 64] but"),
@@ -425,9 +425,18 @@ APP = {
                                                   s.train.train_start(data_folder="data")),
                                     "prompt.json: not UTF-8 text"),
     "export nothing": (lambda s, i: s.collection.export([], False, "x"), "nothing to export"),
+    "export nnU-Net label background": (lambda s, i: s.collection.export(_shots(i), True, "background"),
+                                        "nnU-Net label name cannot be 'background'"),
     "generate from an empty canvas": (lambda s, i: s.generate.prepare({"background": None, "layers": []}, 0, False),
                                       "the canvas is empty"),
 }
+
+
+def _shots(i: Inputs) -> list:
+    """One kept pair of the Keep collection, as the page holds it."""
+    from studio.tabs.collection import Shot
+
+    return [Shot(item, png="") for item in _pair(_load(i.model))]
 
 
 @pytest.mark.parametrize("case", list(APP))

@@ -207,6 +207,7 @@ def cli_problems(result: dict, table: str) -> list[str]:
     return out + target_problems(result, table)
 
 
+@pytest.mark.slow
 def test_cli_json(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = tmp_path / "bench.json"

@@ -54,6 +54,7 @@ def test_sample_with_augmented_masks(tiny_model_dir, dataset, tmp_path):
     assert not np.array_equal(masks[0], masks[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["sample", "--masks", "/no/such/dir", "--output", "x"], "no such file or folder"),
     (["train", "--data", "/no/such/dir", "--output", "x"], "no such folder"),
@@ -67,15 +68,18 @@ def test_errors_exit_2_with_one_clear_line(args, message, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_bad_option_exits_2():
     assert _run("sample", "--masks", "m.png", "--output", "o", "--scheduler", "euler").returncode == 2
 
 
+@pytest.mark.slow
 def test_missing_model_is_clear(dataset, tmp_path):
     proc = _run("sample", "--model", str(tmp_path / "none"), "--masks", str(dataset / "masks"), "--output", "o")
     assert proc.returncode == 2 and "No model folder" in proc.stderr
 
 
+@pytest.mark.slow
 def test_sample_without_model_uses_the_bundled_one_offline(tmp_path):
     """The bundled model (checkpoints/), its recommended control scale, a real 256x256 image; no network."""
     env = {k: v for k, v in os.environ.items() if k != "SIAMESE_MODEL"}
@@ -107,6 +111,7 @@ def test_bundled_model_folder_is_small_and_documented():
     assert config.autoguidance == 1 or (folder / "guide" / "guide.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_train_decoder_adds_a_learned_decoder_to_a_model_folder(tiny_model_dir, dataset, tmp_path):
     """train-decoder writes codec/decoder/ with its held-out figures; the folder loads and samples with it;
     a bad setting is one line and exit 2, before anything is written."""
@@ -153,6 +158,7 @@ def test_seeds_wrap_around_instead_of_failing_at_a_later_mask(tiny_model_dir, da
     assert [x["seed"] for x in lines] == [2**32 - 1, 0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["sample", "--masks", "m.png", "--output", "o", "--batch-size", "0"], "error: batch size must be at least 1"),
     (["train", "--data", "d", "--output", "o", "--seed", "-1"], "error: seed must be a whole number between 0"),

@@ -31,6 +31,7 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
+@pytest.mark.slow
 def test_decoder_learns_to_decode_without_the_block_grid():
     images = _images()
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -85,6 +86,7 @@ def test_decoder_that_does_not_fit_the_codec_is_refused():
         DecoderTrainConfig(crop=60).validate(8)
 
 
+@pytest.mark.slow
 def test_add_decoder_in_place_writes_the_decoder_whole_then_the_config(tiny_model_dir, dataset, tmp_path):
     from siamese.folder_ops import add_decoder
 
@@ -102,6 +104,7 @@ def test_add_decoder_in_place_writes_the_decoder_whole_then_the_config(tiny_mode
         add_decoder("owner/name", str(dataset), DecoderTrainConfig(steps=1))
 
 
+@pytest.mark.slow
 def test_adversarial_term_trains_a_critic_from_its_start_step():
     images = _images(n=6, size=64)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -123,6 +126,7 @@ def test_adversarial_term_trains_a_critic_from_its_start_step():
         DecoderTrainConfig(steps=10, adversarial_start=10).validate(8)
 
 
+@pytest.mark.slow
 def test_fine_tune_starts_from_the_folders_decoder_and_records_it(tiny_model_dir, dataset, tmp_path):
     from siamese.folder_ops import add_decoder
 

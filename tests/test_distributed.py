@@ -83,6 +83,7 @@ def _assert_same_outputs(one: dict[str, bytes], two: dict[str, bytes]) -> None:
         assert a.shape == b.shape and np.abs(a - b).max() <= 1 and (a != b).mean() < 1e-3, name
 
 
+@pytest.mark.slow
 def test_two_processes_write_what_one_process_writes(tiny_model_dir, tmp_path):
     data = write_dataset(tmp_path / "data", n=5)  # 5 masks: 3 for process 0, 2 for process 1
     sample = ["sample", "--model", str(tiny_model_dir), "--masks", str(data / "masks"), "--num-images", "2",
@@ -106,6 +107,7 @@ def test_two_processes_write_what_one_process_writes(tiny_model_dir, tmp_path):
     assert base != 11
 
 
+@pytest.mark.slow
 def test_a_bad_mask_stops_every_process_before_anything_is_written(tiny_model_dir, tmp_path):
     data = write_dataset(tmp_path / "data", n=3)
     (data / "masks" / "case02.png").write_bytes(open(data / "masks" / "case00.png", "rb").read()[:40])  # truncated
@@ -127,6 +129,7 @@ def test_one_process_removes_the_parts_an_interrupted_run_left(tmp_path):
     assert own == tmp_path / "other" / PARTS / "rank-00001" and not own.exists()
 
 
+@pytest.mark.slow
 def test_two_processes_curate_as_one_process_does(scored_model_dir, tmp_path):
     """With the model's fidelity scorer, --min-fidelity and --keep-rejected: two processes write the accepted pairs
     and rejected/ as one process does; pairs a looser run had accepted move to rejected/ (no pair on both sides)."""

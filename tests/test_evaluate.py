@@ -137,6 +137,7 @@ def test_kvasir_split_sizes():
 
 
 # -- the whole evaluation ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluate_reports_every_figure_and_writes_the_output(pairs12, tiny_model_dir, tmp_path):
     report = evaluate(_tiny_config(pairs12, tiny_model_dir, output=tmp_path / "out"))
     assert report["pairs"] == {"total": 12, "train": 10, "held_out": 2, "test": 2, "generated_test": 2}
@@ -226,6 +227,7 @@ def test_codec_reconstructions_convert_to_uint8_and_pixel_quality_reports_every_
     assert (q["resolution"], q["block"], q["real_images"], q["generated_images"]) == (32, 8, 5, 2)
 
 
+@pytest.mark.slow
 def test_evaluate_is_reproducible(pairs12, tiny_model_dir):
     config = _tiny_config(pairs12, tiny_model_dir, seeds=1, max_synthetic=2, diversity_masks=1)
     first, second = evaluate(config), evaluate(config)
@@ -241,6 +243,7 @@ def test_evaluate_is_reproducible(pairs12, tiny_model_dir):
     assert first["diversity"]["generated_same_mask"]["pixel_l1"] > 0  # one mask, several seeds: several images
 
 
+@pytest.mark.slow
 def test_cli_evaluate_runs_and_turns_bad_data_into_exit_code_2(pairs12, tiny_model_dir, tmp_path, capsys):
     from siamese.cli import main
 

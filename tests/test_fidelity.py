@@ -153,6 +153,7 @@ def test_curation_accepts_the_pairs_that_follow_their_mask(scorer):
                                np.subtract(row["filtered"]["dice"]["per_seed"], row["unfiltered"]["dice"]["per_seed"]))
 
 
+@pytest.mark.slow
 def test_evaluate_saves_its_network_as_the_scorer_of_a_model_trained_on_its_split(tiny_model_dir, tmp_path):
     from siamese.evaluate import EvalConfig, evaluate, format_report
 
@@ -172,6 +173,7 @@ def test_evaluate_saves_its_network_as_the_scorer_of_a_model_trained_on_its_spli
     assert "the model's own scorer" in evaluate(config)["fidelity_scorer"]
 
 
+@pytest.mark.slow
 def test_train_ends_with_a_scorer_on_its_own_training_pairs(dataset, tmp_path):
     from siamese.train import TrainConfig, train
 

@@ -16,7 +16,7 @@ from siamese.data import mask_to_hint
 from siamese.guide import GUIDE_FOLDER, build_guide, guide_tensors, make_guide
 from siamese.model import ModelLoadError
 from siamese.networks import UNET_DECODER_PREFIXES, controlnet_residuals, unet_decode, unet_encode
-from siamese.sampling import _guide_eps, sample
+from siamese.sampling import Denoiser, sample
 
 MASK = np.zeros((64, 64), np.uint8)
 MASK[16:40, 20:50] = 255
@@ -38,7 +38,7 @@ def test_a_guide_keeps_only_what_differs_and_knows_when_it_shares_the_encoder(ti
 
 @pytest.mark.parametrize("parts", [("controlnet", "unet_decoder"), ("unet_encoder", "unet_decoder"), ("unet_decoder",)])
 def test_the_guides_prediction_is_its_whole_networks_prediction(tiny_model, parts):
-    """What `_guide_eps` reuses from the model's pass (encoding, residuals) changes nothing."""
+    """What `Denoiser` reuses from the model's pass (encoding, residuals) changes nothing."""
     guide = _guided(tiny_model, parts=parts)
     torch.manual_seed(0)
     B = 2
@@ -48,13 +48,12 @@ def test_the_guides_prediction_is_its_whole_networks_prediction(tiny_model, part
     hint = mask_to_hint(MASK // 255).expand(2 * B, -1, -1, -1)
     with torch.no_grad():
         emb = tiny_model.controlnet.embed_hint(hint)
-        down, mid = controlnet_residuals(tiny_model.controlnet, x, t, prompts, emb, 1.5)
-        enc = unet_encode(tiny_model.unet, x, t, prompts)
         cond = slice(B, 2 * B)
         net = guide.controlnet or tiny_model.controlnet
         gemb = net.embed_hint(hint[cond])
-        got = _guide_eps(guide, x[cond], t[cond], prompts[cond], enc, cond, down, mid,
-                         gemb if guide.controlnet is not None else None, 1.5)
+        predict = Denoiser(tiny_model, guide, prompts, emb, gemb if guide.controlnet is not None else None, cond,
+                           1.5, keep=False)
+        _, got = predict.full(x, t, control=True)
         gdown, gmid = controlnet_residuals(net, x[cond], t[cond], prompts[cond], gemb, 1.5)
         want = unet_decode(guide.unet, unet_encode(guide.unet, x[cond], t[cond], prompts[cond]), prompts[cond],
                            gdown, gmid)

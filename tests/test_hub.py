@@ -67,6 +67,7 @@ def run(tmp_path_factory) -> Path:
     return train(config, callback=at_checkpoint)
 
 
+@pytest.mark.slow
 def test_push_uploads_the_model_and_its_card_not_the_training_state(run, hub, capsys):
     assert (run / "checkpoints").is_dir() and (run / "init").is_dir() and (run / "previews").is_dir()
     assert main(["push", str(run), "someone/siamese-polyps", "--private", "--token", "hf_test"]) == 0
@@ -91,6 +92,7 @@ def test_push_uploads_the_model_and_its_card_not_the_training_state(run, hub, ca
     assert "someone/siamese-polyps" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_card_is_current_at_each_checkpoint(run):
     cards = CHECKPOINT_CARDS
     assert [step for step, _ in cards] == [2, 3]
@@ -98,6 +100,7 @@ def test_the_card_is_current_at_each_checkpoint(run):
     assert "Last losses (metrics.csv, step 3)" in cards[1][1]
 
 
+@pytest.mark.slow
 def test_push_refuses_what_is_not_a_model_folder_before_any_upload(run, hub, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["push", str(tmp_path / "empty"), "someone/x"]) == 2

@@ -199,6 +199,7 @@ def test_a_hub_repo_loads_as_a_pipeline_from_the_local_cache_offline(tiny_model_
     assert _max_diff(items, out.images) == 0
 
 
+@pytest.mark.slow
 def test_the_folder_loads_without_the_siamese_package(tiny_model_dir, tmp_path):
     """A diffusers user's process: another working directory, `siamese` not importable; same pixels."""
     import subprocess

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -59,6 +60,7 @@ def _pixels(folder: Path) -> dict[str, np.ndarray]:
     return {p.name: np.asarray(Image.open(p)) for p in sorted((folder / "images").glob("*.png"))}
 
 
+@pytest.mark.slow
 def test_train_resume_sample_evaluate_convert_through_the_cli(sd15_dir, tmp_path, capsys):
     data = write_dataset(tmp_path / "data", n=12)
     run = tmp_path / "run"

@@ -23,6 +23,7 @@ def _config(data, out, **kw) -> TrainConfig:
     return TrainConfig(**settings)
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_every_loss_term_lr_and_the_previews(dataset, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -46,6 +47,7 @@ def test_tensorboard_gets_every_loss_term_lr_and_the_previews(dataset, tmp_path)
     assert [e["step"] for e in logs if e["row"]] == [1, 2, 3] and all(k in logs[0] for k in LOSS_KEYS)
 
 
+@pytest.mark.slow
 def test_no_tracker_by_default_writes_no_logs(dataset, tmp_path):
     out = train(_config(dataset, tmp_path / "run", max_steps=1, preview_every=0))
     assert not (out / "logs").exists() and (out / "metrics.csv").is_file()

@@ -48,6 +48,7 @@ def test_batch_indices_cover_every_pair_each_epoch():
     assert batch_indices(10, 0, 4, 3) == first[4:7]
 
 
+@pytest.mark.slow
 def test_short_run_gives_a_loadable_model_and_logs(dataset, tmp_path):
     events = []
     out = train(_config(dataset, tmp_path / "run", preview_every=2), callback=events.append)
@@ -64,6 +65,7 @@ def test_short_run_gives_a_loadable_model_and_logs(dataset, tmp_path):
     assert not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ema_decay, zero_lr_scale", [(0.0, 1.0), (0.9, 10.0)])
 def test_resume_continues_exactly(dataset, tmp_path, ema_decay, zero_lr_scale):
     """4 steps straight == 2 steps, interrupted, then resumed to 4: same losses, same weights (and the
@@ -97,6 +99,7 @@ def test_resume_continues_exactly(dataset, tmp_path, ema_decay, zero_lr_scale):
         assert all(torch.equal(saved[n], ema[n]) for n in saved if n in ema)
 
 
+@pytest.mark.slow
 def test_base_objective_then_siamese(dataset, tmp_path):
     base = train(_config(dataset, tmp_path / "base", objective="base", max_steps=2))
     assert load_model(base).controlnet is None
@@ -105,6 +108,7 @@ def test_base_objective_then_siamese(dataset, tmp_path):
     assert float(rows[-1]["loss_image"]) == 0 and float(rows[-1]["loss_mask"]) > 0
 
 
+@pytest.mark.slow
 def test_from_scratch_pretrains_the_unet_first(dataset, tmp_path):
     """base_steps: the UNet is trained alone in OUTPUT/base, then the ControlNet on top of it (whose frozen
     encoder is then the pre-trained one, not the random initialisation)."""
@@ -123,6 +127,7 @@ def test_from_scratch_pretrains_the_unet_first(dataset, tmp_path):
     assert [int(r["step"]) for r in _rows(again)] == [1, 2]
 
 
+@pytest.mark.slow
 def test_zero_initialised_layers_get_their_own_learning_rate(dataset, tmp_path, tiny_model):
     """zero_lr_scale multiplies the lr of the ControlNet's zero convolutions and the DHI's output conv only:
     after one Adam step from zero, each zero-conv weight has moved by lr * scale (Adam's first step is
@@ -145,6 +150,7 @@ def test_zero_initialised_layers_get_their_own_learning_rate(dataset, tmp_path, 
     assert moved[10.0] == pytest.approx(1e-2, rel=0.02)
 
 
+@pytest.mark.slow
 def test_bad_config_is_refused(dataset, tmp_path):
     with pytest.raises(ValueError, match="zero-layer lr scale"):
         train(_config(dataset, tmp_path / "x", zero_lr_scale=0))
@@ -161,6 +167,7 @@ def test_bad_config_is_refused(dataset, tmp_path):
     assert (run / "metrics.csv").read_bytes() == rows
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_saves_no_model_and_keeps_its_good_checkpoints(dataset, tmp_path):
     """lr 1 (the highest allowed) makes the tiny model's loss NaN within a few steps: the run stops at that step
     with TrainingDiverged (a ValueError: one line on the CLI and in the app), writes no model folder, keeps the
@@ -182,6 +189,7 @@ def test_a_diverging_run_stops_saves_no_model_and_keeps_its_good_checkpoints(dat
     assert all(r["loss"] != "nan" for r in _rows(out))  # no metrics row of the diverged step
 
 
+@pytest.mark.slow
 def test_two_processes_with_torchrun(dataset, tmp_path):
     """torchrun --nproc_per_node 2 on the CPU: accelerate picks both processes up."""
     out = tmp_path / "ddp"
@@ -242,6 +250,7 @@ train(config, callback=callback)
 """
 
 
+@pytest.mark.slow
 def test_runs_killed_anywhere_resume_to_the_same_losses(dataset, tmp_path):
     """SIGKILL while init/ is written, between checkpoints (after a metrics row that the checkpoint does not
     cover) and while a checkpoint is written; `--resume latest` after each, and the run ends with the metrics
@@ -283,6 +292,7 @@ def test_runs_killed_anywhere_resume_to_the_same_losses(dataset, tmp_path):
 
 
 # -- progress: seen within seconds, whatever log_every -----------------------------------------------
+@pytest.mark.slow
 def test_progress_is_logged_from_the_first_step_whatever_log_every(dataset, tmp_path, monkeypatch):
     """A log event at step 1 and every LIVE_LOG_SECONDS; metrics.csv rows at log_every steps only (so resumed
     runs stay exact). Step 1 runs at progress 0, where the image branch equals the mask branch."""
@@ -305,6 +315,7 @@ def test_progress_is_logged_from_the_first_step_whatever_log_every(dataset, tmp_
     assert logs[1]["loss_consistency"] > 0  # step 2: progress 1/3, the image hint acts
 
 
+@pytest.mark.slow
 def test_the_trainer_feeds_the_objective_its_batch(dataset, tmp_path, monkeypatch):
     """The objective gets progress = step / max_steps, the batch's mask hint and, as image hint, the batch's
     own (flipped) image in [0, 1]; the batches are flipped and drop 5% of prompts."""
@@ -349,6 +360,7 @@ def test_ema_arithmetic():
     assert ema_decay_at(0, 0.05) == 0.05
 
 
+@pytest.mark.slow
 def test_the_saved_model_is_the_average(dataset, tmp_path):
     """After one step with EMA on, the model folder holds 0.1 * start + 0.9 * trained (decay warm-up at step 0)."""
     run = train(_config(dataset, tmp_path / "run", max_steps=1, ema_decay=0.999))
@@ -362,6 +374,7 @@ def test_the_saved_model_is_the_average(dataset, tmp_path):
     assert moved
 
 
+@pytest.mark.slow
 def test_timestep_bias_follows_diffusers_semantics(dataset, tmp_path, monkeypatch):
     """none: METHOD.md's uniform U{0..999}; later/earlier: the last/first `portion` of the timesteps weigh
     `multiplier` times the others; and the trainer draws its timesteps from those weights."""
@@ -389,6 +402,7 @@ def test_timestep_bias_follows_diffusers_semantics(dataset, tmp_path, monkeypatc
     assert torch.cat(seen).eq(999).all()  # every timestep drawn from the weights the config asks for
 
 
+@pytest.mark.slow
 def test_stop_at_stops_as_ctrl_c_does_and_resumes_on_the_same_schedule(dataset, tmp_path):
     """--stop-at 2 of 4 steps: checkpoint and model at step 2, schedules still set by max_steps; resuming with
     --stop-at 2 again changes nothing; without it the run ends as an uninterrupted one."""
