@@ -9,10 +9,13 @@ candidate sees the same masks and starting noise. Measured, as `siamese.evaluate
   images, standardised on the training images, at the model resolution (`siamese.sweep`'s protocol);
 - feature KID: the same on the encoder features of the model's fidelity scorer (its `segmenter/`, the
   evaluation's instrument trained on the training split), at the scorer's resolution;
-- fidelity Dice: the scorer's segmentation of each generated image against its mask.
+- fidelity Dice: the scorer's segmentation of each generated image against its mask;
+- the sweep's colour/texture KID (`siamese.sweep.measure_candidates`' protocol, the figure the card's sweep tables
+  quote, x1e3): against the N held-out real images of the masks, standardised on the first 200 training images.
 
-KID is on the scale `siamese.evaluate` reports and the model card quotes (unscaled); its "+-" is the standard deviation over random subsets of 50 (the card's noise). The candidates share masks and
-seeds, so their differences are less noisy than that: a paired comparison.
+KID is on the scale `siamese.evaluate` reports and the model card quotes (unscaled); its "+-" is the standard
+deviation over random subsets of 50 (the card's noise). The candidates share masks and seeds, so their differences
+are less noisy than that: a paired comparison.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class HeldOut:
     features_scale: tuple[np.ndarray, np.ndarray]
     held_out: int
     train: int
+    sweep_real_statistics: np.ndarray | None = None  # siamese.sweep's reference: the N real images of the masks
+    sweep_scale: tuple[np.ndarray, np.ndarray] | None = None  # ... standardised on the first 200 training images
 
 
 def _load(pairs, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,9 +79,11 @@ def load_held_out(model: SiameseModel, scorer: FidelityScorer, n: int, data: str
     S = scorer.config.resolution
     stat_scale = standardiser(image_statistics(train))
     feat_scale = standardiser(segnet_features(scorer.net, _small(train, S)))
+    sweep_scale = standardiser(image_statistics(train[:200]))
     return HeldOut(masks[:n], (image_statistics(real) - stat_scale[0]) / stat_scale[1],
                    (segnet_features(scorer.net, _small(real, S)) - feat_scale[0]) / feat_scale[1],
-                   stat_scale, feat_scale, len(held_pairs), len(train_pairs))
+                   stat_scale, feat_scale, len(held_pairs), len(train_pairs),
+                   (image_statistics(real[:n]) - sweep_scale[0]) / sweep_scale[1], sweep_scale)
 
 
 def generate_held_out(model: SiameseModel, masks: np.ndarray, settings: dict, batch: int = 4) -> tuple[np.ndarray, float]:
@@ -90,6 +97,16 @@ def generate_held_out(model: SiameseModel, masks: np.ndarray, settings: dict, ba
         images = sample(model, hints, [prompt] * len(chunk), gens, **settings)
         out.append((images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8))
     return np.concatenate(out), time.perf_counter() - t0
+
+
+def _sweep_kid(images: np.ndarray, held: HeldOut) -> dict:
+    """`siamese.sweep`'s colour/texture KID x1e3 (mean, std) of the images, as its rows hold it."""
+    if held.sweep_real_statistics is None:
+        return {}
+    mu, sd = held.sweep_scale
+    value, std = kid((image_statistics(images) - mu) / sd, held.sweep_real_statistics, subsets=100,
+                     subset_size=min(50, len(images)), seed=0)
+    return {"kid_sweep": round(value * 1e3, 3), "kid_sweep_std": round(std * 1e3, 3)}
 
 
 def measure_quality(model: SiameseModel, scorer: FidelityScorer, held: HeldOut, candidates: dict[str, dict],
@@ -108,6 +125,7 @@ def measure_quality(model: SiameseModel, scorer: FidelityScorer, held: HeldOut, 
                      "kid_colour": round(k_stat[0], 3), "kid_colour_std": round(k_stat[1], 3),
                      "kid_features": round(k_feat[0], 3), "kid_features_std": round(k_feat[1], 3),
                      "fidelity_dice": round(float(scorer.score(images, held.masks).mean()), 4),
+                     **_sweep_kid(images, held),
                      "seconds_per_image_alone": round(seconds / len(images), 3)}
         log(f"  {name}: colour/texture KID {out[name]['kid_colour']:.2f}, feature KID {out[name]['kid_features']:.2f}, "
             f"fidelity {out[name]['fidelity_dice']:.3f}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from siamese.sampling import describe_mask
 
 __all__ = ["table"]
@@ -119,6 +121,27 @@ def table(res: dict) -> str:
                        f"{describe_mask(a.get('control_scale', 1.0), a.get('control_end', 1.0))}, "
                        f"autoguidance {a.get('autoguidance', 1.0):g}, "
                        f"{a['resolution']}x{a['resolution']}; {a['model']})", rows)
+    if "presets" in res:
+        p, quality = res["presets"], res.get("presets_quality", {})
+        rows = []
+        for name, settings in p["settings"].items():
+            speed = (f"{_s(p['seconds_per_image'][name])} per image" if name == "today" else
+                     f"{_s(p['seconds_per_image'][name])} per image, {_x(p['speedup'][name])} faster than today "
+                     f"(cpu time {_x(p['speedup_cpu_time'][name])})")
+            q = quality.get(name)
+            if q:
+                speed += (f"; colour/texture KID {q['kid_colour']:.2f} +- {q['kid_colour_std']:.2f}, feature KID "
+                          f"{q['kid_features']:.3f} +- {q['kid_features_std']:.3f}, fidelity {q['fidelity_dice']:.3f}")
+            rows.append((f"{name}: {settings['scheduler']} {settings['steps']} steps, cache "
+                         f"{settings.get('cache_interval', 1)}, {settings.get('precision', 'float32')}", speed))
+        if "batch_images_per_hour" in res:
+            b = res["batch_images_per_hour"]
+            rows.append((f"Batch path, default preset ({'scored' if b['scored'] else 'unscored'}, "
+                         f"{b['num_images']} per mask)", f"{b['images_per_hour']:,} pairs per hour "
+                                                          f"({_s(b['seconds_per_pair'])} per pair)"))
+        n = next(iter(quality.values()), {}).get("images")
+        lines += _rows(f"Sampling presets against today's sampler (batch {p['batch']}, interleaved"
+                       f"{f'; quality on {n} held-out masks' if n else ''})", rows)
     if "scaling" in res:
         rows = [(f"{r['resolution']}x{r['resolution']} batch {r['batch']}",
                  r["error"] if r.get("error") else f"{_s(r['step_s'])}   {_mib(r['peak_bytes'])}")
@@ -132,6 +155,12 @@ def table(res: dict) -> str:
                        " fp16 autocast, gradient checkpointing; not measured)",
                        [(k, f"{v} GiB") for k, v in est["gib"].items() if not isinstance(v, dict)]
                        + [(f"total with {k}", f"{v} GiB") for k, v in est["total_gib"].items()])
+    load, cores = res.get("load_average_start"), os.cpu_count() or 1
+    if load is not None and load >= cores and res.get("threads", 1) > 1:
+        lines.append(f"\nNOTE: the machine was busy (load average {load} on {cores} cores): with {res['threads']} "
+                     "threads our many small operations wait on the slower thread more than the naive objective's "
+                     "large ones, and the speedups fall (training step 1.31x at 2 threads, 1.79x at 1 thread under "
+                     "the same load: docs/PERFORMANCE.md); rerun quiet or with --threads 1")
     rows = [(k, f"{'-' if t['value'] is None else t['value']}  (target {t['target']}: "
                 f"{'-' if t['met'] is None else 'met' if t['met'] else 'MISSED'})") for k, t in res["targets"].items()]
     lines += _rows(f"Targets (elapsed {res['elapsed_s']} s)", rows)

@@ -8,8 +8,9 @@
 Sections (`--only` picks some): train (step time and gradients, ours vs naive, on the tiny preset and,
 in full mode, the mid-size one), memory (peak memory per variant, one process each), sample (our
 sampler vs the diffusers pipeline's loop), ips (images per second of the default model at the app's
-defaults), scaling (step time and memory vs resolution and batch size), profile (where our step's
-time goes, part by part), sd15 (GPU only, with --sd15), sd15arch (Stable Diffusion 1.5's architecture
+defaults), presets (seconds per image of the model's "default" and "fast" sampling presets against today's
+sampler, interleaved, with their quality on held-out masks and the Batch path's pairs per hour), scaling (step
+time and memory vs resolution and batch size), profile (where our step's time goes, part by part), sd15 (GPU only, with --sd15), sd15arch (Stable Diffusion 1.5's architecture
 with random weights, ours vs naive training step and memory: runs only when named, about 15 minutes and
 18 GB on the 2-core CPU).
 """
@@ -29,38 +30,46 @@ from diffusers.utils import logging as diffusers_logging
 
 from . import report
 from .estimate import sd15_training_memory
-from .sampling import SETTINGS, autoguidance_cost, compare_memory_formats, compare_samplers, images_per_second
+from siamese.fidelity import load_scorer
+from siamese.files import default_model as default_model_path
+from siamese.presets import FALLBACK_PRESETS, model_presets, preset_params
+
+from .quality import DATA, load_held_out, measure_quality
+from .sampling import (SETTINGS, autoguidance_cost, batch_images_per_hour, compare_memory_formats, compare_presets,
+                       compare_samplers, images_per_second)
 from .sd15 import run_sd15
 from .timing import load_average, median
 from .training import (
     compare_steps, component_times, deepcopy_seconds, float64_parity, speedup_by_regularised_samples,
 )
 from .worker import measure
-from .workload import PRESETS, build_preset, default_model, parse_dtype, prepare_networks
+from .workload import PRESETS, build_preset, default_model, mask_hints, parse_dtype, prepare_networks
 
 __all__ = ["main", "run_benchmarks", "build_parser", "MODES"]
 
-SECTIONS = ("train", "memory", "sample", "ips", "scaling", "profile", "sd15", "sd15arch")
+SECTIONS = ("train", "memory", "sample", "ips", "presets", "scaling", "profile", "sd15", "sd15arch")
 DEFAULT_SECTIONS = SECTIONS[:-1]  # sd15arch (15 minutes, 18 GB) runs only when named
 TARGETS = {"train_speedup": (">=", 2.0), "train_memory_ratio": ("<=", 0.7), "sample_speedup": (">=", 1.3),
-           "seconds_per_image_app_defaults": ("<=", 1.5)}
+           "seconds_per_image_app_defaults": ("<=", 0.6), "seconds_per_image_fast_preset": ("<=", 0.25)}
 
 # What each mode runs.
 MODES = {
     "smoke": dict(preset="smoke", sections=DEFAULT_SECTIONS, train_batch=2, train_repeats=1, mid=False,
                   variants=("ours", "naive"), f64_resolution=64, f64_batch=2, sample_batch=2,
                   sample_repeats=1, sample_steps=2, pipeline=True, ips_batches=(1, 2, 4), ips_repeats=1,
-                  scaling=[(64, 2)], timed_steps=0, formats_experiment=True, regularised_counts=(0,), checkpointing=True),
-    "quick": dict(preset="tiny", sections=("train", "memory", "sample", "ips", "scaling"), train_batch=8,
+                  scaling=[(64, 2)], timed_steps=0, formats_experiment=True, regularised_counts=(0,), checkpointing=True,
+                  preset_repeats=1, quality_masks=0, batch_masks=2),
+    "quick": dict(preset="tiny", sections=("train", "memory", "sample", "ips", "presets", "scaling"), train_batch=8,
                   train_repeats=2, mid=False, variants=("ours", "naive"), f64_resolution=128, f64_batch=4,
                   sample_batch=4, sample_repeats=1, sample_steps=None, pipeline=False, ips_batches=(1, 4, 16),
                   ips_repeats=1, scaling=[(128, 4), (256, 4), (256, 8)], timed_steps=0, formats_experiment=False,
-                  regularised_counts=(), checkpointing=False),
+                  regularised_counts=(), checkpointing=False, preset_repeats=2, quality_masks=16, batch_masks=4),
     "full": dict(preset="tiny", sections=DEFAULT_SECTIONS, train_batch=8, train_repeats=4, mid=True,
                  variants=("ours", "naive"), f64_resolution=128, f64_batch=4, sample_batch=4,
                  sample_repeats=2, sample_steps=None, pipeline=True, ips_batches=(1, 4, 16), ips_repeats=2,
                  scaling=[(128, 4), (256, 4), (384, 4), (256, 2), (256, 8), (256, 16)], timed_steps=2,
-                 formats_experiment=True, regularised_counts=(0, 1), checkpointing=True),
+                 formats_experiment=True, regularised_counts=(0, 1), checkpointing=True, preset_repeats=3,
+                 quality_masks=32, batch_masks=8),
 }
 
 
@@ -178,10 +187,15 @@ def _sample_section(results: dict, mode: dict, device: torch.device, dtype: torc
                 "control_end": model.config.control_end}
     if mode["sample_steps"]:
         settings["steps"] = mode["sample_steps"]
-    # the app's settings add the model's autoguidance; the comparison with the diffusers loop (which has none)
-    # runs without it, and the ips section measures what it costs
+    # the app's settings are the model's "default" preset with its autoguidance; the comparison with the diffusers
+    # loop (which has neither feature reuse nor autoguidance) runs today's sampler without it, and the ips section
+    # measures what the autoguidance costs
     autoguidance = model.config.autoguidance
-    app_settings = {**settings, "autoguidance": autoguidance} if autoguidance != 1 else settings
+    presets = {name: {**settings, **preset} for name, preset in model_presets(model).items()}
+    if mode["sample_steps"]:
+        for preset in presets.values():
+            preset["steps"] = min(preset["steps"], mode["sample_steps"])
+    app_settings = {**presets["default"], "autoguidance": autoguidance} if autoguidance != 1 else presets["default"]
     results["sample_model"] = which
     ips: dict[int, dict] = {}
     if "sample" in sections:
@@ -200,14 +214,14 @@ def _sample_section(results: dict, mode: dict, device: torch.device, dtype: torc
         if autoguidance != 1:  # batch 4 (the app's) with the model's autoguidance, against none
             ips.pop(4, None)
             log(f"ips: batch 4, autoguidance {autoguidance:g} (the model's) and none, interleaved")
-            cost = autoguidance_cost(model, 4, max(2, mode["ips_repeats"]), settings, autoguidance)
+            cost = autoguidance_cost(model, 4, max(2, mode["ips_repeats"]), presets["default"], autoguidance)
             results["autoguidance_cost"] = cost
             seconds = cost["seconds_with"]
             ips[4] = {"batch": 4, "seconds": seconds, "images_per_second": round(4 / seconds, 4),
                       "seconds_per_image": cost["seconds_per_image_with"], "wall_s": cost["wall_s"]}
         for b in mode["ips_batches"]:
             if b in ips:
-                log(f"ips: batch {b} (from the sample comparison)")
+                log(f"ips: batch {b} (measured above)")
                 continue
             log(f"ips: batch {b}")
             warm = b <= 4 or mode["ips_repeats"] > 1  # quick mode: no separate warm-up call at batch 16
@@ -219,11 +233,47 @@ def _sample_section(results: dict, mode: dict, device: torch.device, dtype: torc
         results["seconds_per_image_app_defaults"] = ips[app_batch]["seconds_per_image"]
         results["app_defaults"] = {**app_settings, "batch": app_batch, "resolution": model.config.resolution,
                                    "model": which, "threads": torch.get_num_threads()}
+    if "presets" in sections:
+        _presets_part(results, mode, model, settings, presets, autoguidance)
     if "sample" in sections and mode["formats_experiment"] and device.type == "cpu":
         log("sample: contiguous vs channels_last networks, ours and the diffusers loop, batch 4")
         other, _ = load()
         prepare_networks(other, device, dtype, channels_last=True)
         results["sample_memory_format"] = compare_memory_formats(model, other, 4, mode["sample_repeats"], settings)
+
+
+def _presets_part(results: dict, mode: dict, model, settings: dict, presets: dict[str, dict], autoguidance: float):
+    """The model's presets against today's sampler (16 steps, every block, float32, the model's autoguidance), at
+    the app's batch of 4, interleaved; their quality on held-out masks (the bundled model, its scorer, the shared
+    data); the Batch path's pairs per hour at the default preset."""
+    with_guide = {"autoguidance": autoguidance} if autoguidance != 1 else {}
+    today = {**settings, **{k: FALLBACK_PRESETS["default"][k] for k in ("cache_interval", "precision")}, **with_guide}
+    chosen = {name: {**preset, **with_guide} for name, preset in presets.items()}
+    log(f"presets: {', '.join(f'{k} {v}' for k, v in chosen.items())} against today's sampler, batch 4")
+    r = compare_presets(model, 4, mode["preset_repeats"], today, chosen)
+    results["presets"] = r
+    results["seconds_per_image_today"] = r["seconds_per_image"]["today"]
+    results["seconds_per_image_default_preset"] = r["seconds_per_image"]["default"]
+    results["seconds_per_image_fast_preset"] = r["seconds_per_image"]["fast"]
+    # the app's defaults are the default preset: its time interleaved with today's is the headline (the ips
+    # section's, timed alone, moves more with the machine's load)
+    results["seconds_per_image_app_defaults"] = r["seconds_per_image"]["default"]
+    results["preset_speedup"] = r["speedup"]
+    bundled = mode["preset"] != "smoke" and (DATA / "images").is_dir()
+    scorer = load_scorer(default_model_path()) if bundled else None
+    held = None
+    if mode["quality_masks"] and scorer is not None:
+        log(f"presets: quality on {mode['quality_masks']} held-out masks (colour/texture KID, feature KID, fidelity)")
+        held = load_held_out(model, scorer, mode["quality_masks"])
+        results["presets_quality"] = measure_quality(model, scorer, held, {"today": today, **chosen}, log=log)
+    n = mode["batch_masks"]
+    masks = (list(held.masks[:n]) if held is not None and len(held.masks) >= n
+             else list(mask_hints(n, model.config.resolution, 1)[:, 0].numpy().astype("uint8")))
+    params = preset_params(model, "default", steps=chosen["default"]["steps"])
+    log(f"presets: the Batch path (run_batch, {'scored' if scorer is not None else 'unscored'}), {n} masks x 2 "
+        "images, default preset")
+    results["batch_images_per_hour"] = batch_images_per_hour(model, scorer, [(f"m{i}", m) for i, m in enumerate(masks)],
+                                                             params)
 
 
 def _scaling_section(results: dict, mode: dict, device: torch.device, amp: torch.dtype, args) -> None:
@@ -272,7 +322,7 @@ def run_benchmarks(args: argparse.Namespace) -> dict:
         log(f"profile: where our step's time goes (preset {mode['preset']}, batch {mode['train_batch']})")
         results["train_profile"] = component_times(build_preset(PRESETS[mode["preset"]]), mode["train_batch"],
                                                    device, 2)
-    if {"sample", "ips"} & set(sections):
+    if {"sample", "ips", "presets"} & set(sections):
         _sample_section(results, mode, device, dtype, sections, args)
     if "scaling" in sections:
         _scaling_section(results, mode, device, dtype, args)

@@ -11,12 +11,14 @@ latents, decoded by the model's codec) as a second baseline.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
+from siamese.batch import run_batch
 from siamese.model import SiameseModel
 from siamese.sampling import make_scheduler, sample
 
@@ -24,10 +26,12 @@ from .timing import interleaved
 from .workload import PROMPT, mask_hints
 
 __all__ = ["SETTINGS", "diffusers_loop_sample", "pipeline_sample", "compare_samplers", "images_per_second",
-           "compare_memory_formats"]
+           "compare_memory_formats", "compare_presets", "batch_images_per_hour"]
 
-# The app's defaults (studio/generate.py DEFAULTS): DPM-Solver++ 2M, 16 steps, guidance 9.0, batches of 4;
-# the app's control scale and autoguidance are the model's recommended ones (bench/run.py adds them)
+# Today's sampler, the app's settings before presets (issue 27; `siamese.presets.FALLBACK_PRESETS["default"]`):
+# DPM-Solver++ 2M, 16 steps, guidance 9.0, every block in every step, float32, batches of 4; the app's control
+# scale and autoguidance are the model's recommended ones (bench/run.py adds them). The app's defaults now are the
+# model's "default" preset (`compare_presets`)
 SETTINGS = dict(scheduler="dpm++", steps=16, guidance_scale=9.0)
 
 
@@ -192,3 +196,33 @@ def compare_memory_formats(contiguous: SiameseModel, channels_last: SiameseModel
             "ours_channels_last_speedup": round(t.ratio("ours_contiguous", "ours_channels_last"), 3),
             "speedup_contiguous": round(t.ratio("diffusers_loop_contiguous", "ours_contiguous"), 3),
             "speedup_channels_last": round(t.ratio("diffusers_loop_channels_last", "ours_channels_last"), 3)}
+
+
+def compare_presets(model: SiameseModel, batch: int, repeats: int, today: dict, presets: dict[str, dict],
+                    seed: int = 0) -> dict:
+    """Seconds per image of the model's presets (name -> `sample` settings) against today's sampler (`today`),
+    interleaved at one batch size: each preset's median and its paired speedup over today (wall and CPU time)."""
+    hint = mask_hints(batch, model.config.resolution, seed).to(model.device, model.dtype)
+    settings = {"today": today, **presets}
+    runs = {name: (lambda s=s: sample(model, hint, [PROMPT] * batch, _generators(batch, seed), **s))
+            for name, s in settings.items()}
+    for run in runs.values():
+        run()
+    t = interleaved(runs, repeats, model.device)
+    return {"batch": batch, "repeats": repeats, "settings": settings,
+            "seconds_per_image": {k: round(t.median(k) / batch, 4) for k in runs},
+            "speedup": {k: round(t.ratio("today", k), 3) for k in presets},
+            "speedup_cpu_time": {k: round(t.ratio("today", k, "cpu"), 3) for k in presets},
+            "timings": t.summary()}
+
+
+def batch_images_per_hour(model: SiameseModel, scorer, masks: list, params, num_images: int = 2,
+                          batch_size: int = 4, seed: int = 0) -> dict:
+    """The Batch tab's path (`siamese.batch.run_batch`: sample, then score each pair with the model's fidelity
+    scorer when it has one), timed end to end on `masks` with `num_images` pairs each: pairs per hour."""
+    t0 = time.perf_counter()
+    pairs = list(run_batch(model, masks, num_images, seed, params, scorer=scorer, batch_size=batch_size))
+    seconds = time.perf_counter() - t0
+    return {"pairs": len(pairs), "seconds": round(seconds, 3), "seconds_per_pair": round(seconds / len(pairs), 4),
+            "images_per_hour": round(3600 * len(pairs) / seconds), "scored": scorer is not None,
+            "num_images": num_images, "batch_size": batch_size}

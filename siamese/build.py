@@ -10,7 +10,8 @@ The stages are those that made the bundled polyp model (its model card has every
     4-locked    more biased Siamese steps with the UNet decoder locked (the ControlNet alone learns)
     assemble    4-locked with the decoder, the scorer, and 2-siamese as its autoguidance guide
     sweep       mask strength, guidance and autoguidance chosen on the held-out split (`siamese.sweep`)
-    ship        OUTPUT: the model in float16 with the chosen settings, metrics.csv of every stage, build.json, card
+    ship        OUTPUT: the model in float16 with the chosen settings, metrics.csv of every stage, build.json, card,
+                and examples/: EXAMPLE_MASKS held-out masks at the model resolution (the app's example masks)
     evaluate    `siamese.evaluate` on the held-out split: evaluation.json and the model card's figures
 
 OUTPUT/build/ holds the stages' run folders, `plan.json` (every stage's settings, fixed at the first run) and
@@ -25,32 +26,38 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
+import cv2
 import numpy as np
 import torch
 
-from .card import write_model_card
-from .data import PairDataset, find_pairs, split_pairs
+from .card import FIGURE_NAME, write_model_card
+from .data import PairDataset, find_pairs, read_mask, resize_pair, split_pairs
 from .decoder import DecoderTrainConfig
 from .evaluate import EvalConfig, evaluate
 from .fidelity import ScorerConfig, load_scorer
 from .files import atomic_write, check_writable
 from .folder_ops import add_decoder, add_scorer
 from .guide import make_guide
-from .model import load_model
+from .model import label_problem, load_model
+from .presets import PRESET_NAMES
 from .sweep import Candidate, choose, measure_candidates
 from .train import train
 from .train_config import MAX_SEED, TrainConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BuildConfig", "build", "plan_stages", "BUILD_FOLDER", "REFERENCE_HOURS", "STAGES"]
+__all__ = ["BuildConfig", "BuildStopped", "build", "begun_build", "plan_stages", "write_examples", "BUILD_FOLDER",
+           "REFERENCE_HOURS", "STAGES", "EXAMPLES_FOLDER", "EXAMPLE_MASKS"]
 
 BUILD_FOLDER = "build"
+EXAMPLES_FOLDER, EXAMPLE_MASKS = "examples", 6  # OUTPUT/examples/: held-out masks the app offers as examples
 REFERENCE_HOURS = 3.5  # the full recipe (budget factor 1) on 2 idle CPU cores at 256 px, batch 8
 # seconds per step of each kind at budget factor 1 (what REFERENCE_HOURS adds up to); for the ETA only
 _SECONDS_PER_STEP = {"base": 0.5, "siamese": 2.2, "decoder": 0.4, "scorer": 0.3}
@@ -68,8 +75,9 @@ _FULL = {
 }
 _FULL_DECODER_STEPS, _FULL_SCORER_STEPS = 4000, 2000
 _FROM = {"1-base": "tiny", "2-siamese": "1-base", "3-biased": "2-siamese", "4-locked": "3-biased"}
-# the sweep: mask strength x guidance at autoguidance 2, then autoguidance 1 and 3 at the best of those
-_SWEEP_GRID = [Candidate(c, 1.0, g, 2.0) for c in (1.0, 1.5, 2.0) for g in (6.0, 9.0)]
+# the sweep: mask strength x guidance at autoguidance 2, then autoguidance 1 and 3 at the best of those (on the skin
+# lesion data fidelity rose up to the strongest mask and the weakest guidance of a grid (1, 1.5, 2) x (6, 9))
+_SWEEP_GRID = [Candidate(c, 1.0, g, 2.0) for c in (1.5, 2.0, 3.0) for g in (3.0, 6.0)]
 _SWEEP_AUTOGUIDANCE = (1.0, 3.0)
 
 
@@ -95,6 +103,7 @@ class BuildConfig:
     eval_seeds: int = 2  # segmentation seeds of the final evaluation's downstream test; 0: no evaluation
     eval_seg_steps: int = 600  # training steps of each of the evaluation's segmentation networks
     report_to: str = "none"
+    label: str | None = None  # what the model makes, for the app's selector (e.g. "skin lesions (dermoscopy)")
 
     def validate(self) -> None:
         if not isinstance(self.budget_hours, (int, float)) or isinstance(self.budget_hours, bool) \
@@ -109,6 +118,8 @@ class BuildConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"{name.replace('_', ' ')} must be a whole number from {low} to {high}, got {value!r}")
+        if label_problem(self.label):
+            raise ValueError(f"label must be {label_problem(self.label)}, got {self.label!r}")
         TrainConfig(data=self.data, output=self.output, resolution=self.resolution, batch_size=self.batch_size,
                     holdout=self.holdout, prompt=self.prompt, name=self.name, seed=self.seed,
                     report_to=self.report_to).validate()  # the settings every training stage shares
@@ -136,8 +147,10 @@ def plan_stages(config: BuildConfig) -> dict[str, dict]:
         settings = {k: v for k, v in full.items() if k not in ("steps", "share")}
         steps = max(10, round(full["steps"] * f))
         schedule = max(steps, round(steps / full["share"]))
+        # a loss row at least every tenth of the stage (a short stage stopped before its first row had no curve)
         settings.update(max_steps=schedule, stop_at=steps if schedule > steps else 0,
                         checkpoint_every=max(5, min(200, steps // 10)),
+                        log_every=max(1, min(full["log_every"], steps // 10)),
                         warmup_steps=min(steps // 2, round(full["warmup_steps"] * f)))
         if "preview_every" in full:
             settings["preview_every"] = max(10, round(full["preview_every"] * f))
@@ -166,7 +179,8 @@ class _Record:
         self.done: dict[str, dict] = json.loads(self.done_path.read_text()) if self.done_path.is_file() else {}
 
     def fix_plan(self, config: BuildConfig, plan: dict) -> None:
-        record = {"config": {k: v for k, v in asdict(config).items()}, "stages": plan}
+        # the label names the shipped model only (it is read at the ship stage): a resumed build may give another
+        record = {"config": {k: v for k, v in asdict(config).items() if k != "label"}, "stages": plan}
         path = self.folder / "plan.json"
         if path.is_file():
             before = json.loads(path.read_text())
@@ -183,13 +197,27 @@ class _Record:
         atomic_write(self.done_path, (json.dumps(self.done, indent=2) + "\n").encode())
 
 
+def begun_build(output: str | Path) -> BuildConfig | None:
+    """The settings of the build begun in `output` (its build/plan.json; the label is not part of them), or None when
+    there is none: building with them resumes it."""
+    path = Path(output) / BUILD_FOLDER / "plan.json"
+    if not path.is_file():
+        return None
+    try:
+        return BuildConfig(**json.loads(path.read_text())["config"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a build plan this version reads ({e})") from None
+
+
 def build(config: BuildConfig, callback: Callable[[dict], None] | None = None, stop: threading.Event | None = None,
           progress_bar: bool = False) -> Path:
     """Run (or resume) every stage of the build; returns OUTPUT, a complete model folder.
 
-    `callback` receives {"type": "stage", "stage", "index", "total", "eta_s"} before each stage, every training event
-    of `siamese.train.train` with "stage" added, and {"type": "done", "output"} at the end. Setting `stop` ends the
-    build after the current training step (saved; the same call resumes): BuildStopped is raised.
+    `callback` receives {"type": "stage", "stage", "index", "total", "eta_s", "stage_s"} before each stage (eta_s: the
+    planned seconds of it and the stages after it, stage_s: of it alone), every training event of `siamese.train.train`
+    with "stage" added, {"type": "sweep", "done", "total"} in the sweep, and {"type": "done", "output"} at the end.
+    Setting `stop` ends the build after the current training step (saved), or after the current stage of the others
+    (they do not stop midway): BuildStopped is raised, and the same call resumes.
     """
     config.validate()
     out = Path(config.output)
@@ -204,10 +232,13 @@ def build(config: BuildConfig, callback: Callable[[dict], None] | None = None, s
     for index, stage in enumerate(STAGES, 1):
         if stage not in remaining:
             continue
+        if stop is not None and stop.is_set():
+            raise BuildStopped(f"stopped before stage {stage}: run the same build again to resume")
         eta = sum(_stage_seconds(s, plan.get(s, {})) for s in remaining[remaining.index(stage):])
         logger.info("stage %d/%d: %s (about %.0f min of training left on 2 idle cores)", index, len(STAGES), stage,
                     eta / 60)
-        emit({"type": "stage", "stage": stage, "index": index, "total": len(STAGES), "eta_s": eta})
+        emit({"type": "stage", "stage": stage, "index": index, "total": len(STAGES), "eta_s": eta,
+              "stage_s": _stage_seconds(stage, plan.get(stage, {}))})
         result = _run_stage(stage, config, plan, build_dir, emit, stop, progress_bar)
         record.finish(stage, result)
     emit({"type": "done", "output": str(out)})
@@ -245,16 +276,28 @@ def _run_stage(stage: str, config: BuildConfig, plan: dict, build_dir: Path, emi
     if stage == "ship":
         return _ship(config, plan, build_dir)
     if stage == "evaluate":
+        report = build_dir / "evaluation"
         evaluate(EvalConfig(data=config.data, model=config.output, test_fraction=config.holdout, seed=0,
                             seeds=config.eval_seeds, seg_steps=config.eval_seg_steps, steps=config.sweep_steps,
-                            guidance_scale=_chosen(build_dir)["guidance_scale"]), progress_bar=progress_bar)
+                            guidance_scale=_chosen(build_dir)["guidance_scale"], output=str(report)),
+                 progress_bar=progress_bar)
+        _card_figure(report / "fidelity.png", Path(config.output) / FIGURE_NAME)
+        write_model_card(config.output)  # now with the figure
         return {}  # the report is OUTPUT/evaluation.json, and in the model card
     raise ValueError(f"unknown build stage {stage!r}")
 
 
-def _copy_scorer(parts: Path, folder: Path) -> None:
-    import shutil
+def _card_figure(grid: Path, path: Path) -> None:
+    """The evaluation's held-out grid (real | mask | generated) as the card's JPEG figure (about a fifth of the PNG)."""
+    image = cv2.imread(str(grid), cv2.IMREAD_COLOR)
+    if image is None:
+        logger.warning("no held-out figure for the card: %s cannot be read", grid)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 88])[1].tobytes())
 
+
+def _copy_scorer(parts: Path, folder: Path) -> None:
     shutil.copytree(parts / "segmenter", folder / "segmenter", dirs_exist_ok=True)
 
 
@@ -293,10 +336,14 @@ def _ship(config: BuildConfig, plan: dict, build_dir: Path) -> dict:
     model = load_model(build_dir / "assembled")
     model.config.control_scale, model.config.control_end = chosen["control_scale"], chosen["control_end"]
     model.config.autoguidance = chosen["autoguidance"]
+    # the chosen guidance goes into the presets, which the app and `sample` read (the speed settings stay the defaults)
+    model.config.sampling_presets = {name: {"guidance_scale": chosen["guidance_scale"]} for name in PRESET_NAMES}
     if chosen["autoguidance"] == 1.0:
         model.guide = None
+    model.config.label = config.label
     model.save_pretrained(out, dtype=torch.float16)
     _copy_scorer(build_dir / "parts", out)
+    write_examples(config.data, config.holdout, model.config.resolution, out)
     for name in ("train_config.json",):
         (out / name).write_text((build_dir / "4-locked" / name).read_text())
     _merge_metrics([build_dir / s for s in _FULL], out / "metrics.csv")
@@ -308,6 +355,33 @@ def _ship(config: BuildConfig, plan: dict, build_dir: Path) -> dict:
     atomic_write(out / "build.json", (json.dumps(summary, indent=2) + "\n").encode())
     write_model_card(out)
     return {}
+
+
+def write_examples(data: str | Path, holdout: float, resolution: int, folder: str | Path,
+                   count: int = EXAMPLE_MASKS) -> list[Path]:
+    """`count` held-out masks of the data (split seed 0, as the build's), binarised at `resolution`, as small PNGs
+    (0/255) in folder/examples/, numbered from the smallest lesion to the largest (spread over the sizes); what was
+    there is replaced. The app offers them as the model's example masks. Returns the files."""
+    _, held = split_pairs(find_pairs(data), holdout, 0)
+    masks = []
+    for pair in held[:200]:
+        _, mask = resize_pair(None, read_mask(pair.mask), resolution)  # (R, R) {0, 1}
+        if 0 < mask.mean() < 1:
+            masks.append((float(mask.mean()), pair.mask.stem, mask))
+    masks.sort(key=lambda m: m[:2])
+    # spread over the sizes between the 10th and 90th percentile: the extremes (a speck, a lesion filling the frame)
+    # show little
+    picked = sorted(set((np.linspace(0.1, 0.9, count) * (len(masks) - 1)).round().astype(int))) if masks else []
+    target = Path(folder) / EXAMPLES_FOLDER
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    paths = []
+    for n, i in enumerate(picked, 1):
+        _, png = cv2.imencode(".png", masks[i][2] * 255, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        paths.append(target / f"{n}-{masks[i][1]}.png")
+        atomic_write(paths[-1], png.tobytes())
+    logger.info("%d example masks in %s", len(paths), target)
+    return paths
 
 
 def _merge_metrics(folders: list[Path], path: Path) -> None:

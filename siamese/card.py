@@ -19,14 +19,20 @@ from huggingface_hub import ModelCard, ModelCardData
 from .eval_report import format_report
 from .files import atomic_write, is_hub_id
 from .params import describe_mask
+from .presets import FALLBACK_PRESETS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GENERATED_MARK", "TAGS", "PIPELINE_TAG", "EVALUATION_NAME", "write_model_card", "render_model_card",
+__all__ = ["GENERATED_MARK", "TAGS", "PIPELINE_TAG", "EVALUATION_NAME", "FIGURE_NAME", "write_model_card", "render_model_card",
            "record_evaluation", "base_model_of"]
 
 CARD_NAME = "README.md"
 EVALUATION_NAME = "evaluation.json"
+FIGURE_NAME = "figures/held-out.jpg"  # real | mask | generated for held-out pairs (written by `build`)
+BUILD_NAME = "build.json"
+# the checks a built model's card states: fidelity share of the real ceiling, copying ratio, colour/texture and
+# feature KID (the bundled polyp model's card holds its models to the same KID targets)
+FIDELITY_TARGET, COPYING_TARGET, KID_TARGETS = 0.95, 0.9, (5.0, 1.0)
 GENERATED_MARK = ("<!-- siamese: generated model card; rewritten by train, evaluate and push. "
                   "Remove this line to keep your own text. -->")
 TAGS = ["siamese-diffusion", "medical-imaging", "image-segmentation", "controlnet", "diffusers"]
@@ -109,25 +115,35 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
              "synthetic training pair for segmentation. Made with Siamese-Diffusion Studio (the `siamese` package)."]
     if settings:
         codec = settings.get("codec", {}).get("type", "vae")
-        lines += ["", f"- default prompt: \"{settings.get('prompt', '')}\"",
+        lines += [""] + ([f"- makes: {settings['label']}"] if settings.get("label") else [])
+        lines += [f"- default prompt: \"{settings.get('prompt', '')}\"",
                   "- recommended mask strength (ControlNet conditioning scale): "
                   f"{describe_mask(settings.get('control_scale', 1.0), settings.get('control_end', 1.0))}",
                   f"- recommended autoguidance: {settings.get('autoguidance', 1.0):g}"
                   + (" (with the guide in guide/, a weaker version of the model)" if settings.get('autoguidance', 1.0)
                      != 1 else " (off)"),
                   f"- latent codec: {'the tiny preset patch codec' if codec == 'patch' else 'Stable Diffusion VAE'}"]
+    preset = {**FALLBACK_PRESETS["default"], **(settings.get("sampling_presets") or {}).get("default", {})}
+    steps, guidance, scheduler = preset["steps"], preset["guidance_scale"], preset["scheduler"]
     lines += ["", "**Generated images are synthetic and not for clinical use.** The terms of the training data and of "
               "the base model apply.", "", "## Use", "", "```bash",
-              f"python -m siamese sample --model {where} --masks MASKS --output OUT --steps 20 --guidance 3 "
-              "--scheduler dpm++", "```", "", "With diffusers alone (the folder carries its pipeline code):", "",
+              f"python -m siamese sample --model {where} --masks MASKS --output OUT --steps {steps} "
+              f"--guidance {guidance:g} --scheduler {scheduler}", "```", "",
+              "With diffusers alone (the folder carries its pipeline code):", "",
               "```python", "import torch", "from diffusers import DiffusionPipeline", "",
               f"pipe = DiffusionPipeline.from_pretrained(\"{where}\", trust_remote_code=True, dtype=torch.float32)",
-              "image = pipe(image=mask, num_inference_steps=20, guidance_scale=3.0,",
+              f"image = pipe(image=mask, num_inference_steps={steps}, guidance_scale={guidance:g},",
               "             generator=torch.Generator().manual_seed(0)).images[0]", "```"]
+    if (folder / FIGURE_NAME).is_file():
+        lines += ["", f"![held-out pairs: real image, its mask, generated from the mask]({FIGURE_NAME})", "",
+                  "Held-out pairs (never seen in training): the real image, its mask, and an image generated from the "
+                  "mask at the recommended settings."]
+    lines += _build_section(_read_json(folder / BUILD_NAME), evaluation)
     if train:
         max_steps = train.get("max_steps")
         step = int(last["step"]) if last else 0
-        state = "finished" if max_steps and step >= max_steps else f"in progress or stopped at step {step}"
+        end = min(max_steps or 0, train.get("stop_at") or max_steps or 0)  # a build stops some stages early
+        state = "finished" if end and step + train.get("log_every", 1) > end else f"in progress or stopped at step {step}"
         model = train.get("model")
         started = "from scratch (tiny preset)" if model == "tiny" else f"from `{_shown(model)}`"
         shown = {**train, "model": _shown(train.get("model", ""))}
@@ -152,6 +168,41 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
         lines += ["", "## Evaluation", "", f"Not evaluated yet: `python -m siamese evaluate --model {where} "
                   "--data DATA` scores mask fidelity, downstream benefit, realism, diversity and mask use."]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+
+
+def _build_section(build: dict, evaluation: dict) -> list[str]:
+    """The card's "Build" section from build.json (the stages' steps, the sweep and the chosen settings) and the
+    checks a built model is held to, from evaluation.json ([] for a folder that was not built)."""
+    plan, sweep = build.get("plan") or {}, build.get("sweep") or {}
+    if not plan:
+        return []
+    stages = ", ".join(f"{name} {stage.get('stop_at') or stage.get('max_steps') or stage.get('steps')}"
+                       for name, stage in plan.items() if isinstance(stage, dict))
+    lines = ["", "## Build", "", f"Made by `python -m siamese build` with a budget of {build.get('budget_hours')} "
+             f"CPU-hours; steps per stage: {stages}."]
+    if sweep.get("rows"):
+        lines += ["", f"Settings sweep on {sweep.get('masks')} held-out masks ({sweep.get('scheduler')}, "
+                  f"{sweep.get('steps')} steps; fidelity: the scorer's Dice, real ceiling "
+                  f"{sweep.get('ceiling', 0):.3f}; the faithful setting with the lowest colour/texture KID is chosen):",
+                  "", "| mask strength | guidance | autoguidance | fidelity | colour/texture KID x1e3 |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['control_scale']:g} | {r['guidance_scale']:g} | {r['autoguidance']:g} | {r['fidelity']:.3f} | "
+                  f"{r['kid']:.1f} |" for r in sweep["rows"]]
+    try:
+        fidelity = evaluation["fidelity"]["generated"]["dice"] / evaluation["fidelity"]["real"]["dice"]
+        copying = evaluation["memorisation"]["ratio"]
+        kids = [(name, evaluation["realism"][key]["generated"]["mean"], target) for name, key, target in
+                (("colour/texture", "kid_statistics", KID_TARGETS[0]), ("feature", "kid_features", KID_TARGETS[1]))]
+    except (KeyError, TypeError, ZeroDivisionError):
+        return lines
+    lines += ["", "Checks on the held-out split (evaluation below):", "",
+              f"- fidelity Dice / real ceiling {fidelity:.3f} (target >= {FIDELITY_TARGET}: "
+              f"{'met' if fidelity >= FIDELITY_TARGET else 'short'})"]
+    lines += [f"- {name} KID {value:.2f} (target <= {target:g}: {'met' if value <= target else 'short'})"
+              for name, value, target in kids]
+    lines.append(f"- nearest-training-image distance, generated / held-out real {copying:.3f} (below {COPYING_TARGET} "
+                 f"would mean copying: {'no copying' if copying >= COPYING_TARGET else 'SHORT: the model copies'})")
+    return lines
 
 
 def _is_generated(path: Path) -> bool:

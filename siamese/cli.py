@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .cli_options import add_config_options, add_sampling_options, config_from_args
+from .cli_options import add_config_options, add_sampling_options, add_speed_options, config_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -35,21 +35,27 @@ def _train(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace) -> None:
     import torch
 
-    from .batch import REJECTED_FOLDER, finished_pairs, run_batch, validate_min_fidelity
+    from .batch import REJECTED_FOLDER, finished_pairs, frame_choices, run_batch, validate_min_fidelity
     from .data import list_masks, read_mask
     from .distributed import clear_part, start_share
     from .export import check_apart, remove_pairs, write_pairs
     from .fidelity import load_scorer
     from .files import check_writable, default_model
+    from .inpaint import DEFAULT_MARGIN, check_margin, list_frames, read_frames
     from .model import load_model
     from .params import SamplingParams, random_seed, validate_request
+    from .presets import FALLBACK_PRESETS, preset_params
     from .sampling import prepare_mask
 
-    # 1. every setting, every mask file and the output folder, before the (possibly slow) model load
-    params = SamplingParams(prompt=args.prompt, steps=args.steps, guidance_scale=args.guidance,
-                            scheduler=args.scheduler, eta=args.eta, control_scale=args.control_scale,
-                            control_end=args.control_end, autoguidance=args.autoguidance)
-    params.validate()
+    # 1. every setting, every mask file and the output folder, before the (possibly slow) model load. The preset's
+    #    values come from the model (its siamese_config.json); what is given explicitly is checked here, over the
+    #    fallback preset, and overrides the model's preset below
+    given = {key: value for key, value in (("steps", args.steps), ("scheduler", args.scheduler),
+                                           ("guidance_scale", args.guidance), ("cache_interval", args.cache_interval),
+                                           ("precision", args.precision)) if value is not None}
+    common = dict(prompt=args.prompt, eta=args.eta, control_scale=args.control_scale, control_end=args.control_end,
+                  autoguidance=args.autoguidance)
+    SamplingParams(**{**FALLBACK_PRESETS[args.preset], **given, **common}).validate()
     validate_request(args.num_images, args.seed, args.batch_size)
     validate_min_fidelity(args.min_fidelity, check_scorer=False)
     if args.keep_rejected and args.min_fidelity is None:
@@ -59,6 +65,14 @@ def _sample(args: argparse.Namespace) -> None:
     out = Path(args.output)
     check_writable(out)
     check_apart(out, args.masks, "masks")
+    frame_files = None  # inpainting: the frames (and their masks) each mask is painted into
+    if args.frames is not None:
+        frame_files = list_frames(args.frames)
+        check_apart(out, args.frames, "frames")
+        check_margin(DEFAULT_MARGIN if args.margin is None else args.margin)
+    elif args.margin is not None or args.clear_frame_lesions:
+        raise ValueError("--margin and --clear-frame-lesions paint into frames: give --frames too")
+    margin = DEFAULT_MARGIN if args.margin is None else args.margin
     # 2. the model and its fidelity scorer; every mask at the model's resolution (an empty or full mask is
     #    refused before any sampling). Under torchrun / accelerate launch this process takes a share of the
     #    masks, on its own device.
@@ -66,6 +80,7 @@ def _sample(args: argparse.Namespace) -> None:
     device = share.device if share.world > 1 else args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_path = args.model or default_model()
     model = load_model(model_path, device=device)
+    params = preset_params(model, args.preset, **given, **common)
     scorer = load_scorer(model_path, device=device)
     validate_min_fidelity(args.min_fidelity, scorer)
     prepared = []
@@ -74,13 +89,26 @@ def _sample(args: argparse.Namespace) -> None:
             prepared.append(prepare_mask(model, mask))
         except ValueError as e:
             raise type(e)(f"{path}: {e}") from None
-    if not args.augment_masks:  # sampled as prepared; an augmentation starts from the mask as the file has it
-        masks = prepared
+    frames = None
+    if frame_files is not None:  # every frame read, and a fitting frame for every image, before the first image
+        check_margin(margin, model.config.resolution)
+        frames = read_frames(frame_files, model.config.resolution)
+    elif not args.augment_masks:  # sampled as prepared; an augmentation (or a frame's fit: the mask's aspect)
+        masks = prepared  # starts from the mask as the file has it
     # 3. resume: the pairs of this very batch already in the output folder are not made again
     seed = share.agree(random_seed() if args.seed is None else args.seed)
     stems = [path.stem for path in paths]
+    chosen = None
+    if frames is not None:
+        try:
+            choices = frame_choices(frames, list(zip(stems, masks)), args.num_images, seed, model.config.resolution,
+                                    augment=args.augment_masks)
+        except ValueError as e:
+            raise type(e)(f"{args.masks}: {e}") from None
+        chosen = {f"{stems[m]}_{i:02d}": frames[c].name for m, row in enumerate(choices) for i, c in enumerate(row)}
     done = finished_pairs(out, model, stems, args.num_images, seed, params, augment=args.augment_masks,
-                          scored=scorer is not None, min_fidelity=args.min_fidelity)
+                          scored=scorer is not None, min_fidelity=args.min_fidelity, frames=chosen, margin=margin,
+                          clear_frame_lesions=args.clear_frame_lesions)
     # 4. sample this process's share, score, write each pair as it comes (accepted in OUTPUT, rejected in
     #    OUTPUT/rejected/; several processes write into parts of their own that process 0 merges at the end)
     mine, part = share.indices, clear_part(share, out)
@@ -103,7 +131,8 @@ def _sample(args: argparse.Namespace) -> None:
         for pair in run_batch(model, [(stems[m], masks[m]) for m in mine], args.num_images, seed, params,
                               augment=args.augment_masks, scorer=scorer, min_fidelity=args.min_fidelity, skip=done,
                               stop=stop, batch_size=args.batch_size, sources=[str(paths[m]) for m in mine],
-                              offset=mine.start):
+                              offset=mine.start, frames=frames, margin=margin,
+                              clear_frame_lesions=args.clear_frame_lesions):
             side = "accepted" if pair.accepted else "rejected"
             counts[side] += 1
             folder, other = (part, part / REJECTED_FOLDER) if pair.accepted else (part / REJECTED_FOLDER, part)
@@ -126,6 +155,12 @@ def _sample(args: argparse.Namespace) -> None:
     if args.keep_rejected and counts["rejected"]:
         where += f"; rejected ones in {out / REJECTED_FOLDER}"
     line = f"wrote {counts['written']} pairs to {where}"
+    if frames is not None:
+        unknown = sum(f.mask is None for f in frames)
+        line += f", painted into frames of {args.frames}"
+        if unknown:
+            line += f" (warning: {unknown} of {len(frames)} frames have no mask: their own lesions are unlabelled, " \
+                    "frame_mask: unknown in metadata.jsonl)"
     if scorer is not None:
         line += f": {counts['accepted']} accepted, {counts['rejected']} rejected"
         line += f" (fidelity >= {args.min_fidelity:g})" if args.min_fidelity is not None else " (no --min-fidelity)"
@@ -183,7 +218,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         resolution=args.resolution, output=args.output, seed=args.seed, max_test=args.max_test,
         max_synthetic=args.max_synthetic, curation=args.curation, curation_thresholds=tuple(args.curation_thresholds),
         curation_compare=None if args.curation_compare is None else tuple(args.curation_compare),
-        save_scorer=not args.no_save_scorer,
+        save_scorer=not args.no_save_scorer, frames=args.frames, margin=args.margin,
     )
     report = evaluate(config, progress_bar=True)
     print(format_report(report))
@@ -195,7 +230,8 @@ def _build(args: argparse.Namespace) -> None:
     config = BuildConfig(data=args.data, output=args.output, budget_hours=args.budget_hours,
                          resolution=args.resolution, batch_size=args.batch_size, holdout=args.holdout,
                          prompt=args.prompt, name=args.name, seed=args.seed, sweep_masks=args.sweep_masks,
-                         eval_seeds=args.eval_seeds, report_to=args.report_to)
+                         eval_seeds=args.eval_seeds, eval_seg_steps=args.eval_seg_steps, report_to=args.report_to,
+                         label=args.label)
     stop = threading.Event()
 
     def request_stop(signum, frame):  # Ctrl-C / SIGTERM: finish the training step, save, exit cleanly
@@ -288,7 +324,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .params import SamplingParams
     from .train_config import TrainConfig
 
     parser = _Parser(prog="python -m siamese", description="Siamese-Diffusion: image-mask "
@@ -305,12 +340,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--masks", required=True, help="a mask image or a folder of masks")
     s.add_argument("--output", required=True, help="output folder (images/, masks/, metadata.jsonl)")
     s.add_argument("--num-images", type=int, default=1, help="images per mask")
-    defaults = SamplingParams()
-    add_sampling_options(s, steps=defaults.steps, guidance=defaults.guidance_scale, scheduler=defaults.scheduler)
+    add_sampling_options(s, steps=None, guidance=None, scheduler=None)  # None: the preset's (the model's)
+    add_speed_options(s)
     s.add_argument("--seed", type=int, default=None, help="first seed (default: random); image i gets seed+i")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
     s.add_argument("--prompt", default=None, help="default: the model's prompt")
     s.add_argument("--augment-masks", action="store_true", help="each image from a randomly augmented mask")
+    s.add_argument("--frames", default=None,
+                   help="paint each mask into real frames instead of making whole images: a folder of frames with an "
+                        "optional masks/ (their own lesions, same file names), or a dataset folder (images/ and "
+                        "masks/); each image's frame is drawn by its seed among those the mask fits")
+    s.add_argument("--margin", type=int, default=None,
+                   help="with --frames: pixels (at the model resolution) the painted region reaches beyond the new "
+                        "lesion, where the generated image blends into the frame (default 8)")
+    s.add_argument("--clear-frame-lesions", action="store_true",
+                   help="with --frames: paint each frame's own lesion (its mask in masks/) away first, so the pair's "
+                        "mask is the new lesion alone (default: the union of both lesions)")
     s.add_argument("--min-fidelity", type=float, default=None,
                    help="write only pairs whose fidelity (the model's scorer's Dice between its segmentation of the "
                         "image and the mask) is at least this, in [0, 1]; needs a scorer (train-scorer)")
@@ -381,6 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="thresholds compared downstream (default: all of --curation-thresholds)")
     e.add_argument("--no-save-scorer", action="store_true",
                    help="do not save the evaluation's network as the model's fidelity scorer when it has none")
+    e.add_argument("--frames", action="store_true",
+                   help="also evaluate inpainted pairs: each held-out mask painted into another held-out frame "
+                        "(realism of frames and lesion crops, seam, fidelity, downstream vs whole-image synthesis)")
+    e.add_argument("--margin", type=int, default=8, help="with --frames: pixels (at the model resolution) the "
+                   "inpainted region reaches beyond the new lesion (default 8)")
     e.set_defaults(func=_evaluate)
 
     b = sub.add_parser("build", help="make a complete model from image-mask pairs in one resumable command: every "
@@ -395,10 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "and the evaluation (default 0.2, split seed 0, as evaluate's)")
     b.add_argument("--prompt", default=None, help="the model's prompt (default: guessed from the data folder)")
     b.add_argument("--name", default="", help="model name (default: the output folder's name)")
+    b.add_argument("--label", default=None, help="what the model makes, shown in the app's model selector, e.g. "
+                   "'skin lesions (dermoscopy)' (default: the model's name)")
     b.add_argument("--seed", type=int, default=0, help="training and sweep seed")
     b.add_argument("--sweep-masks", type=int, default=32, help="held-out masks the settings sweep samples")
     b.add_argument("--eval-seeds", type=int, default=2, help="segmentation seeds of the final evaluation's "
                    "downstream test (0: no evaluation)")
+    b.add_argument("--eval-seg-steps", type=int, default=600, help="training steps of each segmentation network of "
+                   "the final evaluation")
     b.add_argument("--report-to", default="none", help="none, tensorboard or wandb (the training stages' losses)")
     b.set_defaults(func=_build)
 

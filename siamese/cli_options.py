@@ -3,7 +3,7 @@
 `add_config_options` turns the fields of a settings dataclass (`TrainConfig`) into options: `--field-name`, the
 field's type and default, and the help, choices or other option name in its metadata (`train_config.setting`);
 `config_from_args` builds the dataclass back from the parsed arguments. `add_sampling_options` declares the
-sampling options that `sample` and `evaluate` share.
+sampling options that `sample` and `evaluate` share; `add_speed_options` the preset and speed options of `sample`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import typing
 from dataclasses import MISSING, fields
 from typing import Any
 
-from .params import SCHEDULERS
+from .params import MAX_CACHE_INTERVAL, PRECISIONS, SCHEDULERS
+from .presets import PRESET_NAMES
 
-__all__ = ["add_config_options", "config_from_args", "add_sampling_options", "CONTROL_SCALE_HELP",
+__all__ = ["add_config_options", "config_from_args", "add_sampling_options", "add_speed_options", "CONTROL_SCALE_HELP",
            "CONTROL_END_HELP", "AUTOGUIDANCE_HELP"]
 
 CONTROL_SCALE_HELP = ("multiplies the ControlNet residuals: how strongly the mask acts (1: as trained, 0: ignored; "
@@ -64,14 +65,35 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if not f.metadata.get("hidden")})
 
 
-def add_sampling_options(parser: argparse.ArgumentParser, *, steps: int, guidance: float, scheduler: str,
-                         guidance_help: str | None = None) -> None:
+def add_sampling_options(parser: argparse.ArgumentParser, *, steps: int | None, guidance: float | None,
+                         scheduler: str | None, guidance_help: str | None = None) -> None:
     """The sampling options `sample` and `evaluate` share (their defaults differ): --steps, --guidance,
-    --scheduler, --control-scale, --control-end and --autoguidance."""
-    parser.add_argument("--steps", type=int, default=steps, help="denoising steps (default %(default)s)")
+    --scheduler, --control-scale, --control-end and --autoguidance. A default of None: the preset's value
+    (`add_speed_options`)."""
+    preset = "the preset's"
+    parser.add_argument("--steps", type=int, default=steps,
+                        help=f"denoising steps (default {preset if steps is None else '%(default)s'})")
     parser.add_argument("--guidance", type=float, default=guidance,
-                        help=guidance_help or "classifier-free guidance scale (default %(default)g)")
-    parser.add_argument("--scheduler", default=scheduler, choices=SCHEDULERS)
+                        help=guidance_help or "classifier-free guidance scale (default "
+                                              f"{preset if guidance is None else '%(default)g'})")
+    parser.add_argument("--scheduler", default=scheduler, choices=SCHEDULERS,
+                        help=f"sampling scheduler (default {preset if scheduler is None else '%(default)s'})")
     parser.add_argument("--control-scale", type=float, default=None, help=CONTROL_SCALE_HELP)
     parser.add_argument("--control-end", type=float, default=None, help=CONTROL_END_HELP)
     parser.add_argument("--autoguidance", type=float, default=None, help=AUTOGUIDANCE_HELP)
+
+
+def add_speed_options(parser: argparse.ArgumentParser) -> None:
+    """`sample`'s preset and speed options: --preset (the model's named settings, `siamese.presets`), --cache-interval
+    and --precision (None: the preset's, as for --steps, --scheduler and --guidance given as None)."""
+    parser.add_argument("--preset", default="default", choices=PRESET_NAMES,
+                        help="the model's sampling preset (its siamese_config.json): 'default', the measured best "
+                             "trade-off of speed and quality, or 'fast', a preview; --steps, --scheduler, --guidance, "
+                             "--cache-interval and --precision override its values (default %(default)s)")
+    parser.add_argument("--cache-interval", type=int, default=None,
+                        help=f"feature reuse: the networks' deep features are computed every k-th step and reused "
+                             f"between (1: every step computes every block; at most {MAX_CACHE_INTERVAL}; default: "
+                             "the preset's)")
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
+                        help="what the networks compute in (bfloat16: faster on CPUs with bfloat16 instructions and "
+                             "on GPUs; default: the preset's)")

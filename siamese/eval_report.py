@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -21,7 +21,7 @@ from .params import Generated, describe_mask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GeneratedSets", "format_report", "format_curation", "write_output"]
+__all__ = ["GeneratedSets", "format_report", "format_curation", "format_frames", "write_output", "write_grid"]
 
 
 @dataclass
@@ -31,6 +31,8 @@ class GeneratedSets:
     fidelity: list[Generated | None]  # one per test pair, None where its mask was skipped
     diversity: list[list[Generated]]  # several images for each of the first few test masks
     synthetic: list[Generated]  # the synthetic training pairs
+    # each synthetic pair's train pair index, mask as used (augmented or not, the file's shape) and seed
+    synthetic_masks: list[tuple[int, np.ndarray, int]] = field(default_factory=list)
     seconds: float = 0.0
     images: int = 0
     skipped: int = 0
@@ -57,12 +59,17 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     atomic_write(path, buf.tobytes())
 
 
+def write_grid(path: Path, rows: list[list[np.ndarray]], size: int) -> None:
+    """A grid of RGB or {0, 255} gray images (rows of tiles, each size x size) as a PNG."""
+    _write_png(path, _grid(rows, size))
+
+
 def write_output(out: Path, report: dict, test_pairs: list[Pair], generated: GeneratedSets, size: int) -> None:
-    """report.json, and sample grids: fidelity.png (mask | generated | real), diversity.png (mask | images),
-    synthetic.png (masks above their images; odd columns from augmented masks)."""
+    """report.json, and sample grids: fidelity.png (real | mask | generated, 8 held-out pairs), diversity.png
+    (mask | images), synthetic.png (masks above their images; odd columns from augmented masks)."""
     out.mkdir(parents=True, exist_ok=True)
-    shown = [(pair, item) for pair, item in zip(test_pairs, generated.fidelity) if item is not None][:4]
-    rows = [[item.mask, item.image, read_image(pair.image)] for pair, item in shown]
+    shown = [(pair, item) for pair, item in zip(test_pairs, generated.fidelity) if item is not None][:8]
+    rows = [[read_image(pair.image), item.mask, item.image] for pair, item in shown]
     if rows:
         _write_png(out / "fidelity.png", _grid(rows, size))
     if generated.diversity:
@@ -161,6 +168,7 @@ def format_report(report: dict) -> str:
             lines.append(f"   {label:<40}{ratio[key]:>18.3f}")
         lines.append(f"   codec reconstruction PSNR {pix['codec_psnr_db']:.2f} dB")
     lines += format_curation(report)
+    lines += format_frames(report)
     t = report["timings"]
     lines += ["", f"time: {t['total']:.0f} s in all; generation {t['generation']:.0f} s "
                   f"({report['generated_images']} images, {report['seconds_per_image']:.2f} s each), "
@@ -195,4 +203,40 @@ def format_curation(report: dict) -> list[str]:
         else:
             lines.append(f"   {row['threshold']:>9g}{row['pairs']:>6}{row['unfiltered']['dice']['mean']:>12.3f}"
                          f"{row['filtered']['dice']['mean']:>12.3f}{_pm_signed(row['difference']['dice']):>24}")
+    return lines
+
+
+def format_frames(report: dict) -> list[str]:
+    """The inpainted pairs' section of the text report (`evaluate --frames`; no lines when it was not run)."""
+    fr = report.get("inpainted_pairs")
+    if not fr:
+        return []
+    cols = ("real_train", "whole_image", "inpainted")
+    down, seam, fid = fr["downstream"], fr["seam"], fr["fidelity"]
+    lines = ["", f"8. Inpainted pairs: {fr['pairs']} held-out masks, each painted into another held-out frame "
+                 f"(margin {fr['margin']} px; the pair's mask is the union with the frame's own lesion)",
+             f"   {'measure':<44}{'real (reference)':>18}{'whole-image':>18}{'inpainted':>18}"]
+
+    def row(label: str, cells: list[str]) -> None:
+        lines.append(f"   {label:<44}" + "".join(f"{c:>18}" for c in cells))
+
+    for part, name in (("whole_frames", "whole frames"), ("lesion_crops", "crops around the lesion")):
+        for key, what in (("kid_statistics", "colour/texture"), ("kid_features", "feature")):
+            row(f"{what} KID, {name}", [_pm_kid(fr[part][key][c]) for c in cols])
+    row("seam: edge / inside gradient at the region", [f"{seam[k]['edge_ratio']:.3f}" for k in
+                                                      ("real", "whole_image", "inpainted")])
+    row("seam / the real lesions' edges", [f"{seam[k]['of_real']:.3f}" for k in ("real", "whole_image", "inpainted")])
+    row("fidelity Dice, the new lesion's region", [f"{fid[k]['dice']:.3f}" for k in ("real", "whole_image",
+                                                                                    "inpainted")])
+    row("fidelity Dice / real ceiling", [f"{fid[k]['of_ceiling']:.3f}" for k in ("real", "whole_image", "inpainted")])
+    row("max pixel difference outside the region", ["-", "-", str(fr["outside_max_difference"])])
+    row(f"downstream mDice, real + synthetic ({down['seeds']} seeds)",
+        [_pm(down["real"]["dice"]), _pm(down["real+whole_image"]["dice"]), _pm(down["real+inpainted"]["dice"])])
+    row("  minus real, paired by seed", ["-", _pm_signed(down["difference_whole_image"]["dice"]),
+                                         _pm_signed(down["difference_inpainted"]["dice"])])
+    lines.append(f"   real: {down['num_real']} pairs; synthetic: {down['num_whole_image']} whole-image, "
+                 f"{down['num_inpainted']} inpainted (train masks into train frames); inpainted minus whole-image, "
+                 f"paired by seed: mDice {_pm_signed(down['inpainted_minus_whole_image']['dice'])}, mIoU "
+                 f"{_pm_signed(down['inpainted_minus_whole_image']['iou'])}")
+    lines += [f"   note: {n}" for n in fr["notes"]]
     return lines

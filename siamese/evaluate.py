@@ -15,7 +15,8 @@ The measuring instrument is a small segmentation network (a MONAI UNet) trained 
    mask vs another pair's mask (0% gain: the mask is ignored);
 6. pixels, at the model resolution: the block-edge ratio (`quality.block_edge_ratio`) of the generated
    images, of the real held-out images (the reference, about 1) and of the codec's reconstructions of
-   them, and the codec's reconstruction PSNR.
+   them, and the codec's reconstruction PSNR;
+8. with `frames`, inpainted pairs: held-out masks painted into other held-out frames (`eval_frames`).
 
 This module holds the settings, the generation and the orchestration; the segmentation network is in
 `segnet`, the image statistics in `image_metrics`, the report output in `eval_report` (all re-exported here).
@@ -41,10 +42,12 @@ from tqdm.auto import tqdm
 from .data import DataError, Pair, augment_mask, find_pairs, read_image, read_mask, resize_pair, split_pairs
 from .card import record_evaluation
 from .curation import evaluation_scorer, measure_curation, validate_curation
+from .eval_frames import evaluate_frames
 from .eval_report import GeneratedSets, format_report, write_output
 from .files import default_model
 from .image_metrics import (STATISTICS, flat_paintings, image_statistics, kid, memorisation, pairwise_distances,
                             standardiser)
+from .inpaint import DEFAULT_MARGIN, check_margin
 from .mask_use import mask_use
 from .model import SiameseModel, load_model
 from .quality import block_edge_ratio, psnr, reconstruct
@@ -97,9 +100,14 @@ class EvalConfig:
     curation_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8)  # acceptance rates at each
     curation_compare: tuple[float, ...] | None = None  # thresholds compared downstream (None: all)
     save_scorer: bool = True  # a model without a fidelity scorer gets the instrument, when trained on its split
+    frames: bool = False  # section 8 (`eval_frames`): held-out masks painted into other held-out frames
+    margin: int = DEFAULT_MARGIN  # the inpainted region's margin, pixels at the model resolution
 
     def validate(self) -> None:
         validate_curation(self.curation_thresholds, self.curation_compare)
+        if not isinstance(self.frames, bool):
+            raise ValueError(f"frames must be True or False, got {self.frames!r}")
+        check_margin(self.margin)
         if not 0.0 < float(self.test_fraction) < 1.0:
             raise ValueError(f"test fraction must be between 0 and 1 (exclusive), got {self.test_fraction}")
         for name, low in (("seeds", 1), ("seg_steps", 1), ("max_test", 0), ("max_synthetic", 0),
@@ -218,6 +226,7 @@ def _generate_all(
             for item in run(mask, 1, config.seed + _SEED_SYNTHETIC + j, str(train_pairs[src].mask)):
                 item.params["augmented_mask"] = augmented
                 out.synthetic.append(item)
+                out.synthetic_masks.append((int(src), mask, item.seed))
     logger.info("generated %d images in %.0f s", out.images, out.seconds)
     return out
 
@@ -389,6 +398,13 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
     downstream.update(num_real=len(train_pairs), num_synthetic=len(syn),
                       num_synthetic_augmented=sum(bool(i.params.get("augmented_mask")) for i in generated.synthetic),
                       synthetic_cap=config.max_synthetic, seeds=config.seeds, test_pairs=len(test_pairs))
+    lap("segmentation_training")
+    # 10b. inpainted pairs (`eval_frames`): the same test with real + inpainted pairs and the same real networks
+    inpainted = None if not config.frames else evaluate_frames(
+        model, net, config, test_pairs, train_pairs, generated, train_images, test_images[kept], downstream,
+        lambda syn: _downstream(real_nets, (train_images, train_masks), syn, (test_images, test_masks), config,
+                                seg_kw), progress_bar)
+    lap("frames")
     # 11. the fidelity scorer (the instrument becomes the model's when it has none), and curation
     scorer, scorer_note = evaluation_scorer(model_path, net, config, training_record(model_path),
                                             fidelity["real"]["dice"], len(kept))
@@ -426,6 +442,7 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
         "pixels": pixels,
         "fidelity_scorer": scorer_note,
         **({"curation": curation} if curation is not None else {}),
+        **({"inpainted_pairs": inpainted} if inpainted is not None else {}),
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "generated_images": generated.images,
         "seconds_per_image": round(generated.seconds / max(1, generated.images), 3),

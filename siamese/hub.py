@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["PUSH_IGNORE_PATTERNS", "push_folder"]
 
 # huggingface_hub matches these with fnmatch on paths relative to the folder ("*" also matches "/")
-PUSH_IGNORE_PATTERNS = ["checkpoints/*", "init/*", "base/*", "previews/*", "logs/*", "*.tmp", "*.tmp/*", ".*",
+PUSH_IGNORE_PATTERNS = ["build/*", "checkpoints/*", "init/*", "base/*", "previews/*", "logs/*", "*.tmp", "*.tmp/*", ".*",
                         "*/.*", "*.ckpt", "*.pt", "*.pth", "*.bin", "*.pkl"]
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 

@@ -18,6 +18,7 @@ __all__ = ["STATISTICS", "image_statistics", "kid", "flat_paintings", "pairwise_
            "nearest_distances", "memorisation"]
 
 
+STD_FLOOR = 1e-3  # the smallest std a column is scaled by (the statistics are shares and intensities in [0, 1])
 STATISTICS = ("red", "green", "blue", "red_std", "green_std", "blue_std", "saturation", "saturation_std",
               "brightness", "brightness_std", "edge_energy", "fine_detail", "highlights", "dark")
 
@@ -102,10 +103,11 @@ def pairwise_distances(images: np.ndarray, features: np.ndarray) -> dict[str, fl
 
 
 def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std per column; stds floored at 1% of the median std, so that a column that is
-    (nearly) constant on the reference set cannot dominate a distance."""
+    """Mean and std per column; stds floored at 1% of the median std and at STD_FLOOR, so that a column that is
+    (nearly) constant on the reference set cannot dominate a distance (on a set of flat images every column is
+    nearly constant, and rounding noise then decided the KID)."""
     sd = x.std(0)
-    return x.mean(0), np.maximum(sd, 0.01 * np.median(sd) + 1e-12)
+    return x.mean(0), np.maximum(sd, max(0.01 * float(np.median(sd)), STD_FLOOR))
 
 
 def nearest_distances(queries: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from .card import write_model_card
 from .codec import Codec, PatchCodec, PatchCodecConfig, VAECodec, save_module
 from .files import is_hub_id
-from .guide import Guide, GuideError, guide_of_model, load_guide, save_guide
+from .guide import GUIDE_FOLDER, Guide, GuideError, guide_of_model, load_guide, save_guide
 from .hub import push_folder
 from .networks import DHIControlNetModel, check_supported
 from .params import MAX_AUTOGUIDANCE
@@ -40,9 +41,10 @@ from .pipeline import write_diffusers_files
 logger = logging.getLogger(__name__)
 
 __all__ = ["SiameseConfig", "SiameseModel", "build_tiny", "load_model", "ModelLoadError", "SCHEDULE", "tiny_tokenizer",
-           "tiny_text_encoder", "resolve_folder", "CONFIG_NAME"]
+           "tiny_text_encoder", "resolve_folder", "CONFIG_NAME", "MAX_LABEL_CHARS", "label_problem"]
 
 CONFIG_NAME = "siamese_config.json"
+MAX_LABEL_CHARS = 80  # a model's label (SiameseConfig.label): one short line
 
 # METHOD.md: 1000 steps, scaled_linear betas 0.00085..0.012, epsilon prediction (SD 1.5's schedule). Sampling
 # steps are spaced "trailing" (the first step at t = 999, Lin et al. 2024, "Common diffusion noise schedules and
@@ -80,6 +82,8 @@ class SiameseConfig:
     autoguidance: float = 1.0  # recommended autoguidance weight (SamplingParams.autoguidance; 1: off; needs guide/)
     # measured sampling presets, "default" and "fast" (`siamese.presets`; absent ones: presets.FALLBACK_PRESETS)
     sampling_presets: dict = field(default_factory=dict)
+    # what the model makes, for people (the app's model selector), e.g. "skin lesions (dermoscopy)"; None: its name
+    label: str | None = None
 
     def save(self, folder: Path) -> None:
         """siamese_config.json, written atomically (a temporary file renamed over it)."""
@@ -144,7 +148,15 @@ def _config_problem(key: str, value) -> str | None:
         return None if ok else f"a number from 1 (off) to {MAX_AUTOGUIDANCE:g}"
     if key == "sampling_presets":
         return presets_problem(value)
+    if key == "label":
+        return label_problem(value)
     return None
+
+
+def label_problem(value) -> str | None:
+    """What a model's label (SiameseConfig.label) must be, or None when it is fine (None is: the name is shown)."""
+    ok = value is None or (isinstance(value, str) and 0 < len(value.strip()) <= MAX_LABEL_CHARS and value.isprintable())
+    return None if ok else f"null or one line of text of 1 to {MAX_LABEL_CHARS} characters"
 
 
 class SiameseModel:
@@ -273,6 +285,8 @@ class SiameseModel:
         self.codec.save(folder, dtype)
         if self.guide is not None:
             save_guide(folder, guide_of_model(self.guide, self.unet, self.controlnet), self.guide.source, dtype)
+        elif (folder / GUIDE_FOLDER).is_dir():  # a guide saved there before holds another model's differences
+            shutil.rmtree(folder / GUIDE_FOLDER)
         write_diffusers_files(folder, self.config, self.controlnet is not None)  # model_index.json + pipeline code
         write_model_card(folder)  # README.md from the folder's files: generated, or a hand-written one left as it is
         return folder

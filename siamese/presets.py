@@ -21,7 +21,8 @@ from typing import Any
 
 from .params import ModelLike, SamplingParams
 
-__all__ = ["PRESET_NAMES", "PRESET_KEYS", "FALLBACK_PRESETS", "presets_problem", "model_presets", "preset_params"]
+__all__ = ["PRESET_NAMES", "PRESET_KEYS", "FALLBACK_PRESETS", "presets_problem", "config_presets", "model_presets",
+           "preset_params"]
 
 PRESET_NAMES = ("default", "fast")
 PRESET_KEYS = ("scheduler", "steps", "guidance_scale", "cache_interval", "precision")
@@ -52,11 +53,17 @@ def presets_problem(presets: Any) -> str | None:
     return None
 
 
-def model_presets(model: ModelLike) -> dict[str, dict[str, Any]]:
-    """Every preset of `model`, complete (each with all of `PRESET_KEYS`): its config's presets over
-    `FALLBACK_PRESETS`, preset by preset and key by key. The app reads its choices and their settings here."""
-    recorded = getattr(model.config, "sampling_presets", None) or {}
+def config_presets(config: Any) -> dict[str, dict[str, Any]]:
+    """Every preset a model config (`SiameseConfig`) records, complete (each with all of `PRESET_KEYS`): its
+    `sampling_presets` over `FALLBACK_PRESETS`, preset by preset and key by key."""
+    recorded = getattr(config, "sampling_presets", None) or {}
     return {name: {**FALLBACK_PRESETS[name], **recorded.get(name, {})} for name in PRESET_NAMES}
+
+
+def model_presets(model: ModelLike) -> dict[str, dict[str, Any]]:
+    """Every preset of `model`, complete (`config_presets` of its config). The app reads its choices and their
+    settings here."""
+    return config_presets(model.config)
 
 
 def preset_params(model: ModelLike, name: str = "default", **overrides: Any) -> SamplingParams:

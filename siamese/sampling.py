@@ -5,8 +5,8 @@ with a guide, autoguidance (`siamese.guide`).
 several images, one recorded seed per image, batching and a progress callback.
 
 Faster than a diffusers ControlNet pipeline with the same weights, for the same images:
-- the DHI hint embedding depends on the mask only: it is computed once per image (on both guidance branches,
-  which keep the mask, as diffusers' ControlNet forward does, so the numbers are the same), not per step;
+- the DHI hint embedding depends on the mask only: it is computed once per image, not per step, and shared by
+  both guidance branches (which keep the mask, as diffusers' ControlNet forward does, so the numbers are the same);
 - each image's starting noise (and DDIM's eta noise) comes from its own generator, so batching never
   changes an image and any image is reproduced alone from its seed.
 """
@@ -23,8 +23,13 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistep
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
+from .carried.pipeline_siamese import blend_known, to_uint8
+from .codec import VAECodec
 from .data import DataError, binarize_mask, mask_to_hint, resize_pair
 from .deepcache import controlnet_residuals_shallow, decode_deep, decode_last, encode_shallow
+from . import inpaint
+from .inpaint import (DEFAULT_MARGIN, Frame, check_aspect, check_inside, check_margin, composite, latent_region,
+                      lesion_region, prepare_frame)
 from .model import SiameseModel
 from .networks import controlnet_residuals, unet_decode, unet_encode
 from .params import (MAX_CONTROL_SCALE, MAX_IMAGES, MAX_SEED, SCHEDULERS, Generated, SamplingParams,
@@ -37,7 +42,7 @@ logger = logging.getLogger(__name__)
 # module's API as they always were
 __all__ = ["SCHEDULERS", "make_scheduler", "sample", "controlled_steps", "generate", "Generated", "SamplingParams",
            "random_seed", "validate_request", "prepare_mask", "check_autoguidance", "describe_mask", "MAX_SEED",
-           "MAX_IMAGES", "MAX_CONTROL_SCALE"]
+           "MAX_IMAGES", "MAX_CONTROL_SCALE", "encode_frames"]
 
 
 def make_scheduler(name: str, scheduler_config: dict, eta: float = 0.0):
@@ -68,6 +73,8 @@ def sample(
     autoguidance: float = 1.0,
     cache_interval: int = 1,
     precision: str = "float32",
+    frame_latents: Tensor | None = None,
+    region: Tensor | None = None,
 ) -> Tensor:
     """Mask-Diffusion sampling. mask_hint: (B, 3, H, W) in {0, 1}; one prompt and one generator per image.
 
@@ -80,6 +87,12 @@ def sample(
     (DeepCache; 1: every step computes every block); `precision` "bfloat16" runs the networks and the codec under
     bfloat16 autocast ("float32": as the model is). Returns images (B, 3, H, W) in [0, 1], float32 on the model's
     device. `callback(step, steps)` is called after every denoising step.
+
+    Blended sampling (inpainting, `siamese.inpaint`): with `frame_latents` (B, C, h, w), a frame's clean latents
+    (`encode_frames`), and `region` (B, 1, h, w) in [0, 1], after every step (and at the start) the latents are
+    region * latents + (1 - region) * the frame's latents noised to the next step's level with the starting noise
+    (the scheduler's `add_noise`; the clean latents after the last step): the model generates inside the region
+    only, with the mask as control as without a frame.
     """
     if model.controlnet is None:
         raise ValueError("this model has no ControlNet (a base model): train it with the siamese objective first")
@@ -90,35 +103,46 @@ def sample(
     check_autoguidance(model, autoguidance)
     check_speed_settings(cache_interval, precision)
     device, dtype = model.device, model.dtype
+    if (frame_latents is None) != (region is None):
+        raise ValueError("blended sampling needs both the frame's latents and the region")
     sched = make_scheduler(scheduler, model.scheduler_config)
     sched.set_timesteps(steps, device=device)
     guided = guidance_scale > 1.0
     guide = model.guide if autoguidance != 1.0 else None
     controlled = controlled_steps(len(sched.timesteps), control_end)
 
-    # 1. conditions, computed once: hint embedding (B or 2B, C0, h, w), prompt embeddings (B or 2B, L, D). The DHI
-    #    runs on the batch the ControlNet sees (with guidance both halves keep the mask), as diffusers' ControlNet
-    #    forward does: a diffusers pipeline with these weights then makes the same pixels (siamese.pipeline)
-    hint = mask_hint.to(device, dtype)
+    # 1. conditions, computed once: hint embedding (B or 2B, C0, h, w), prompt embeddings (B or 2B, L, D). With
+    #    guidance both halves keep the mask, as in diffusers' ControlNet forward, so the DHI runs once on the B masks
+    #    and its embedding is repeated for the unconditional half (the same numbers as the DHI on 2B, within float
+    #    rounding, for a third of the time: at full resolution it is the sampler's costliest single pass)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bfloat16" else contextlib.nullcontext()
+    # the full-resolution convolutions (the DHI, the decoder) run about 1.3x faster on the CPU on channels-last input
+    hint = mask_hint.to(device, dtype).contiguous(memory_format=torch.channels_last)
     prompt_embeds = model.encode_prompt(list(prompts))
+    with amp:
+        hint_emb = model.controlnet.embed_hint(hint)
+        guide_hint_emb = (guide.controlnet.embed_hint(hint)
+                          if guide is not None and guide.controlnet is not None else None)
     if guided:
         prompt_embeds = torch.cat([model.encode_prompt([""] * B), prompt_embeds])
-        hint = torch.cat([hint, hint])
-    hint_emb = model.controlnet.embed_hint(hint)
+        hint_emb = torch.cat([hint_emb, hint_emb])
     cond = slice(B, 2 * B) if guided else slice(0, B)  # the conditional half of the batch
-    guide_hint_emb = (guide.controlnet.embed_hint(hint[cond])
-                      if guide is not None and guide.controlnet is not None else None)
 
     # 2. starting noise, one generator per image
     c, s = model.codec.latent_channels, model.latent_size
-    latents = randn_tensor((B, c, s, s), generator=generators, device=device, dtype=dtype)
-    latents = latents * sched.init_noise_sigma
+    noise = randn_tensor((B, c, s, s), generator=generators, device=device, dtype=dtype)
+    latents = noise * sched.init_noise_sigma
+    if frame_latents is not None:  # the frame outside the region, at the first step's noise level
+        known, region = frame_latents.to(device, dtype), region.to(device, dtype)
+        if known.shape != latents.shape or region.shape != (B, 1, s, s):
+            raise ValueError(f"frame latents {tuple(known.shape)} and region {tuple(region.shape)} must be "
+                             f"{(B, c, s, s)} and {(B, 1, s, s)}")
+        latents = blend_known(latents, known, noise, region, sched, sched.timesteps[0])
 
     # 3. denoising loop. With feature reuse (cache_interval k > 1) every k-th step is a refresh step, which runs the
     #    networks whole and keeps their deep features; the steps between run their first level alone (siamese.deepcache).
     #    A change of control (control_end) refreshes: the kept features were made with or without the mask.
     predict = Denoiser(model, guide, prompt_embeds, hint_emb, guide_hint_emb, cond, control_scale, cache_interval > 1)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bfloat16" else contextlib.nullcontext()
     age, kept_control = cache_interval, None  # steps since the last refresh; whether it ran the ControlNet
     for i, t in enumerate(sched.timesteps):
         x = torch.cat([latents, latents]) if guided else latents
@@ -142,13 +166,16 @@ def sample(
                 kwargs["variance_noise"] = randn_tensor(latents.shape, generator=generators, device=device,
                                                         dtype=dtype)
         latents = sched.step(eps, t, latents, **kwargs).prev_sample
+        if frame_latents is not None:
+            latents = blend_known(latents, known, noise, region, sched,
+                                  sched.timesteps[i + 1] if i + 1 < len(sched.timesteps) else None)
         if callback is not None:
             callback(i + 1, len(sched.timesteps))
 
     # 4. decode
     with amp:
-        images = model.codec.decode(latents)
-    return (images.float() / 2 + 0.5).clamp(0, 1)
+        images = model.codec.decode(latents.contiguous(memory_format=torch.channels_last))
+    return (images.float() / 2 + 0.5).clamp(0, 1).contiguous()
 
 
 class Denoiser:
@@ -223,6 +250,31 @@ def prepare_mask(model: SiameseModel, mask: np.ndarray) -> np.ndarray:
     return binary
 
 
+def encode_frames(model: SiameseModel, images: np.ndarray) -> Tensor:
+    """Frames (B, R, R, 3) uint8 -> their clean latents (B, C, h, w) in the model's dtype, on its device: the patch
+    codec's encoding or the VAE's posterior mean (the carried pipeline's `frame_latents`)."""
+    codec = model.codec
+    if isinstance(codec, VAECodec):
+        return inpaint.frame_latents(images, model.device, model.dtype, vae=codec.vae)
+    return inpaint.frame_latents(images, model.device, model.dtype, codec=codec)
+
+
+def _frames_for(model: SiameseModel, frame, frame_mask, count: int) -> list[Frame]:
+    """`generate`'s frame argument -> one `Frame` per image."""
+    if isinstance(frame, Frame):
+        frames = [frame] * count
+    elif isinstance(frame, (list, tuple)):
+        frames = list(frame)
+        if len(frames) != count or not all(isinstance(f, Frame) for f in frames):
+            raise ValueError(f"frame: expected one frame, or a list of {count} Frames (one per image)")
+    else:
+        frames = [prepare_frame(frame, model.config.resolution, frame_mask)] * count
+        frame_mask = None
+    if frame_mask is not None:
+        raise ValueError("frame_mask: a Frame carries its own mask (give the frame as an image to give its mask)")
+    return frames
+
+
 def generate(
     model: SiameseModel,
     mask: np.ndarray,
@@ -232,36 +284,93 @@ def generate(
     batch_size: int = 4,
     callback: Callable[[int, int], None] | None = None,
     source: str = "",
+    frame: np.ndarray | Frame | list[Frame] | None = None,
+    frame_mask: np.ndarray | None = None,
+    margin: int = DEFAULT_MARGIN,
+    clear_frame_lesions: bool = False,
 ) -> list[Generated]:
     """Images from one mask (any array `binarize_mask` accepts). Image i has seed `seed + i`.
 
     `callback(done_steps, total_steps)` counts denoising steps over all batches.
+
+    Inpainting: with `frame` (an (H, W, 3) uint8 RGB image of the mask's aspect, a `siamese.inpaint.Frame`, or a
+    list of Frames, one per image) the lesion is painted into the frame: blended sampling inside its region (the
+    mask dilated by `margin` pixels at the model resolution, `siamese.inpaint`), and a pixel composite that keeps
+    every pixel outside the region exactly the frame's. `frame_mask` is the frame's own lesion (None: unknown;
+    with a Frame, its `mask`): the pair's mask is the union of it and the new lesion. With `clear_frame_lesions`
+    the frame's own lesion is painted away first (the same blended sampling inside its region, with an empty
+    mask as control) and the pair's mask is the new lesion alone. Each image's params record the frame's name,
+    "frame_mask" ("known" or "unknown"), both lesions' areas (fractions of the image), the margin and
+    clear_frame_lesions.
     """
     params = params or SamplingParams()
     params.validate()
     validate_request(num_images, seed, batch_size)
     base = random_seed() if seed is None else int(seed)
     binary = prepare_mask(model, mask)
+    frames = None
+    if frame is not None:
+        check_margin(margin, model.config.resolution)
+        if not isinstance(clear_frame_lesions, bool):
+            raise ValueError(f"clear_frame_lesions must be True or False, got {clear_frame_lesions!r}")
+        frames = _frames_for(model, frame, frame_mask, num_images)
+        for one in {id(f): f for f in frames}.values():  # each distinct frame once
+            check_aspect(np.asarray(mask).shape, one.size)
+            check_inside(binary, one)
+        if any(f.mask is None for f in frames):
+            logger.warning("a frame without its mask: its own lesion stays unlabelled in the pair (frame_mask: "
+                           "unknown)")
+    elif frame_mask is not None:
+        raise ValueError("frame_mask: the mask of a frame, given without a frame")
     prompt = model.config.prompt if params.prompt is None else params.prompt
     control_scale, control_end = params.control_scale_for(model), params.control_end_for(model)
     autoguidance = params.autoguidance_for(model)
     hint = mask_to_hint(binary)
     seeds = [(base + i) % (MAX_SEED + 1) for i in range(num_images)]
-    total = len(seeds) * params.steps
+    clearing = [clear_frame_lesions and f.mask is not None and bool(f.mask.any()) for f in frames or []]
+    total = (len(seeds) + sum(clearing)) * params.steps
     identity = model.identity()
+    run = (params.steps, params.guidance_scale, params.scheduler, params.eta)
+    speed = (control_scale, control_end, autoguidance, params.cache_interval, params.precision)
+    new_region = lesion_region(binary, margin) if frames is not None else None
+    done = 0
     out: list[Generated] = []
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start:start + batch_size]
-        gens = [torch.Generator("cpu").manual_seed(s) for s in chunk]
-        step_cb = None
-        if callback is not None:
-            done = start * params.steps
-            step_cb = lambda i, n, done=done, k=len(chunk): callback(done + i * k, total)  # noqa: E731
-        images = sample(model, hint.expand(len(chunk), -1, -1, -1), [prompt] * len(chunk), gens, params.steps,
-                        params.guidance_scale, params.scheduler, params.eta, step_cb, control_scale,
-                        control_end, autoguidance, params.cache_interval, params.precision)
-        for s, img in zip(chunk, images):
-            arr = (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+
+        def step_cb(k: int):
+            if callback is None:
+                return None
+            return lambda i, n, done=done, k=k: callback(done + i * k, total)
+
+        if frames is None:
+            gens = [torch.Generator("cpu").manual_seed(s) for s in chunk]
+            images = to_uint8(sample(model, hint.expand(len(chunk), -1, -1, -1), [prompt] * len(chunk), gens, *run,
+                                     step_cb(len(chunk)), *speed))
+            done += len(chunk) * params.steps
+        else:
+            fr = frames[start:start + len(chunk)]
+            canvas = np.stack([f.image for f in fr])
+            sub = [j for j in range(len(chunk)) if clearing[start + j]]
+            if sub:  # 1. the frames' own lesions painted away: an empty control inside their regions
+                regions = [lesion_region(fr[j].mask, margin) for j in sub]
+                gens = [torch.Generator("cpu").manual_seed(chunk[j]) for j in sub]
+                zero = torch.zeros_like(hint).expand(len(sub), -1, -1, -1)
+                latent = torch.from_numpy(np.stack([latent_region(r, model.codec.downscale) for r, _ in regions]))
+                cleared = to_uint8(sample(model, zero, [prompt] * len(sub), gens, *run, step_cb(len(sub)), *speed,
+                                          frame_latents=encode_frames(model, canvas[sub]), region=latent[:, None]))
+                done += len(sub) * params.steps
+                for j, (_, alpha), img in zip(sub, regions, cleared):
+                    canvas[j] = composite(canvas[j], img, alpha)
+            # 2. the new lesion, inside its region
+            gens = [torch.Generator("cpu").manual_seed(s) for s in chunk]
+            latent = torch.from_numpy(latent_region(new_region[0], model.codec.downscale))
+            painted = to_uint8(sample(model, hint.expand(len(chunk), -1, -1, -1), [prompt] * len(chunk), gens, *run,
+                                      step_cb(len(chunk)), *speed, frame_latents=encode_frames(model, canvas),
+                                      region=latent[None, None].expand(len(chunk), -1, -1, -1)))
+            done += len(chunk) * params.steps
+            images = np.stack([composite(c, img, new_region[1]) for c, img in zip(canvas, painted)])
+        for j, (s, arr) in enumerate(zip(chunk, images)):
             meta = {"prompt": prompt, "steps": params.steps, "guidance_scale": params.guidance_scale,
                     "scheduler": params.scheduler, "eta": params.eta, "control_scale": control_scale,
                     "control_end": control_end, "autoguidance": autoguidance,
@@ -269,6 +378,17 @@ def generate(
                     "resolution": model.config.resolution, "model": identity}
             if source:
                 meta["source_mask"] = source
-            out.append(Generated(arr, binary * 255, s, meta))
-    logger.info("generated %d images (%s, %d steps)", len(out), params.scheduler, params.steps)
+            pair_mask = binary
+            if frames is not None:
+                f = frames[start + j]
+                known = f.mask is not None
+                meta.update({"frame": f.name, "frame_mask": "known" if known else "unknown",
+                             "frame_lesion_area": round(float(f.mask.mean()), 6) if known else None,
+                             "new_lesion_area": round(float(binary.mean()), 6), "margin": int(margin),
+                             "clear_frame_lesions": bool(clear_frame_lesions)})
+                if known and not clear_frame_lesions:
+                    pair_mask = np.maximum(binary, f.mask)
+            out.append(Generated(arr, pair_mask * 255, s, meta))
+    logger.info("generated %d images (%s, %d steps%s)", len(out), params.scheduler, params.steps,
+                ", painted into frames" if frames is not None else "")
     return out

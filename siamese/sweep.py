@@ -42,9 +42,10 @@ class Candidate:
 def measure_candidates(
     model: SiameseModel, scorer: FidelityScorer, masks: np.ndarray, real: np.ndarray, train: np.ndarray,
     candidates: Sequence[Candidate], steps: int = 16, scheduler: str = "dpm++", seed: int = 0, batch_size: int = 8,
-    callback: Callable[[int, int], None] | None = None,
+    callback: Callable[[int, int], None] | None = None, cache_interval: int = 1, precision: str = "float32",
 ) -> list[dict]:
-    """One row per candidate: its settings, `fidelity` (mean scorer Dice), `kid` and `kid_std` (x1e3).
+    """One row per candidate: its settings, `fidelity` (mean scorer Dice), `kid` and `kid_std` (x1e3). Every
+    candidate samples with `steps`, `scheduler` and the speed settings `cache_interval` and `precision` (`sample`'s).
 
     masks: (N, R, R) {0, 1} at the model resolution; real: (N, R, R, 3) uint8 held-out images; train: (M, R, R, 3)
     uint8 training images (the statistics' standardiser). `callback(done, total)` counts images.
@@ -61,7 +62,7 @@ def measure_candidates(
             gens = [torch.Generator("cpu").manual_seed(seed + start + i) for i in range(len(chunk))]
             out = sample(model, hints, [prompt] * len(chunk), gens, steps, cand.guidance_scale, scheduler,
                          control_scale=cand.control_scale, control_end=cand.control_end,
-                         autoguidance=cand.autoguidance)
+                         autoguidance=cand.autoguidance, cache_interval=cache_interval, precision=precision)
             images.append((out.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8))
             if callback is not None:
                 callback(c_index * len(masks) + start + len(chunk), total)

@@ -27,6 +27,7 @@ import torch
 
 from siamese import ModelLoadError, SiameseConfig, load_model
 from siamese.fidelity import load_scorer
+from siamese.build import EXAMPLES_FOLDER
 from siamese.guide import GUIDE_FOLDER
 from siamese.model import HUB_ALLOW_PATTERNS, HUB_IGNORE_PATTERNS
 
@@ -36,10 +37,21 @@ logger = logging.getLogger(__name__)
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 MAX_NAME_CHARS = 1000  # a model name longer than this is not one the server offers
+MAX_EXAMPLES = 24  # example masks shown of a model's examples/
 
 
 def is_model_folder(path: Path) -> bool:
     return path.is_dir() and (path / "unet").is_dir() and (path / "text_encoder").is_dir()
+
+
+def model_label(path: Path) -> str:
+    """What a model folder says it makes (its siamese_config.json `label`, e.g. "skin lesions (dermoscopy)"), else
+    the folder's name (also for a folder whose config does not load: its own error shows when it is selected)."""
+    try:
+        label = SiameseConfig.load(path).label if path.is_dir() else None
+    except (ModelLoadError, ValueError, TypeError, OSError):
+        label = None
+    return label or path.name
 
 
 def hub_snapshot(repo_id: str) -> Path:
@@ -111,10 +123,10 @@ class ModelCatalog:
 
     def choices(self) -> list[tuple[str, str]]:
         """The selector's (label, id) pairs: the default, then the model folders of checkpoints/, runs/app/ and the
-        models root."""
+        models root. A folder is shown by its label (`model_label`), with its name too when two share a label."""
         default = Path(self.default)
         available = is_model_folder(default) or self._default_is_hub
-        choices = [(f"{default.name} (default{'' if available else ', not available yet'})", self.default_id)]
+        found = [(default, f"default{'' if available else ', not available yet'}", self.default_id)]
         seen = {self.default_id}
         for prefix, folder, where in (("checkpoints", self.checkpoints_dir, "checkpoints"),
                                       ("runs/app", self.runs_dir, "trained here"),
@@ -124,8 +136,11 @@ class ModelCatalog:
                     public = self.public_id(p) if is_model_folder(p) else None
                     if public and public not in seen:
                         seen.add(public)
-                        choices.append((f"{p.name} ({where})", public))
-        return choices
+                        found.append((p, where, public))
+        labels = [model_label(p) for p, _, _ in found]
+        repeated = {label for label in labels if labels.count(label) > 1}
+        return [(f"{label}{f' · {p.name}' if label in repeated and label != p.name else ''} ({where})", public)
+                for label, (p, where, public) in zip(labels, found)]
 
     def default_config(self) -> SiameseConfig:
         """The default model's config, read without loading the model (the package defaults for a hub id or a
@@ -135,6 +150,16 @@ class ModelCatalog:
             return SiameseConfig.load(folder) if folder.is_dir() else SiameseConfig()
         except (ModelLoadError, ValueError, TypeError, OSError):
             return SiameseConfig()
+
+    def examples(self, value: str | None) -> list[Path]:
+        """The example masks a model offered here brings (the PNGs of its folder's examples/, which `build` writes),
+        or [] (none, a hub model, or a model this server does not offer)."""
+        try:
+            ref = self.resolve(value or self.default)
+        except ModelLoadError:
+            return []
+        folder = Path(ref.location) / EXAMPLES_FOLDER
+        return [] if ref.hub or not folder.is_dir() else sorted(folder.glob("*.png"))[:MAX_EXAMPLES]
 
     def default_guided(self) -> bool:
         """Whether the default model's folder has a guide (autoguidance), seen without loading the model (True for

@@ -183,6 +183,32 @@ def mask_value(value) -> np.ndarray:
     return read_mask_upload(inputs.upload(value, "mask"), inputs.shown_name(value))
 
 
+def frame_mask_value(value) -> np.ndarray | None:
+    """The frame's own lesion mask a request sends -> (H, W) {0, 1}, or None (not given: unknown). Read by the one
+    mask rule as `mask_value` reads a mask, but an empty mask is allowed (a frame without a lesion); an all-white
+    one is refused."""
+    if value is None or (isinstance(value, str) and not value):
+        return None
+    if isinstance(value, Image.Image):
+        value = np.asarray(value)
+    if isinstance(value, np.ndarray):
+        mask, shown = binarize_mask(value), "the frame's mask"
+    else:
+        path = inputs.upload(value, "the frame's mask")
+        if path is None:
+            return None
+        shown = inputs.shown_name(value)
+        if path.is_file() and path.stat().st_size > MAX_MASK_FILE_BYTES:
+            raise DataError(f"{shown}: the frame's mask file may be at most {MAX_MASK_FILE_BYTES // 2**20} MB")
+        try:
+            mask = read_mask(path)
+        except DataError as e:
+            raise DataError(f"the frame's mask: {str(e).replace(str(path), shown)}") from None
+    if mask.all():
+        raise DataError(f"{shown} is all white: a frame's mask marks its own lesion in white on black")
+    return mask
+
+
 def outline(image: np.ndarray, mask: np.ndarray, color=(0, 255, 0)) -> np.ndarray:
     """The image with the mask's outline drawn over it (1-2 px, scaled to the image size)."""
     contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)

@@ -19,10 +19,10 @@ from .jobs.training import TrainingJob
 from .masks import example_masks
 from .replies import Redactor
 from .scratch import Scratch
-from .settings import CHECKPOINTS_DIR, EXAMPLES_DIR, RUNS_DIR, Settings, device_and_dtype
+from .settings import CHECKPOINTS_DIR, EXAMPLES_DIR, FRAMES_DIR, RUNS_DIR, Settings, device_and_dtype
 from .tabs.batch import BatchTab
 from .tabs.collection import CollectionTab
-from .tabs.generate import GenerateTab
+from .tabs.generate import GenerateTab, example_frames
 from .tabs.model import ModelSelector
 from .tabs.train import TrainTab
 
@@ -33,7 +33,7 @@ class Studio:
 
     def __init__(self, model_path: str | None = None, checkpoints_dir: Path = CHECKPOINTS_DIR,
                  runs_dir: Path = RUNS_DIR, examples_dir: Path = EXAMPLES_DIR,
-                 settings: Settings | None = None) -> None:
+                 settings: Settings | None = None, frames_dir: Path = FRAMES_DIR) -> None:
         self.settings = settings or Settings.from_env()
         self.default = str(model_path or default_model())
         self.checkpoints_dir, self.runs_dir = Path(checkpoints_dir), Path(runs_dir)
@@ -49,7 +49,7 @@ class Studio:
 
         self.selector = ModelSelector(self.catalog, self.models)
         self.generate = GenerateTab(self.catalog, self.models, self.scratch, self.turns, self.redact,
-                                    example_masks(Path(examples_dir)))
+                                    example_masks(Path(examples_dir)), example_frames(Path(frames_dir)))
         self.collection = CollectionTab(self.scratch, self.redact)
         self.train = TrainTab(self.settings, self.catalog, self.models, self.job, self.runs_dir, self.scratch,
                               self.redact)

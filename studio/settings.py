@@ -25,6 +25,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES_DIR = ROOT / "assets" / "masks"
+FRAMES_DIR = ROOT / "assets" / "frames"  # example frames (images, masks/ of the same stems) for inpainting
 CHECKPOINTS_DIR = ROOT / "checkpoints"
 RUNS_DIR = ROOT / "runs" / "app"
 

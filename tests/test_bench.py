@@ -24,10 +24,11 @@ import torch
 
 import bench.training
 from bench.estimate import sd15_training_memory
-from bench.sampling import compare_samplers
+from bench.sampling import batch_images_per_hour, compare_presets, compare_samplers
 from bench.timing import Timings
 from bench.training import compare_steps, float64_parity
-from bench.workload import PRESETS, build_preset, build_sd15_architecture, reg_timesteps
+from bench.workload import PRESETS, build_preset, build_sd15_architecture, mask_hints, reg_timesteps
+from siamese.params import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -130,6 +131,23 @@ def test_samplers_make_the_same_images(smoke_model):
                                   ("speedup_vs_pipeline", "diffusers_pipeline", "ours", "wall_s")]) == []
 
 
+def test_presets_are_timed_against_today_and_the_batch_path_counts_pairs(smoke_model):
+    """Each preset's speedup is the paired ratio of its own timings against today's sampler's; the Batch path's
+    pairs per hour is what it made in the time it took."""
+    smoke_model.eval()
+    today = dict(scheduler="dpm++", steps=2, guidance_scale=3.0)
+    presets = {"default": {**today, "cache_interval": 2}, "fast": {**today, "steps": 1, "precision": "bfloat16"}}
+    r = compare_presets(smoke_model, batch=2, repeats=1, today=today, presets=presets)
+    assert set(r["seconds_per_image"]) == {"today", "default", "fast"} and set(r["speedup"]) == set(presets)
+    for key, clock in (("speedup", "wall_s"), ("speedup_cpu_time", "cpu_s")):
+        assert speedup_mismatches(r[key] | {"timings": r["timings"]},
+                                  [(name, "today", name, clock) for name in presets]) == []
+    masks = [("a", (mask_hints(1, 64, 0)[0, 0].numpy() > 0).astype("uint8"))]
+    b = batch_images_per_hour(smoke_model, None, masks, SamplingParams(steps=1, scheduler="ddim"), num_images=2)
+    assert b["pairs"] == 2 and not b["scored"]
+    assert b["images_per_hour"] == pytest.approx(3600 * 2 / b["seconds"], rel=0.01)
+
+
 def test_sd15_memory_estimate_from_parameter_counts():
     est = sd15_training_memory()
     assert est["parameters"]["unet"] == 859_520_964  # Stable Diffusion 1.5's UNet
@@ -213,7 +231,7 @@ def test_cli_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--json", "--threads", "1", "--out", str(out),
-         "--only", "train", "memory", "sample", "ips"],
+         "--only", "train", "memory", "sample", "ips", "presets"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -26,7 +26,7 @@ from conftest import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--budget-hours", "0.0001", "--resolution", "64", "--batch-size", "2", "--sweep-masks", "4",
-        "--eval-seeds", "1"]
+        "--eval-seeds", "1", "--eval-seg-steps", "50"]
 
 
 def test_the_full_budget_plans_the_polyp_recipe():
@@ -117,11 +117,13 @@ def test_a_build_killed_in_a_stage_resumes_to_the_same_model(tmp_path):
     assert "stage 1/10" not in again.stderr  # finished stages are skipped
 
     a, b = _weights(whole), _weights(killed)
-    assert a.keys() == b.keys() and any(k.startswith("guide/") for k in a) and any("decoder" in k for k in a)
+    assert a.keys() == b.keys() and any("decoder" in k for k in a)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     record_a, record_b = (json.loads((f / "build.json").read_text()) for f in (whole, killed))
     assert record_a["sweep"]["rows"] == record_b["sweep"]["rows"]
     chosen = record_a["sweep"]["chosen"]
+    # the guide ships when the sweep chose autoguidance (on this tiny data the choice is a near tie either way)
+    assert any(k.startswith("guide/") for k in a) == (chosen["autoguidance"] != 1)
     config = json.loads((whole / "siamese_config.json").read_text())
     assert (config["control_scale"], config["autoguidance"]) == (chosen["control_scale"], chosen["autoguidance"])
     # a complete model: scorer, card with the evaluation and the copying check, every stage's losses

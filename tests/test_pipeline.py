@@ -186,6 +186,45 @@ def test_sd15_folder_through_our_pipeline_and_stable_diffusion_controlnet_pipeli
     assert _max_diff(items, out.images) == 0
 
 
+def _frame(h: int = 80, w: int = 96) -> np.ndarray:
+    """A textured frame (off-size: resized to the model resolution by both paths) and its own lesion."""
+    frame = np.clip(np.random.default_rng(3).normal([150, 70, 60], 25, (h, w, 3)), 0, 255).astype(np.uint8)
+    own = np.zeros((h, w), np.uint8)
+    own[h // 8:h * 3 // 8, w * 5 // 8:w * 7 // 8] = 255
+    return frame, own
+
+
+def test_pipeline_paints_into_frames_with_generates_pixels(tiny_model_dir, sd15_model, tmp_path):
+    """Inpainting (frame=, frame_mask=, margin=, clear_frame_lesions=) through diffusers: generate's pixels, for the
+    patch codec and a VAE, with DDIM and DPM-Solver++, the frame's lesion kept or cleared first, a frame without
+    its mask."""
+    frame, own = _frame()
+    mask = np.zeros((80, 96), np.uint8)
+    mask[40:60, 15:45] = 255  # the frame's aspect
+    pipe, model = _load(tiny_model_dir), load_model(tiny_model_dir)
+    params = SamplingParams(steps=3, guidance_scale=3.0)
+    items = generate(model, mask, 2, seed=11, params=params, frame=frame, frame_mask=own, margin=6)
+    out = pipe(image=mask, num_inference_steps=3, guidance_scale=3.0, frame=Image.fromarray(frame),
+               frame_mask=own, margin=6, generator=[torch.Generator().manual_seed(11 + i) for i in range(2)],
+               num_images_per_prompt=2)
+    assert _max_diff(items, out.images) == 0
+    plain = generate(model, mask, 1, seed=11, params=params)
+    assert _max_diff(plain, out.images) > 0  # painted into the frame: the comparison can fail
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++",
+                                                             solver_order=2)
+    for kwargs in (dict(frame_mask=own, clear_frame_lesions=True), dict(frame_mask=None)):
+        items = generate(model, mask, 1, seed=4, params=SamplingParams(steps=3, guidance_scale=3.0, scheduler="dpm++"),
+                         frame=frame, **kwargs)
+        out = pipe(image=mask, num_inference_steps=3, guidance_scale=3.0, frame=frame,
+                   generator=[torch.Generator().manual_seed(4)], **kwargs)
+        assert _max_diff(items, out.images) == 0, kwargs
+    folder = sd15_model.save_pretrained(tmp_path / "sd15")
+    items = generate(load_model(folder), mask, 1, seed=5, params=params, frame=frame, frame_mask=own)
+    out = _load(folder)(image=mask, num_inference_steps=3, guidance_scale=3.0, frame=frame, frame_mask=own,
+                        generator=[torch.Generator().manual_seed(5)])
+    assert _max_diff(items, out.images) == 0
+
+
 def test_a_hub_repo_loads_as_a_pipeline_from_the_local_cache_offline(tiny_model_dir, tmp_path, monkeypatch):
     """As after `python -m siamese push`: the repo id through huggingface-hub's cache layout, no network."""
     import huggingface_hub.constants as hf_constants

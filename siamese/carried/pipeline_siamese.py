@@ -77,19 +77,113 @@ def _full_scale(values: np.ndarray) -> float:
     return 65535.0 if values.dtype == np.uint16 else 255.0
 
 
-def prepare_mask(mask: MaskInput, resolution: int) -> Tensor:
-    """One mask -> (1, R, R) float {0, 1} at the model resolution (nearest neighbour, as OpenCV's INTER_NEAREST);
-    an empty or an all-white mask is refused."""
+def resize_mask(mask: MaskInput, resolution: int) -> Tensor:
+    """One mask -> (R, R) uint8 {0, 1} at the model resolution (nearest neighbour, as OpenCV's INTER_NEAREST)."""
     binary = torch.from_numpy(binarize_mask(mask))
     if tuple(binary.shape) != (resolution, resolution):
         binary = F.interpolate(binary[None, None].float(), size=(resolution, resolution), mode="nearest")[0, 0]
         binary = binary.to(torch.uint8)
+    return binary
+
+
+def prepare_mask(mask: MaskInput, resolution: int) -> Tensor:
+    """One mask -> (1, R, R) float {0, 1} at the model resolution (nearest neighbour, as OpenCV's INTER_NEAREST);
+    an empty or an all-white mask is refused."""
+    binary = resize_mask(mask, resolution)
     fraction = float(binary.float().mean())
     if fraction == 0.0:
         raise ValueError("the mask is empty: it needs a white (foreground) region where the lesion goes")
     if fraction == 1.0:
         raise ValueError("the mask is all white: it needs some background (black) too")
     return binary.float()[None]
+
+
+# -- inpainting: a lesion painted into a real frame (`siamese.inpaint` uses these very functions) ----------------------
+def prepare_frame_image(image: PIL.Image.Image | np.ndarray, resolution: int) -> np.ndarray:
+    """One frame (a PIL image or an (H, W, 3) / (H, W) uint8 array) -> (R, R, 3) uint8 RGB at the model resolution:
+    PIL's box filter when it shrinks both sides (as area interpolation), bicubic otherwise."""
+    if not isinstance(image, PIL.Image.Image):
+        arr = np.asarray(image)
+        if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+            raise ValueError(f"a frame must be an (H, W, 3) uint8 RGB image, got {arr.dtype} {arr.shape}")
+        image = PIL.Image.fromarray(arr)
+    image = image.convert("RGB")
+    if image.size != (resolution, resolution):
+        shrink = image.width >= resolution and image.height >= resolution
+        image = image.resize((resolution, resolution),
+                             PIL.Image.Resampling.BOX if shrink else PIL.Image.Resampling.BICUBIC)
+    return np.array(image, np.uint8)
+
+
+def lesion_region(mask: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """A lesion mask (R, R) {0, 1} -> (region, alpha): region (R, R) bool, the pixels within `margin` pixels of the
+    lesion (Euclidean); alpha (R, R) float32, the pixel composite's weight of the generated image: 1 on the lesion,
+    falling smoothly (smoothstep of the distance) to 0 at `margin` pixels, and exactly 0 outside the region."""
+    lesion = np.asarray(mask).astype(bool)
+    m = int(margin)
+    if m <= 0:
+        return lesion.copy(), lesion.astype(np.float32)
+    H, W = lesion.shape
+    d2 = np.full((H, W), m * m + 1, np.int32)  # squared distance to the lesion, where it is at most m * m
+    padded = np.pad(lesion, m)
+    offsets = sorted((dy * dy + dx * dx, dy, dx) for dy in range(-m, m + 1) for dx in range(-m, m + 1)
+                     if dy * dy + dx * dx <= m * m)
+    for r2, dy, dx in offsets:  # nearest first: a pixel keeps the first (smallest) distance that reaches it
+        hit = padded[m + dy:m + dy + H, m + dx:m + dx + W] & (d2 > m * m)
+        d2[hit] = r2
+    region = d2 <= m * m
+    s = np.clip(1.0 - np.sqrt(d2.astype(np.float32)) / np.float32(m), 0.0, 1.0).astype(np.float32)
+    alpha = s * s * (np.float32(3.0) - np.float32(2.0) * s)
+    alpha[~region] = 0.0
+    return region, alpha.astype(np.float32)
+
+
+def latent_region(region: np.ndarray, downscale: int) -> np.ndarray:
+    """A pixel region (R, R) bool -> (R/d, R/d) float32 in [0, 1] at latent resolution: 1 where the model generates
+    (every latent cell at least half in the region), soft-edged over about one cell beyond it (the cells' region
+    fraction, blurred by a [1, 2, 1] / 4 kernel, doubled), 0 where the frame's latents are kept."""
+    R = region.shape[0]
+    h = R // downscale
+    frac = np.asarray(region, np.float32).reshape(h, downscale, h, downscale).mean(axis=(1, 3), dtype=np.float32)
+    k = np.array([0.25, 0.5, 0.25], np.float32)
+    soft = np.pad(frac, 1, mode="edge")
+    soft = k[0] * soft[:-2] + k[1] * soft[1:-1] + k[2] * soft[2:]
+    soft = k[0] * soft[:, :-2] + k[1] * soft[:, 1:-1] + k[2] * soft[:, 2:]
+    soft = np.clip(np.float32(2.0) * soft, 0.0, 1.0).astype(np.float32)
+    soft[frac >= 0.5] = 1.0
+    return soft
+
+
+def composite(frame: np.ndarray, generated: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """The pixel composite: frame and generated image (R, R, 3) uint8, alpha (R, R) float32 (`lesion_region`) ->
+    (R, R, 3) uint8: round(frame + alpha (generated - frame)), and the frame's own pixels wherever alpha is 0."""
+    f = frame.astype(np.float32)
+    a = alpha[..., None]
+    out = np.clip(np.rint(f + a * (generated.astype(np.float32) - f)), 0, 255).astype(np.uint8)
+    return np.where(a > 0, out, frame)
+
+
+def frame_latents(images: np.ndarray, device: torch.device, dtype: torch.dtype, codec: nn.Module | None = None,
+                  vae: AutoencoderKL | None = None) -> Tensor:
+    """Frames (B, R, R, 3) uint8 -> their latents (B, C, h, w): the patch codec's encoding, or the VAE's posterior
+    mean times its scaling factor (deterministic: a frame has one latent)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device, torch.float32) / 127.5 - 1.0
+    if codec is not None:
+        return codec.encode(x.to(dtype)).to(dtype)
+    return (vae.encode(x.to(vae.dtype)).latent_dist.mode() * vae.config.scaling_factor).to(dtype)
+
+
+def blend_known(latents: Tensor, frame: Tensor, noise: Tensor, region: Tensor, scheduler, t: Tensor | None) -> Tensor:
+    """Blended sampling's step: the latents outside `region` (B, 1, h, w) replaced by the frame's latents noised to
+    timestep `t` with the same `noise` (`scheduler.add_noise`), or the frame's clean latents when `t` is None (after
+    the last step)."""
+    known = frame if t is None else scheduler.add_noise(frame, noise, t.reshape(1).expand(frame.shape[0]))
+    return region * latents + (1 - region) * known
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8, as every output of the package is written."""
+    return (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
 
 class SiameseDiffusionPipeline(DiffusionPipeline):
@@ -161,13 +255,24 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         callback: Callable[[int, int], None] | None = None,
+        frame: PIL.Image.Image | np.ndarray | list | None = None,
+        frame_mask: MaskInput | list | None = None,
+        margin: int = 8,
+        clear_frame_lesions: bool = False,
     ) -> ImagePipelineOutput | tuple:
         """Images from masks. `image`: one mask or a list (PIL images, arrays or tensors; any size, resized to
         the model resolution); `prompt`: one, or one per mask (None: the model's prompt); `generator`: one, or
         one per image (image i of `siamese.generate(seed=s)` is `generator=torch.Generator().manual_seed(s + i)`);
         `controlnet_conditioning_scale` and `control_guidance_end` (the fraction of the steps, from the first, in
         which the ControlNet runs) None: the model's recommended values. `output_type`: "pil", "np" (B, H, W, 3)
-        float in [0, 1] or "pt" (B, 3, H, W). `callback(step, steps)` after every denoising step."""
+        float in [0, 1] or "pt" (B, 3, H, W). `callback(step, steps)` after every denoising step.
+
+        Inpainting: with `frame` (an image, or one per mask; resized to the model resolution) each lesion is painted
+        into the frame, as `siamese.generate(frame=...)` does (the same pixels): blended sampling inside the lesion's
+        region (the mask dilated by `margin` pixels), the frame's own pixels outside it. `frame_mask` (the frame's
+        lesion, one or one per mask) with `clear_frame_lesions`: the frame's lesion is painted away first (the
+        same blended sampling inside its region, with an empty mask as control). The pair's mask is then the new
+        lesion alone; otherwise the union of the frame's mask and the new one (`siamese.generate` returns it)."""
         # 1. inputs
         if self.controlnet is None:
             raise ValueError("this model has no ControlNet (a base model): train it with the siamese objective first")
@@ -194,28 +299,93 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"control_guidance_end must be a fraction of the steps, above 0 and at most 1, got {end}")
         device, dtype = self._execution_device, self.unet.dtype
         resolution = int(self.config.resolution)
-        hint = torch.cat([prepare_mask(m, resolution) for m in masks]).repeat_interleave(n, 0)  # B, R, R
+        binaries = [prepare_mask(m, resolution) for m in masks]
+        hint = torch.cat(binaries).repeat_interleave(n, 0)  # B, R, R
         hint = hint[:, None].expand(-1, 3, -1, -1).to(device, dtype)
         prompts = [p for p in prompts for _ in range(n)]
         B = len(prompts)
-        guided = guidance_scale > 1.0
+        frames = self._frames(frame, frame_mask, len(masks), resolution, margin) if frame is not None else None
+        if frames is None and frame_mask is not None:
+            raise ValueError("frame_mask: the mask of a frame, given without a frame")
 
         # 2. prompt embeddings (B or 2B, L, D): [unconditional "", conditional]
+        guided = guidance_scale > 1.0
         cache = {p: self._encode(p, device) for p in dict.fromkeys(prompts + ([""] if guided else []))}
         prompt_embeds = torch.cat([cache[p] for p in prompts])
         if guided:
             prompt_embeds = torch.cat([cache[""].expand(B, -1, -1), prompt_embeds])
+        run = dict(steps=num_inference_steps, guidance_scale=guidance_scale, scale=scale, end=end, eta=eta,
+                   callback=callback)
+
+        if frames is None:  # 3. whole images
+            images = self._denoise(hint, prompt_embeds, generator, **run)
+        else:  # 3. inpainting: the frames' lesions painted away (clear_frame_lesions), then the new lesions in
+            images_u8 = np.stack([frames[k // n][0] for k in range(B)])
+            originals = [g.get_state() for g in generator] if isinstance(generator, list) else \
+                (generator.get_state() if generator is not None else None)
+            if clear_frame_lesions:
+                sub = [k for k in range(B) if frames[k // n][1] is not None and frames[k // n][1].any()]
+                if sub:
+                    regions = [lesion_region(frames[k // n][1], margin) for k in sub]
+                    gens = _generators(generator, originals, sub)
+                    zero = torch.zeros_like(hint[sub])
+                    pe = torch.cat([prompt_embeds[:B][sub], prompt_embeds[B:][sub]]) if guided else prompt_embeds[sub]
+                    out = self._denoise(zero, pe, gens, frame_images=images_u8[sub],
+                                        regions=[latent_region(r, self.latent_downscale) for r, _ in regions], **run)
+                    for j, k in enumerate(sub):
+                        images_u8[k] = composite(images_u8[k], to_uint8(out[j:j + 1])[0], regions[j][1])
+            news = [lesion_region(b[0].numpy().astype(np.uint8), margin) for b in binaries]
+            gens = _generators(generator, originals, list(range(B)))
+            out = self._denoise(hint, prompt_embeds, gens, frame_images=images_u8,
+                                regions=[latent_region(news[k // n][0], self.latent_downscale) for k in range(B)],
+                                **run)
+            painted = np.stack([composite(images_u8[k], to_uint8(out[k:k + 1])[0], news[k // n][1])
+                                for k in range(B)])
+            images = torch.from_numpy(painted).permute(0, 3, 1, 2).float() / 255.0
+
+        # 4. output
+        self.maybe_free_model_hooks()
+        if output_type == "pt":
+            out = images
+        else:
+            out = images.permute(0, 2, 3, 1).cpu().numpy()
+            if output_type == "pil":
+                out = [PIL.Image.fromarray(a) for a in (out * 255).round().astype(np.uint8)]
+        return ImagePipelineOutput(images=out) if return_dict else (out,)
+
+    def _frames(self, frame, frame_mask, count: int, resolution: int, margin: int) -> list:
+        """(frame (R, R, 3) uint8, its lesion (R, R) uint8 {0, 1} or None) per mask."""
+        frames = list(frame) if isinstance(frame, (list, tuple)) else [frame] * count
+        lesions = list(frame_mask) if isinstance(frame_mask, (list, tuple)) else [frame_mask] * len(frames)
+        if len(frames) != count or len(lesions) != count:
+            raise ValueError(f"frame and frame_mask: expected one, or a list of {count} (one per mask)")
+        if isinstance(margin, bool) or not isinstance(margin, int) or not 0 <= margin <= resolution // 4:
+            raise ValueError(f"margin must be a whole number of pixels from 0 to {resolution // 4}, got {margin!r}")
+        return [(prepare_frame_image(f, resolution), None if m is None else resize_mask(m, resolution).numpy())
+                for f, m in zip(frames, lesions)]
+
+    def _denoise(self, hint: Tensor, prompt_embeds: Tensor, generator, steps: int, guidance_scale: float,
+                 scale: float, end: float, eta: float, callback, frame_images: np.ndarray | None = None,
+                 regions: list[np.ndarray] | None = None) -> Tensor:
+        """The sampling loop on hints (B, 3, R, R) -> images (B, 3, R, R) float32 in [0, 1]; with `frame_images`
+        (B, R, R, 3) uint8 and latent `regions` (one (h, w) per image), blended sampling (`blend_known`)."""
+        device, dtype = self._execution_device, self.unet.dtype
+        B = hint.shape[0]
+        guided = guidance_scale > 1.0
+        if guided:
             hint = torch.cat([hint, hint])
-
-        # 3. timesteps and starting noise
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        s = resolution // self.latent_downscale
-        latents = randn_tensor((B, self.unet.config.in_channels, s, s), generator=generator, device=device, dtype=dtype)
-        latents = latents * self.scheduler.init_noise_sigma
-        ddim = "eta" in inspect.signature(self.scheduler.step).parameters  # DDIM
-
-        # 4. denoising loop
+        self.scheduler.set_timesteps(steps, device=device)
+        s = int(self.config.resolution) // self.latent_downscale
+        noise = randn_tensor((B, self.unet.config.in_channels, s, s), generator=generator, device=device, dtype=dtype)
+        latents = noise * self.scheduler.init_noise_sigma
         timesteps = self.scheduler.timesteps
+        known = region = None
+        if frame_images is not None:
+            known = frame_latents(frame_images, device, dtype, codec=self.codec,
+                                  vae=self.vae if self.codec is None else None)
+            region = torch.from_numpy(np.stack(regions))[:, None].to(device, dtype)
+            latents = blend_known(latents, known, noise, region, self.scheduler, timesteps[0])
+        ddim = "eta" in inspect.signature(self.scheduler.step).parameters  # DDIM
         controlled = max(1, math.floor(end * len(timesteps) + 1e-6))  # as diffusers' control_guidance_end, at least 1
         for i, t in enumerate(self.progress_bar(timesteps)):
             x = torch.cat([latents, latents]) if guided else latents
@@ -236,16 +406,26 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
                     kwargs["variance_noise"] = randn_tensor(latents.shape, generator=generator, device=device,
                                                             dtype=dtype)
             latents = self.scheduler.step(eps, t, latents, **kwargs).prev_sample
+            if known is not None:
+                latents = blend_known(latents, known, noise, region, self.scheduler,
+                                      timesteps[i + 1] if i + 1 < len(timesteps) else None)
             if callback is not None:
                 callback(i + 1, len(timesteps))
+        return self._decode(latents)
 
-        # 5. decode
-        images = self._decode(latents)
-        self.maybe_free_model_hooks()
-        if output_type == "pt":
-            out = images
-        else:
-            out = images.permute(0, 2, 3, 1).cpu().numpy()
-            if output_type == "pil":
-                out = [PIL.Image.fromarray(a) for a in (out * 255).round().astype(np.uint8)]
-        return ImagePipelineOutput(images=out) if return_dict else (out,)
+
+def _generators(generator, states, indices: list[int]):
+    """Fresh generators at the caller's generators' first states, for the images `indices` (each pass of an
+    inpainting draws the same noise as the first would)."""
+    if generator is None:
+        return None
+    if not isinstance(generator, list):
+        g = torch.Generator(generator.device)
+        g.set_state(states)
+        return g
+    out = []
+    for k in indices:
+        g = torch.Generator(generator[k].device)
+        g.set_state(states[k])
+        out.append(g)
+    return out

@@ -149,14 +149,15 @@ class BatchTab:
                     guidance_scale: float = sampling.DEFAULTS["guidance_scale"], seed: int | None = None,
                     scheduler: str = sampling.DEFAULTS["scheduler"], control_scale: float | None = None,
                     control_end: float | None = None, model: str | None = None, batch_key: str | None = None,
-                    randomize: bool = False, autoguidance: float | None = None):
+                    randomize: bool = False, autoguidance: float | None = None, cache_interval: int = 1,
+                    precision: str = "float32"):
         """Start a batch in the background: `num_images` pairs per mask (uploaded mask images or zips of them,
         else the masks of `data_folder` in the server's data folder), optionally augmented (flips, scaling,
         shift-scale-rotate), each scored by the model's fidelity scorer and accepted when it scores at least
         `min_fidelity` (None: no threshold, every pair accepted with its score). Returns the status and the
         session's `batch_key` (pass it to the other /batch_* calls). `seed` None or negative: random;
-        `control_scale`, `control_end` and `autoguidance` as for /generate (None: the model's recommended values);
-        a new batch replaces the session's previous one."""
+        `control_scale`, `control_end`, `autoguidance`, `cache_interval` and `precision` as for /generate (None for the
+        first three: the model's recommended values); a new batch replaces the session's previous one."""
         if self.settings.batch_disabled:
             raise gr.Error(self.settings.batch_disabled, title="Batches disabled")
         tmp = self.scratch.folder("batch-masks-")
@@ -169,7 +170,7 @@ class BatchTab:
             if threshold is not None and not 0.0 <= threshold <= 1.0:
                 raise ValueError(f"min fidelity must be between 0 and 1 (a Dice score), got {threshold:g}")
             params = sampling.read_params(prompt, steps, guidance_scale, scheduler, control_scale, control_end,
-                                          autoguidance)
+                                          autoguidance, cache_interval, precision)
             seed = inputs.seed(seed, inputs.flag(randomize, "randomise seed"))
             augment = inputs.flag(augment, "augment")
             self.batches.check(batch_key)  # before the masks are read; the job is made when all is checked
@@ -192,7 +193,7 @@ class BatchTab:
             threshold = threshold if scorer is not None else None
             describe = (f"{len(masks)} masks from {shown}{' (augmented)' if augment else ''} × {count} images · "
                         f"seeds from {seed} · model `{self.catalog.resolve(model).public}`"
-                        f"{sampling.describe_autoguidance(weight)}{off}")
+                        f"{sampling.describe_autoguidance(weight)}{sampling.describe_speed(params)}{off}")
 
             def make_pairs(stop):
                 return run_batch(m, masks, count, seed, params, augment=augment, scorer=scorer,
@@ -290,6 +291,16 @@ class BatchTab:
             return gr.skip(), gr.skip(), gr.skip()  # Generate's model box says why
         return sampling.preset(m)
 
+    def batch_speed(self, model: str | None, speed: str | None):
+        """The Speed choice or the model changed: the batch's steps, scheduler, guidance, feature reuse and
+        precision at the selected model's preset (left alone when the model does not load)."""
+        try:
+            return sampling.speed_values(self.models.get(inputs.text(model, "model") or self.catalog.default),
+                                         sampling.read_speed(speed))
+        except Exception as e:  # noqa: BLE001 - a model that does not load is reported by Generate's model box
+            logger.info("speed preset not applied: %s", e)
+            return (gr.skip(),) * 5
+
 
 @dataclass
 class BatchWidgets:
@@ -318,6 +329,9 @@ class BatchWidgets:
     download: gr.DownloadButton
     seen: gr.State  # the version the page shows
     timer: gr.Timer
+    speed: gr.Radio
+    cache_interval: gr.Slider
+    precision: gr.Dropdown
 
 
 def build(settings: Settings, recommended, guided: bool) -> BatchWidgets:
@@ -339,14 +353,18 @@ def build(settings: Settings, recommended, guided: bool) -> BatchWidgets:
                                       info="the scorer's Dice between its segmentation of the image and the mask")
             with gr.Accordion("Sampling (as in Generate)", open=False):
                 prompt = gr.Textbox(label="Prompt", placeholder="empty: the model's default prompt", lines=1)
+                preset = sampling.default_speed(recommended)
+                speed = sampling.speed_radio(elem_id="batch-speed")
                 with gr.Row():
-                    steps = sampling.steps_slider(elem_id="batch-steps")
-                    guidance = sampling.guidance_slider()
+                    steps = sampling.steps_slider(preset["steps"], elem_id="batch-steps")
+                    guidance = sampling.guidance_slider(preset["guidance_scale"])
                 with gr.Row():
                     control = sampling.control_slider(recommended.control_scale, "preset per model")
                     control_end = sampling.control_end_slider(recommended.control_end, "preset per model")
                     autoguidance = sampling.autoguidance_slider(recommended.autoguidance, guided)
-                scheduler, seed, randomize = sampling.seed_row()
+                with gr.Row():
+                    cache_interval, precision = sampling.speed_widgets(preset)
+                scheduler, seed, randomize = sampling.seed_row(preset["scheduler"])
             gr.Markdown(f"At most {settings.batch_max_masks:,} masks and {settings.batch_max_images} images per "
                         "mask. The batch runs on the server: it goes on when this page closes and shows again "
                         "when it reopens. Starting a new batch replaces this one.")
@@ -370,7 +388,7 @@ def build(settings: Settings, recommended, guided: bool) -> BatchWidgets:
     timer = gr.Timer(POLL_SECONDS, active=False)  # on only while the batch runs (batch_poll)
     return BatchWidgets(files, folder, augment, count, threshold, prompt, steps, guidance, control, control_end,
                         autoguidance, scheduler, seed, randomize, start, stop, status, accepted, rejected, nnunet,
-                        label, export, download, seen, timer)
+                        label, export, download, seen, timer, speed, cache_interval, precision)
 
 
 def wire(demo: gr.Blocks, tab: BatchTab, w: BatchWidgets, tab_block: gr.Tab, model: gr.Dropdown,
@@ -385,9 +403,12 @@ def wire(demo: gr.Blocks, tab: BatchTab, w: BatchWidgets, tab_block: gr.Tab, mod
     demo.load(**poll)
     tab_block.select(**poll)  # the tab's content mounts when it opens: show it and start its timer then
     model.change(tab.batch_control, model, [w.control, w.control_end, w.autoguidance], api_visibility="private")
+    speed_outputs = [w.steps, w.scheduler, w.guidance, w.cache_interval, w.precision]
+    for trigger in (w.speed, model):  # the Speed choice sets them from the selected model's presets
+        trigger.change(tab.batch_speed, [model, w.speed], speed_outputs, api_visibility="private")
     w.start.click(tab.batch_start, [w.files, w.folder, w.augment, w.count, w.threshold, w.prompt, w.steps,
                                     w.guidance, w.seed, w.scheduler, w.control, w.control_end, model, key,
-                                    w.randomize, w.autoguidance],
+                                    w.randomize, w.autoguidance, w.cache_interval, w.precision],
                   [w.status, key], api_name="batch_start", preprocess=False).success(**poll)
     w.stop.click(tab.batch_stop, key, w.status, api_name="batch_stop").then(**poll)
     for gallery in (w.accepted, w.rejected):

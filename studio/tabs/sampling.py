@@ -3,7 +3,9 @@
 One table of defaults and ranges serves the widgets (their limits) and the handlers (their checks), so the API
 takes what the page offers; `read_params` reads the settings a request sends into one `SamplingParams`, and
 `fit_autoguidance` fits it to the model. The mask strength, mask steps and autoguidance sliders are preset by the
-selected model (`preset`: what the model selector sends them).
+selected model (`preset`: what the model selector sends them). The Speed choice (Default / Fast preview) sets the
+steps, scheduler, guidance, feature reuse and precision from the model's measured presets (`siamese.presets`;
+`speed_values`), when it changes and when the model does.
 """
 
 from __future__ import annotations
@@ -11,29 +13,38 @@ from __future__ import annotations
 import gradio as gr
 
 from siamese import SamplingParams
+from siamese.params import MAX_CACHE_INTERVAL, PRECISIONS
+from siamese.presets import PRESET_NAMES, config_presets, model_presets
 from siamese.sampling import MAX_CONTROL_SCALE, MAX_SEED, SCHEDULERS
 
 from .. import inputs
 from ..replies import shorten
 
-# 16 steps since version 7 of the bundled model: with its autoguidance, 20 steps took 1.56 s per image here and 16
-# draw the same (its model card: colour/texture KID / fidelity 5.52 / 0.629 at 16 steps, 5.34 / 0.627 at 20)
+# The handlers' defaults for direct calls (the page's widgets start at the default model's "default" preset,
+# `default_speed`): the app's settings before presets, `siamese.presets.FALLBACK_PRESETS["default"]`
 DEFAULTS = dict(scheduler="dpm++", steps=16, guidance_scale=9.0, num_images=4)
 STEPS = (1, 100)
 GUIDANCE = (0.0, 15.0)
 CONTROL_SCALE = (0.0, MAX_CONTROL_SCALE)
 CONTROL_END = (0.05, 1.0)
 AUTOGUIDANCE_MAX = 4.0  # the sliders' top, unless the model recommends more
+SPEEDS = (("Default", "default"), ("Fast preview", "fast"))  # the Speed choice: (label, the model's preset name)
+CACHE_INTERVAL = (1, MAX_CACHE_INTERVAL)
 AUTOGUIDANCE_INFO = ("pushes the images away from the model's weaker guide: cleaner, more faithful; 1: off; costs "
                      "about 40% more time; preset per model (off without a guide)")
 
 
-def read_params(prompt, steps, guidance_scale, scheduler, control_scale, control_end, autoguidance) -> SamplingParams:
-    """The sampling settings of a request, each checked against its widget's range (None for the last three: the
-    model's recommended value). Autoguidance's top depends on the model: `fit_autoguidance` checks it."""
+def read_params(prompt, steps, guidance_scale, scheduler, control_scale, control_end, autoguidance,
+                cache_interval=1, precision="float32") -> SamplingParams:
+    """The sampling settings of a request, each checked against its widget's range (None for control_scale,
+    control_end and autoguidance: the model's recommended value; cache_interval 1 and precision float32: every block
+    in every step, in float32). Autoguidance's top depends on the model: `fit_autoguidance` checks it."""
     scheduler = inputs.text(scheduler, "scheduler") or ""
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got '{shorten(scheduler)}'")
+    precision = inputs.text(precision, "precision") or ""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{shorten(precision)}'")
     control_end = inputs.number(control_end, "control end", optional=True)
     if control_end is not None and not CONTROL_END[0] <= control_end <= CONTROL_END[1]:
         raise ValueError(f"control end must be a fraction of the steps, from {CONTROL_END[0]:g} to "
@@ -48,7 +59,33 @@ def read_params(prompt, steps, guidance_scale, scheduler, control_scale, control
                           scheduler=scheduler,
                           control_scale=inputs.number(control_scale, "control scale", optional=True,
                                                       low=CONTROL_SCALE[0], high=CONTROL_SCALE[1]),
-                          control_end=control_end, autoguidance=autoguidance)
+                          control_end=control_end, autoguidance=autoguidance,
+                          cache_interval=inputs.number(cache_interval, "cache interval", whole=True,
+                                                       low=CACHE_INTERVAL[0], high=CACHE_INTERVAL[1]),
+                          precision=precision)
+
+
+def read_speed(speed) -> str:
+    """The Speed choice: a preset name of `PRESET_NAMES`."""
+    name = inputs.text(speed, "speed") or ""
+    if name not in PRESET_NAMES:
+        raise ValueError(f"speed must be one of {', '.join(PRESET_NAMES)}, got '{shorten(name)}'")
+    return name
+
+
+def speed_values(model, speed: str) -> tuple[gr.Slider, gr.Dropdown, gr.Slider, gr.Slider, gr.Dropdown]:
+    """The steps, scheduler, guidance, cache interval and precision widgets set to `model`'s preset `speed`."""
+    p = model_presets(model)[speed]
+    return (gr.Slider(value=p["steps"]), gr.Dropdown(list(SCHEDULERS), value=p["scheduler"]),
+            gr.Slider(value=p["guidance_scale"]), gr.Slider(value=p["cache_interval"]),
+            gr.Dropdown(list(PRECISIONS), value=p["precision"]))
+
+
+def describe_speed(params: SamplingParams) -> str:
+    """The speed part of a status line (" · features reused over 2 steps · bfloat16"); nothing for the plain
+    sampler."""
+    text = f" · features reused over {params.cache_interval} steps" if params.cache_interval > 1 else ""
+    return text + (f" · {params.precision}" if params.precision != "float32" else "")
 
 
 def autoguidance_top(model) -> float:
@@ -76,12 +113,32 @@ def describe_autoguidance(weight: float) -> str:
 
 
 # -- widgets
-def steps_slider(**kwargs) -> gr.Slider:
-    return gr.Slider(*STEPS, value=DEFAULTS["steps"], step=1, label="Steps", **kwargs)
+def default_speed(recommended) -> dict:
+    """The widgets' first values: the "default" preset of the default model's config (`recommended`)."""
+    return config_presets(recommended)["default"]
 
 
-def guidance_slider() -> gr.Slider:
-    return gr.Slider(*GUIDANCE, value=DEFAULTS["guidance_scale"], step=0.5, label="Guidance scale")
+def speed_radio(**kwargs) -> gr.Radio:
+    return gr.Radio(list(SPEEDS), value="default", label="Speed", info="the model's measured settings: Default "
+                    "(its best trade-off of speed and quality) or Fast preview; sets the steps, scheduler, guidance, "
+                    "feature reuse and precision", **kwargs)
+
+
+def steps_slider(value: int = DEFAULTS["steps"], **kwargs) -> gr.Slider:
+    return gr.Slider(*STEPS, value=value, step=1, label="Steps", **kwargs)
+
+
+def guidance_slider(value: float = DEFAULTS["guidance_scale"]) -> gr.Slider:
+    return gr.Slider(*GUIDANCE, value=value, step=0.5, label="Guidance scale")
+
+
+def speed_widgets(preset: dict) -> tuple[gr.Slider, gr.Dropdown]:
+    """The Feature reuse slider and the Precision choice, at a preset's values."""
+    cache = gr.Slider(*CACHE_INTERVAL, value=preset["cache_interval"], step=1, label="Feature reuse (steps)",
+                      info="the deep network features are computed every k-th step and reused between (1: off)")
+    precision = gr.Dropdown(list(PRECISIONS), value=preset["precision"], label="Precision",
+                            info="bfloat16: faster on CPUs with bfloat16 instructions")
+    return cache, precision
 
 
 def control_slider(value: float, info: str) -> gr.Slider:
@@ -99,10 +156,10 @@ def autoguidance_slider(value: float = 1.0, guided: bool = True) -> gr.Slider:
                      label="Autoguidance", info=AUTOGUIDANCE_INFO, interactive=guided)
 
 
-def seed_row() -> tuple[gr.Dropdown, gr.Number, gr.Checkbox]:
+def seed_row(scheduler: str = DEFAULTS["scheduler"]) -> tuple[gr.Dropdown, gr.Number, gr.Checkbox]:
     """Scheduler, Seed and Randomise seed, in a row."""
     with gr.Row():
-        scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULTS["scheduler"], label="Scheduler")
+        scheduler = gr.Dropdown(list(SCHEDULERS), value=scheduler, label="Scheduler")
         seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
         randomize = gr.Checkbox(True, label="Randomise seed")
     return scheduler, seed, randomize

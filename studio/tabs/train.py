@@ -1,5 +1,7 @@
 """The Train tab: /train_start, /train_stop, /train_status, the page's polling timer, the status text and the loss
-curves of the training job (`studio.jobs.training`).
+curves of the training job (`studio.jobs.training`). Two kinds of run: the quick two-stage run (`siamese.train`), and
+the full model (`siamese.build`: every stage of the bundled models' recipe, the settings sweep, the evaluation and the
+model card, in a budget of hours; stopped, it resumes when started again with the same run name).
 
 The page polls only while a run is active: its timer starts inactive, and every poll (on page load, after
 Start and Stop, and each tick) returns the timer switched on while a run is running or stopping, off otherwise.
@@ -17,6 +19,7 @@ import gradio as gr
 import pandas as pd
 
 from siamese import DataError
+from siamese.build import BUILD_FOLDER, BuildConfig, begun_build
 from siamese.data import find_pairs
 from siamese.objective import LOSS_KEYS
 from siamese.train import TrainConfig
@@ -31,6 +34,8 @@ from ..scratch import Scratch
 from ..settings import Settings
 
 BASE_MODELS = ("tiny (from scratch)", "current model (continue training)", "Stable Diffusion 1.5 folder or hub id")
+KINDS = ("quick run (two stages)", "full model (build: every stage, settings sweep, evaluation, card)")
+BUDGET_HOURS = (0.01, 100.0)  # a full build's budget (siamese.build: 3.5 h is the bundled polyp model's recipe)
 MAX_RUN_NAME = 100  # characters of a run name (its folder's name)
 LOSS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#7f7f7f")
 
@@ -51,7 +56,15 @@ def _fetch_hub_base(config: TrainConfig) -> TrainConfig:
 def status_text(snap: dict) -> str:
     """The run's status in Markdown: its message, step, speed, ETA and latest losses."""
     text = STATE_ICONS[snap["state"]] + snap["message"]
-    if snap["state"] in ACTIVE_STATES and snap["max_steps"]:
+    stage = snap.get("stage")
+    if snap["state"] in ACTIVE_STATES and stage:  # a full build
+        text += f"\n\n**stage {stage['index']}/{stage['total']}: {stage['name']}**"
+        if snap["max_steps"]:
+            text += f" · {'step' if stage['training'] else 'done'} {snap['step']} / {snap['max_steps']}"
+        if snap["it_per_s"] and stage["training"]:
+            text += f" · {snap['it_per_s']:.2f} it/s"
+        text += f" · ETA {duration(snap['eta_s'])} (the whole build; later stages as planned on 2 idle cores)"
+    elif snap["state"] in ACTIVE_STATES and snap["max_steps"]:
         text += f"\n\nStep **{snap['step']} / {snap['max_steps']}**"
         if snap["it_per_s"]:
             text += f" · {snap['it_per_s']:.2f} it/s · ETA {duration(snap['eta_s'])}"
@@ -86,14 +99,26 @@ class TrainTab:
                     base_model: str = BASE_MODELS[0], base_path: str | None = None, max_steps: int = 200,
                     batch_size: int = 4, lr: float = 1e-4, resolution: int = 256, checkpoint_every: int = 100,
                     preview_every: int = 50, name: str | None = None, model: str | None = None,
-                    base_steps: int = 200) -> str:
+                    base_steps: int = 200, kind: str = KINDS[0], budget_hours: float = 0.25,
+                    label: str | None = None) -> str:
         """Start a training run in the background (one at a time); poll /train_status. From scratch ("tiny"),
         the UNet is first pre-trained alone for `base_steps` steps, then the ControlNet is trained on it.
-        `data_folder` is relative to the server's data folder; the base model is one the server offers."""
+        `data_folder` is relative to the server's data folder; the base model is one the server offers.
+        `kind` "full" (or KINDS[1]) builds a complete model instead (`siamese.build`): from scratch, in `budget_hours`
+        of CPU time, at `resolution` and `batch_size` (the step settings and the base model do not apply), shown in
+        the model selector as `label`; a build begun with the same run name resumes, with its own settings."""
         if self.training_disabled:
             raise gr.Error(self.training_disabled, title="Training disabled")
         if self.job.running:
             raise gr.Error("a training run is already in progress: stop it first, or wait", title="Busy")
+        try:
+            kind = inputs.text(kind, "kind of run") or KINDS[0]
+            if kind not in (*KINDS, "quick", "full"):
+                raise ValueError(f"kind of run must be one of: {'; '.join(KINDS)} (got {kind[:60]!r})")
+        except Exception as e:
+            raise refusal(e, self.redact, "the training run") from None
+        if kind in (KINDS[1], "full"):
+            return self.build_start(data_folder, data_zip, budget_hours, resolution, batch_size, name, label)
         tmp = None
         try:
             max_steps = inputs.number(max_steps, "steps", whole=True)
@@ -152,6 +177,55 @@ class TrainTab:
             raise refusal(e, self.redact, "the training run") from None
         return status_text(self.job.snapshot()) + f"\n\n{len(pairs)} image-mask pairs from {shown}."
 
+    def build_start(self, data_folder: str | None = None, data_zip: str | None = None, budget_hours: float = 0.25,
+                    resolution: int = 256, batch_size: int = 8, name: str | None = None,
+                    label: str | None = None) -> str:
+        """Start (or resume) a full build in the background: runs/app/NAME becomes a complete model. A build begun in
+        runs/app/NAME resumes with its own settings (the dataset, budget and sizes given are then not used); an
+        uploaded zip is unpacked into the build's folder, so that it resumes without it."""
+        created = None
+        try:
+            budget = inputs.number(budget_hours, "budget hours", low=BUDGET_HOURS[0], high=BUDGET_HOURS[1])
+            batch_size = inputs.number(batch_size, "batch size", whole=True)
+            resolution = inputs.number(resolution, "resolution", whole=True)
+            data_folder = inputs.text(data_folder, "dataset folder")
+            label = inputs.text(label, "label")
+            output = self.runs_dir / run_name(inputs.text(name, "run name"))
+            begun = begun_build(output)
+            if begun is not None:  # the same run name: resume it
+                config = replace(begun, label=label)
+                config.validate()
+                pairs = find_pairs(config.data)
+                shown = "its dataset"
+            else:
+                if output.exists():  # a quick run's folder or a model of that name: a new folder
+                    output = output.with_name(f"{output.name}-{time.strftime('%H%M%S')}")
+                zipped = inputs.upload(data_zip, "dataset zip")
+                config = BuildConfig(data="", output=str(output), budget_hours=budget, resolution=resolution,
+                                     batch_size=batch_size, name=output.name, label=label)
+                config.validate()  # before anything is unpacked or written
+                if zipped is not None:
+                    shown = f"the uploaded {inputs.shown_name(data_zip)}"
+                    created = output
+                    data = safe_extract_zip(zipped, output / BUILD_FOLDER / "data",
+                                            max_bytes=self.settings.max_unpacked_bytes,
+                                            shown=inputs.shown_name(data_zip))
+                elif data_folder:
+                    data = dataset_folder(data_folder, self.settings.data_root)
+                    shown = f"`{self.redact(str(data))}`"
+                else:
+                    raise DataError("no dataset: type a folder of the server's data folder (images/ + masks/, or "
+                                    "prompt.json) or upload a zip")
+                pairs = find_pairs(data)  # fails early, with the library's message
+                config = replace(config, data=str(data))
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            self.job.start_build(config, resumed=begun is not None)
+        except Exception as e:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise refusal(e, self.redact, "the full build") from None
+        return status_text(self.job.snapshot()) + f"\n\n{len(pairs)} image-mask pairs from {shown}."
+
     def train_stop(self) -> str:
         """Stop the running training after its current step; the model is saved first."""
         if not self.job.stop():
@@ -160,11 +234,12 @@ class TrainTab:
 
     def train_status(self) -> dict:
         """The training run as JSON: state (idle, running, stopping, finished, stopped, failed), step, max_steps,
-        it_per_s, eta_s, output (the run's model id, runs/app/NAME), error, message (Markdown) and losses (one dict
+        it_per_s, eta_s, output (the run's model id, runs/app/NAME), error, stage (a full build's running stage: name,
+        index, total, training; else None), message (Markdown) and losses (one dict
         per metrics row, every ~1/200 of the run, plus the newest step reported in between: the first step, then
         every 10 s)."""
         snap = self.job.snapshot()
-        keys = ("state", "step", "max_steps", "it_per_s", "eta_s", "error")
+        keys = ("state", "step", "max_steps", "it_per_s", "eta_s", "error", "stage")
         output = (self.catalog.public_id(snap["output"]) or self.redact(snap["output"])) if snap["output"] else None
         return {**{k: snap[k] for k in keys}, "output": output, "message": status_text(snap), "losses": snap["rows"]}
 
@@ -185,6 +260,13 @@ class TrainTab:
         return (status_text(snap), frame if len(frame) else None, snap["preview"],
                 gr.Dropdown(choices=self.catalog.choices()) if ended else gr.skip(), snap["version"], timer)
 
+    @staticmethod
+    def kind_fields(kind: str | None):
+        """The kind of run changed: the quick run's settings (start from, steps, ...) or the full build's (budget,
+        label) shown."""
+        full = kind in (KINDS[1], "full")
+        return gr.update(visible=not full), gr.update(visible=not full), gr.update(visible=full)
+
     def use_trained(self):
         snap = self.job.snapshot()
         if snap["state"] not in ("finished", "stopped") or not snap["output"]:
@@ -197,6 +279,12 @@ class TrainTab:
 
 @dataclass
 class TrainWidgets:
+    kind: gr.Radio
+    quick_settings: gr.Column
+    quick_steps: gr.Row
+    build_settings: gr.Row
+    budget_hours: gr.Number
+    label: gr.Textbox
     data_folder: gr.Textbox
     data_zip: gr.File
     base_model: gr.Radio
@@ -230,18 +318,28 @@ def build(tab: TrainTab) -> TrainWidgets:
                                                  "(images/ + masks/, or prompt.json)")
             data_zip = gr.File(label="...or upload a dataset zip (images/ + masks/)", file_types=[".zip"],
                                type="filepath")
-            base_model = gr.Radio(list(BASE_MODELS), value=BASE_MODELS[0], label="Start from")
-            base_path = gr.Textbox(label="Stable Diffusion 1.5 folder or hub id",
-                                   placeholder="e.g. stable-diffusion-v1-5/stable-diffusion-v1-5")
-            with gr.Row():
+            kind = gr.Radio(list(KINDS), value=KINDS[0], label="What to train",
+                            info="the full model runs every stage of the bundled models' recipe (UNet, Siamese "
+                                 "stages, decoder, scorer, guide, settings sweep, evaluation, card) in the budget; "
+                                 "stopped, it resumes when started again with the same run name")
+            with gr.Column() as quick_settings:
+                base_model = gr.Radio(list(BASE_MODELS), value=BASE_MODELS[0], label="Start from")
+                base_path = gr.Textbox(label="Stable Diffusion 1.5 folder or hub id",
+                                       placeholder="e.g. stable-diffusion-v1-5/stable-diffusion-v1-5")
+            with gr.Row(visible=False) as build_settings:
+                budget_hours = gr.Number(0.25, label="Budget (CPU hours; 3.5: the bundled polyp model's recipe)",
+                                         minimum=BUDGET_HOURS[0], maximum=BUDGET_HOURS[1])
+                label = gr.Textbox(label="What it makes (its name in the model selector)",
+                                   placeholder="e.g. skin lesions (dermoscopy)")
+            with gr.Row() as quick_steps:
                 max_steps = gr.Number(200, label="Steps", precision=0, minimum=1)
                 base_steps = gr.Number(200, label="UNet pre-training steps (from scratch)", precision=0, minimum=0)
-                batch_size = gr.Number(4, label="Batch size", precision=0, minimum=1)
                 lr = gr.Number(1e-4, label="Learning rate", minimum=0)
-            with gr.Row():
-                resolution = gr.Dropdown([64, 128, 256, 384, 512], value=256, label="Resolution")
                 checkpoint_every = gr.Number(100, label="Checkpoint every", precision=0, minimum=1)
                 preview_every = gr.Number(50, label="Preview every (0: never)", precision=0, minimum=0)
+            with gr.Row():
+                resolution = gr.Dropdown([64, 128, 256, 384, 512], value=256, label="Resolution")
+                batch_size = gr.Number(4, label="Batch size", precision=0, minimum=1)
             name = gr.Textbox(label="Run name (saved in runs/app/NAME)", placeholder="default: run-DATE")
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", interactive=not disabled)
@@ -254,7 +352,8 @@ def build(tab: TrainTab) -> TrainWidgets:
             preview = gr.Image(label="Preview (top: samples, bottom: their training masks)", interactive=False,
                                format="png")
     timer = gr.Timer(POLL_SECONDS, active=False)  # on only while a run is active (train_poll)
-    return TrainWidgets(data_folder, data_zip, base_model, base_path, max_steps, base_steps, batch_size, lr,
+    return TrainWidgets(kind, quick_settings, quick_steps, build_settings, budget_hours, label, data_folder, data_zip,
+                        base_model, base_path, max_steps, base_steps, batch_size, lr,
                         resolution, checkpoint_every, preview_every, name, start, stop, use, status, losses, preview,
                         timer)
 
@@ -268,7 +367,10 @@ def wire(demo: gr.Blocks, tab: TrainTab, w: TrainWidgets, model: gr.Dropdown, se
     demo.load(**poll)
     w.start.click(tab.train_start, [w.data_folder, w.data_zip, w.base_model, w.base_path, w.max_steps, w.batch_size,
                                     w.lr, w.resolution, w.checkpoint_every, w.preview_every, w.name, model,
-                                    w.base_steps], w.status, api_name="train_start", preprocess=False).success(**poll)
+                                    w.base_steps, w.kind, w.budget_hours, w.label], w.status, api_name="train_start",
+                  preprocess=False).success(**poll)
+    w.kind.change(tab.kind_fields, w.kind, [w.quick_settings, w.quick_steps, w.build_settings],
+                  api_visibility="private")
     w.stop.click(tab.train_stop, None, w.status, api_name="train_stop").then(**poll)
     w.timer.tick(**poll)
     gr.api(tab.train_status, api_name="train_status", concurrency_limit=None)
