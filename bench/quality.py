@@ -86,7 +86,8 @@ def load_held_out(model: SiameseModel, scorer: FidelityScorer, n: int, data: str
                    (image_statistics(real[:n]) - sweep_scale[0]) / sweep_scale[1], sweep_scale)
 
 
-def generate_held_out(model: SiameseModel, masks: np.ndarray, settings: dict, batch: int = 4) -> tuple[np.ndarray, float]:
+def generate_held_out(model: SiameseModel, masks: np.ndarray, settings: dict,
+                      batch: int = 4) -> tuple[np.ndarray, float]:
     """One image per mask (N, R, R, 3) uint8, image i from seed i, in batches of `batch`; and the seconds taken."""
     prompt, out = model.config.prompt, []
     t0 = time.perf_counter()

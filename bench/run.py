@@ -10,9 +10,9 @@ in full mode, the mid-size one), memory (peak memory per variant, one process ea
 sampler vs the diffusers pipeline's loop), ips (images per second of the default model at the app's
 defaults), presets (seconds per image of the model's "default" and "fast" sampling presets against today's
 sampler, interleaved, with their quality on held-out masks and the Batch path's pairs per hour), scaling (step
-time and memory vs resolution and batch size), profile (where our step's time goes, part by part), sd15 (GPU only, with --sd15), sd15arch (Stable Diffusion 1.5's architecture
-with random weights, ours vs naive training step and memory: runs only when named, about 15 minutes and
-18 GB on the 2-core CPU).
+time and memory vs resolution and batch size), profile (where our step's time goes, part by part), sd15 (GPU
+only, with --sd15), sd15arch (Stable Diffusion 1.5's architecture with random weights, ours vs naive training
+step and memory: runs only when named, about 15 minutes and 18 GB on the 2-core CPU).
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ MODES = {
     "smoke": dict(preset="smoke", sections=DEFAULT_SECTIONS, train_batch=2, train_repeats=1, mid=False,
                   variants=("ours", "naive"), f64_resolution=64, f64_batch=2, sample_batch=2,
                   sample_repeats=1, sample_steps=2, pipeline=True, ips_batches=(1, 2, 4), ips_repeats=1,
-                  scaling=[(64, 2)], timed_steps=0, formats_experiment=True, regularised_counts=(0,), checkpointing=True,
-                  preset_repeats=1, quality_masks=0, batch_masks=2),
+                  scaling=[(64, 2)], timed_steps=0, formats_experiment=True, regularised_counts=(0,),
+                  checkpointing=True, preset_repeats=1, quality_masks=0, batch_masks=2),
     "quick": dict(preset="tiny", sections=("train", "memory", "sample", "ips", "presets", "scaling"), train_batch=8,
                   train_repeats=2, mid=False, variants=("ours", "naive"), f64_resolution=128, f64_batch=4,
                   sample_batch=4, sample_repeats=1, sample_steps=None, pipeline=False, ips_batches=(1, 4, 16),

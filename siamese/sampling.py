@@ -140,7 +140,8 @@ def sample(
         latents = blend_known(latents, known, noise, region, sched, sched.timesteps[0])
 
     # 3. denoising loop. With feature reuse (cache_interval k > 1) every k-th step is a refresh step, which runs the
-    #    networks whole and keeps their deep features; the steps between run their first level alone (siamese.deepcache).
+    #    networks whole and keeps their deep features; the steps between run their first level alone
+    #    (siamese.deepcache).
     #    A change of control (control_end) refreshes: the kept features were made with or without the mask.
     predict = Denoiser(model, guide, prompt_embeds, hint_emb, guide_hint_emb, cond, control_scale, cache_interval > 1)
     age, kept_control = cache_interval, None  # steps since the last refresh; whether it ran the ControlNet

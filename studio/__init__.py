@@ -3,19 +3,19 @@
 `app.py` is the entry point; this package holds the app by concern:
 
 - `settings`:   what the operator configures (environment variables) and the app's own folders
-- `messages`:   Markdown escaping, and replies that never show server paths
+- `replies`:    text shown to visitors: Markdown escaping, public names for server paths, one-line errors
+- `scratch`:    the server's scratch folder for visitors' files, cleaned at start and exit
+- `inputs`:     values sent by visitors, each read once where it enters, with a message naming it
 - `masks`:      the drawing canvas, example and random masks, uploaded mask files
-- `models`:     which models the server offers (the access policy), loading and caching them
-- `generate`:   the Generate tab: canvas -> binary mask -> /generate -> gallery PNGs
-- `collection`: Keep, Discard, Remove and the zip export
+- `frames`:     the example frames, and the frames a batch paints its masks into
 - `datasets`:   training data and batch masks: folders under the data root, uploaded zips
-- `job`:        the background training run and what the page shows of it
-- `training`:   the Train tab: /train_start, /train_stop, /train_status and the polling timer
-- `batch`:      the Batch tab: many masks -> scored pairs, accepted and rejected, curated and exported
-- `batch_job`:  each session's batch in a background thread, kept on the server by the key its page keeps
-- `turns`:      who uses the models next: Generate before a batch's next images, batches in turn
-- `state`:      `Studio`, the state shared by all sessions, which every handler works on
-- `layout`:     the page and its wiring (`build_demo`, `launch_options`)
+- `catalog`:    which models the server offers (the access policy, labels, examples), loading them
+- `jobs/`:      background work: `base` (shared, and who uses the models next), `training` (a run or a build),
+                `batch` (each session's batch, kept by the key its page keeps)
+- `server`:     `Studio`, the state shared by all sessions, which every handler works on
+- `tabs/`:      the page's parts: `model` (the selector), `sampling` (settings Generate and Batch share),
+                `generate`, `collection` (Keep, Discard, export), `train`, `batch`
+- `page`:       the page and its wiring (`build_demo`, `launch_options`)
 """
 
 import os

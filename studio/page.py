@@ -18,9 +18,9 @@ from .tabs import batch, collection, generate, model, train
 logger = logging.getLogger(__name__)
 
 INTRO = """# Siamese-Diffusion Studio
-Draw a lesion mask (or upload one), generate matching medical images, keep the good pairs and export them
-as a segmentation dataset. Based on *Siamese-Diffusion* (CVPR 2025). Synthetic images are for research
-(data augmentation), not for diagnosis."""
+Draw a lesion mask (or upload one), generate matching medical images (or paint the lesion into a real frame of
+your own), keep the good pairs and export them as a segmentation dataset. Based on *Siamese-Diffusion*
+(CVPR 2025). Synthetic images are for research (data augmentation), not for diagnosis."""
 
 CSS = """
 #mask-editor {min-height: 420px}
@@ -36,6 +36,12 @@ gallery, status = client.predict(mask=handle_file("mask.png"), prompt="", num_im
 # control_scale=3.0 sets the mask strength, control_end=0.5 the share of the steps it acts in (from the first),
 # autoguidance=2.0 pushes the images away from the model's guide, a weaker version of it (1: off; only a model
 # with a guide takes more); default: the default model's recommended values
+gallery, status = client.predict(mask=handle_file("lesion.png"), frame=handle_file("frame.jpg"),
+                                 frame_mask=handle_file("frame_mask.png"), margin=8, api_name="/generate")
+# paints the lesion into a real frame (the mask of the frame's aspect): every pixel farther than `margin` px (at the
+# model resolution) from it is the frame's; the pairs' masks are the union with the frame's own lesion (frame_mask;
+# without it they hold the new lesion only, and the status says so); clear_frame_lesions=True paints the frame's own
+# lesion away first (masks: the new lesion alone); paint_into_frame=False ignores the frame
 client.predict(api_name="/keep_all")                            # keep every result of this session
 zip_path = client.predict(nnunet=True, label="polyp", api_name="/export")
 client.predict(data_folder="data/kvasir-seg", max_steps=200, api_name="/train_start")  # in the data folder
@@ -43,6 +49,8 @@ status = client.predict(api_name="/train_status")  # dict: state, step, max_step
 client.predict(api_name="/train_stop")
 status, key = client.predict(mask_files=[handle_file("masks.zip")], num_images=2, min_fidelity=0.8,
                              api_name="/batch_start")                  # runs in the background
+# frame_files=[handle_file("frames.zip")] (frames with an optional masks/ of the same names) or
+# frames_folder="data/kvasir-seg" paints each mask into real frames (margin=, clear_frame_lesions= as above)
 client.predict(batch_key=key, api_name="/batch_status")  # dict: state, done, total, accepted, rejected, pairs...
 zip_path = client.predict(batch_key=key, nnunet=True, api_name="/batch_export")  # the accepted pairs
 ```

@@ -13,6 +13,7 @@ from pathlib import Path
 from siamese import default_model
 
 from .catalog import ModelCatalog, ModelStore
+from .frames import example_frames
 from .jobs.base import Turns
 from .jobs.batch import BatchRegistry
 from .jobs.training import TrainingJob
@@ -22,7 +23,7 @@ from .scratch import Scratch
 from .settings import CHECKPOINTS_DIR, EXAMPLES_DIR, FRAMES_DIR, RUNS_DIR, Settings, device_and_dtype
 from .tabs.batch import BatchTab
 from .tabs.collection import CollectionTab
-from .tabs.generate import GenerateTab, example_frames
+from .tabs.generate import GenerateTab
 from .tabs.model import ModelSelector
 from .tabs.train import TrainTab
 

@@ -402,8 +402,11 @@ def test_build_demo_exposes_the_stable_api(tiny_model_dir, tmp_path):
     assert defaults["scheduler"] == "dpm++" and defaults["steps"] == 16 and defaults["guidance_scale"] == 9.0
     assert defaults["num_images"] == 4 and defaults["control_scale"] == 2.5  # the model's recommendation
     assert defaults["control_end"] == 0.6
-    assert params[-3] == "autoguidance" and defaults["autoguidance"] == 1.0  # after the older ones: positional
-    assert params[-2:] == ["cache_interval", "precision"]  # callers unchanged (speed settings: tests/test_app_speed.py)
+    assert params[11] == "autoguidance" and defaults["autoguidance"] == 1.0  # after the older ones: positional
+    assert params[12:14] == ["cache_interval", "precision"]  # callers unchanged (speed settings: tests/test_app_speed.py)
+    # painting into a frame (issue 24): appended last, so positional callers are unchanged
+    assert params[14:] == ["frame", "frame_mask", "paint_into_frame", "margin", "clear_frame_lesions"]
+    assert defaults["frame"] is None and defaults["paint_into_frame"] is True and defaults["margin"] == 8
     assert defaults["model"] == "checkpoints/model" and str(tmp_path) not in json.dumps(api)  # ids, no paths
     timers = [b for b in demo.blocks.values() if isinstance(b, gr.Timer)]
     assert timers and not any(t.active for t in timers), "an idle page must not poll the server"

@@ -21,6 +21,7 @@ from PIL import Image
 import app
 from siamese import default_model
 from studio.catalog import is_model_folder
+from studio.frames import example_frames
 from studio.settings import ROOT, RUNS_DIR, Settings
 
 CHROMIUM = "/usr/bin/chromium"
@@ -121,6 +122,43 @@ def test_draw_generate_keep_export_unzip(browser, server, tmp_path):
         meta = json.loads(zf.read("metadata.jsonl"))
         assert meta["image"] == images[0] and meta["scheduler"] == "dpm++" and meta["steps"] == 16
         assert f"nnunet/labelsTr/{Path(images[0]).stem}.png" in names
+    assert outside == [], f"the page called out: {outside}"
+    page.close()
+
+
+def test_paint_into_an_example_frame_keeps_the_frame_and_the_union_mask(browser, server, tmp_path):
+    """Issue 24: an example frame (with its mask) loads under the canvas; a stroke over it, Generate: the result is
+    the frame with the new lesion, the kept pair's mask the union of the stroke and the frame's own lesion."""
+    page, outside = open_app(browser, server)
+    page.locator("#example-frames img").first.click()
+    page.wait_for_selector("#frame img", timeout=30_000)
+    page.wait_for_selector("#frame-mask img", timeout=30_000)
+    page.wait_for_timeout(1500)  # the frame becomes the canvas' backdrop
+    shot = np.asarray(Image.open(io.BytesIO(page.locator("#mask-editor canvas").first.screenshot())).convert("RGB"))
+    assert shot.mean() > 40 and shot[..., 0].mean() > shot[..., 2].mean() + 10, "the (reddish) frame is the backdrop"
+    assert page.locator("#paint-frame input").is_checked()
+    draw_stroke(page, fraction=(0.35, 0.55), length=0.2)
+    page.locator("#generate-btn").click()
+    page.wait_for_selector("#results img", timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#generate-status').innerText.includes('painted into')",
+                           timeout=30_000)
+    assert "masks: the new lesion and the frame's own" in page.locator("#generate-status").inner_text()
+    page.screenshot(path=str(tmp_path / "frame-mode.png"), full_page=True)
+    page.locator("#results img").first.click()
+    page.locator("#keep-btn").click()
+    page.wait_for_selector("#collection img", timeout=30_000)
+    page.locator("#export-btn").click()
+    page.wait_for_function("() => !document.querySelector('#download-btn').disabled", timeout=30_000)
+    with page.expect_download(timeout=30_000) as info:
+        page.locator("#download-btn").click()
+    info.value.save_as(tmp_path / "pairs.zip")
+    with zipfile.ZipFile(tmp_path / "pairs.zip") as zf:
+        name = next(n for n in zf.namelist() if n.startswith("masks/"))
+        mask = np.asarray(Image.open(io.BytesIO(zf.read(name)))) > 0
+        meta = json.loads(zf.read("metadata.jsonl").decode().splitlines()[-1])
+    own = np.asarray(Image.open(example_frames(ROOT / "assets" / "frames")[0][1]).resize((64, 64), Image.NEAREST)) > 0
+    assert meta["frame_mask"] == "known" and (mask & own).sum() >= 0.9 * own.sum(), "the frame's lesion is in the mask"
+    assert mask.sum() > own.sum() * 1.2, "and the drawn one too"
     assert outside == [], f"the page called out: {outside}"
     page.close()
 

@@ -198,7 +198,8 @@ def test_the_train_tab_runs_a_full_build_with_its_stage_and_eta(studio, tmp_path
     data = write_dataset(tmp_path / "data", n=6)
     text = studio.train.train_start(data_folder="data", kind=KINDS[1], budget_hours=0.5, resolution=64,
                                     batch_size=2, name="skin", label="skin lesions (dermoscopy)")
-    assert "full build" in text and "6 image-mask pairs" in text
+    # the reply is the job's status at that moment: still starting, or (the fake build is quick) in its first stage
+    assert ("full build" in text or "stage 1/10: 1-base" in text) and "6 image-mask pairs" in text
     assert fake.at_hold.wait(30)
     [config] = fake.configs
     assert (config.data, config.budget_hours, config.resolution, config.batch_size, config.label) == \

@@ -6,6 +6,11 @@ the library's `siamese.batch.run_batch` makes and scores the pairs in a backgrou
 (`studio.jobs.base.Turns`). The page polls only while the batch runs, as the Train tab does. Scripts:
 `/batch_start` (run without Gradio's preprocessing: the handler checks every value), `/batch_status`,
 `/batch_stop`, `/batch_move`, `/batch_export`, each with the `batch_key` /batch_start returned.
+
+With frames (uploaded images or zips of them, or a frames folder of the server's data folder: images with an
+optional masks/ of the same names, or a dataset folder), each mask is painted into real frames instead
+(`siamese.inpaint`; `run_batch`'s `frames`): the pairs are the frames with the new lesions, their masks the union
+with each frame's own lesion where its mask is known.
 """
 
 from __future__ import annotations
@@ -16,16 +21,19 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import gradio as gr
 import numpy as np
 
 from siamese import DataError, ModelLoadError
-from siamese.batch import run_batch
+from siamese.batch import frame_choices, run_batch
 from siamese.data import resize_pair
+from siamese.inpaint import DEFAULT_MARGIN
 
 from .. import inputs
 from ..catalog import ModelCatalog, ModelStore
 from ..datasets import DISK_RESERVE_BYTES, dataset_folder, extract_zip, human_size, mask_sources
+from ..frames import batch_frames
 from ..jobs.base import ACTIVE_STATES, POLL_SECONDS, STATE_ICONS, Turns, duration
 from ..jobs.batch import BatchJob, BatchPair, BatchRegistry
 from ..masks import MAX_MASK_FILE_BYTES, read_mask_upload
@@ -41,9 +49,11 @@ GALLERY_MAX = 100  # pairs shown per gallery: the ones nearest the threshold (al
 DEFAULT_MIN_FIDELITY = 0.8  # the model card's measured best (versions 2 and 6: filtered beat unfiltered most at 0.8)
 
 
-def read_masks(sources: list[tuple[str, Path]], shown: str, resolution: int) -> list[tuple[str, np.ndarray]]:
+def read_masks(sources: list[tuple[str, Path]], shown: str, resolution: int,
+               keep_aspect: bool = False) -> list[tuple[str, np.ndarray]]:
     """Mask files -> (name, (R, R) {0, 1} at the model resolution), refusing unreadable, empty and all-white
-    masks and masks whose lesion vanishes at the model resolution, each named in the message."""
+    masks and masks whose lesion vanishes at the model resolution, each named in the message. With `keep_aspect`
+    (masks painted into frames, which must have their aspect) a mask keeps its aspect: its shorter side R."""
     masks = []
     for name, path in sources:
         try:
@@ -54,6 +64,11 @@ def read_masks(sources: list[tuple[str, Path]], shown: str, resolution: int) -> 
         if not small.any():
             raise DataError(f"{shown}: {path.name}: the lesion vanishes at the model's {resolution}x{resolution} "
                             "pixels (too small): leave this mask out")
+        if keep_aspect:
+            h, w = mask.shape
+            scale = resolution / min(h, w)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            small = mask if scale >= 1 else cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
         masks.append((name, small))
     return masks
 
@@ -102,7 +117,8 @@ class BatchTab:
         self.settings, self.catalog, self.models, self.scratch = settings, catalog, models, scratch
         self.redact, self.batches, self.turns = redact, batches, turns
 
-    def _batch_masks(self, mask_files, data_folder: str | None, resolution: int, tmp: Path) -> tuple[list, str]:
+    def _batch_masks(self, mask_files, data_folder: str | None, resolution: int, tmp: Path,
+                     keep_aspect: bool = False) -> tuple[list, str]:
         """The batch's masks at the model resolution, and how messages name where they came from."""
         uploaded = [(path, inputs.shown_name(value)) for value in
                     (mask_files if isinstance(mask_files, (list, tuple)) else [mask_files])
@@ -135,7 +151,7 @@ class BatchTab:
         if count > limit:
             raise DataError(f"{shown} holds {count:,} masks; a batch takes at most {limit:,} "
                             "(SIAMESE_BATCH_MAX_MASKS): split them")
-        masks = [m for where, found in sources for m in read_masks(found, where, resolution)]
+        masks = [m for where, found in sources for m in read_masks(found, where, resolution, keep_aspect)]
         taken = set()
         for name, _ in masks:
             if name in taken:
@@ -150,14 +166,23 @@ class BatchTab:
                     scheduler: str = sampling.DEFAULTS["scheduler"], control_scale: float | None = None,
                     control_end: float | None = None, model: str | None = None, batch_key: str | None = None,
                     randomize: bool = False, autoguidance: float | None = None, cache_interval: int = 1,
-                    precision: str = "float32"):
+                    precision: str = "float32", frame_files: list[str] | str | None = None,
+                    frames_folder: str | None = None, margin: int = DEFAULT_MARGIN,
+                    clear_frame_lesions: bool = False):
         """Start a batch in the background: `num_images` pairs per mask (uploaded mask images or zips of them,
         else the masks of `data_folder` in the server's data folder), optionally augmented (flips, scaling,
         shift-scale-rotate), each scored by the model's fidelity scorer and accepted when it scores at least
         `min_fidelity` (None: no threshold, every pair accepted with its score). Returns the status and the
         session's `batch_key` (pass it to the other /batch_* calls). `seed` None or negative: random;
         `control_scale`, `control_end`, `autoguidance`, `cache_interval` and `precision` as for /generate (None for the
-        first three: the model's recommended values); a new batch replaces the session's previous one."""
+        first three: the model's recommended values); a new batch replaces the session's previous one.
+
+        With frames (`frame_files`: frame images, or zips of a folder of frames with an optional masks/ of the
+        same names or of a dataset folder; else `frames_folder` in the server's data folder), each image is the
+        mask painted into a frame its seed chooses among those the mask fits (same aspect, on the picture), as in
+        /generate: `margin` pixels around the lesion may change, the masks are the union with the frame's own
+        lesion where its mask is known, or the new lesion alone with `clear_frame_lesions` (the frame's lesion
+        painted away first). The fidelity then scores the new lesion's region."""
         if self.settings.batch_disabled:
             raise gr.Error(self.settings.batch_disabled, title="Batches disabled")
         tmp = self.scratch.folder("batch-masks-")
@@ -179,7 +204,19 @@ class BatchTab:
             off = sampling.fit_autoguidance(params, m)
             weight = params.autoguidance_for(m)
             res = m.config.resolution
-            masks, shown = self._batch_masks(mask_files, inputs.text(data_folder, "dataset folder"), res, tmp)
+            margin = inputs.number(margin, "margin", whole=True, low=0, high=res // 4)
+            clear = inputs.flag(clear_frame_lesions, "clear the frames' own lesions")
+            frames = batch_frames(frame_files, inputs.text(frames_folder, "frames folder"), self.settings,
+                                  self.redact, res, tmp)
+            masks, shown = self._batch_masks(mask_files, inputs.text(data_folder, "dataset folder"), res, tmp,
+                                             keep_aspect=frames is not None)
+            if frames is not None:  # a mask that fits none of the frames is refused now, not when its turn comes
+                frame_choices(frames, masks, count, seed, res, augment=augment)
+            unknown = sum(f.mask is None for f in frames or [])
+            if unknown:
+                gr.Warning(f"{unknown} of {len(frames)} frames have no mask: the frame's own lesions are not "
+                           "labelled in their pairs (a masks/ folder of the same names beside the frames gives "
+                           "them)", title="Frames without masks")
             total = len(masks) * count
             need = total * 4 * res * res  # an upper bound of the PNGs: RGB image + mask, uncompressed
             if need + DISK_RESERVE_BYTES > shutil.disk_usage(self.scratch.path).free:
@@ -194,10 +231,17 @@ class BatchTab:
             describe = (f"{len(masks)} masks from {shown}{' (augmented)' if augment else ''} × {count} images · "
                         f"seeds from {seed} · model `{self.catalog.resolve(model).public}`"
                         f"{sampling.describe_autoguidance(weight)}{sampling.describe_speed(params)}{off}")
+            if frames is not None:
+                describe += (f" · painted into {len(frames)} frames (margin {margin} px"
+                             f"{'; their own lesions painted away first' if clear else ''})")
+                if unknown:
+                    describe += (f" · ⚠️ {unknown} frames without masks: the frame's own lesions are not labelled "
+                                 "in their pairs")
+            paint = {} if frames is None else dict(frames=frames, margin=margin, clear_frame_lesions=clear)
 
             def make_pairs(stop):
                 return run_batch(m, masks, count, seed, params, augment=augment, scorer=scorer,
-                                 min_fidelity=threshold, stop=stop, batch_size=STEP_IMAGES)
+                                 min_fidelity=threshold, stop=stop, batch_size=STEP_IMAGES, **paint)
 
             job = self.batches.job_for(batch_key)
             job.start(make_pairs, total, threshold, scorer is not None, md_escape(describe).replace("\\`", "`"),
@@ -332,6 +376,10 @@ class BatchWidgets:
     speed: gr.Radio
     cache_interval: gr.Slider
     precision: gr.Dropdown
+    frame_files: gr.File
+    frames_folder: gr.Textbox
+    margin: gr.Slider
+    clear_frame: gr.Checkbox
 
 
 def build(settings: Settings, recommended, guided: bool) -> BatchWidgets:
@@ -346,6 +394,19 @@ def build(settings: Settings, recommended, guided: bool) -> BatchWidgets:
             folder = gr.Textbox(label="...or the masks of a dataset folder on the server",
                                 placeholder="e.g. data/kvasir-seg, in the server's data folder (its masks/)")
             augment = gr.Checkbox(False, label="Augment each mask (flips, scaling, shift-scale-rotate)")
+            with gr.Accordion("Frames: paint the masks into real images (optional)", open=True):
+                frame_files = gr.File(label="Frames: images, or a zip of them (with masks/ of the same names for "
+                                            "their own lesions)", file_count="multiple", file_types=[".zip", "image"],
+                                      type="filepath", elem_id="batch-frames")
+                frames_folder = gr.Textbox(label="...or a frames folder on the server",
+                                           placeholder="e.g. data/kvasir-seg (images/ + masks/), in the server's data "
+                                                       "folder", elem_id="batch-frames-folder")
+                with gr.Row():
+                    margin = gr.Slider(0, 32, value=DEFAULT_MARGIN, step=1, label="Margin (px)",
+                                       info="how far around each lesion the frame may change")
+                    clear_frame = gr.Checkbox(False, label="Clear the frames' own lesions first",
+                                              info="paint them away (needs their masks): the masks hold the new "
+                                                   "lesion only")
             with gr.Row():
                 count = gr.Slider(1, settings.batch_max_images, value=min(2, settings.batch_max_images), step=1,
                                   label="Images per mask")
@@ -388,7 +449,8 @@ def build(settings: Settings, recommended, guided: bool) -> BatchWidgets:
     timer = gr.Timer(POLL_SECONDS, active=False)  # on only while the batch runs (batch_poll)
     return BatchWidgets(files, folder, augment, count, threshold, prompt, steps, guidance, control, control_end,
                         autoguidance, scheduler, seed, randomize, start, stop, status, accepted, rejected, nnunet,
-                        label, export, download, seen, timer, speed, cache_interval, precision)
+                        label, export, download, seen, timer, speed, cache_interval, precision, frame_files,
+                        frames_folder, margin, clear_frame)
 
 
 def wire(demo: gr.Blocks, tab: BatchTab, w: BatchWidgets, tab_block: gr.Tab, model: gr.Dropdown,
@@ -408,7 +470,8 @@ def wire(demo: gr.Blocks, tab: BatchTab, w: BatchWidgets, tab_block: gr.Tab, mod
         trigger.change(tab.batch_speed, [model, w.speed], speed_outputs, api_visibility="private")
     w.start.click(tab.batch_start, [w.files, w.folder, w.augment, w.count, w.threshold, w.prompt, w.steps,
                                     w.guidance, w.seed, w.scheduler, w.control, w.control_end, model, key,
-                                    w.randomize, w.autoguidance, w.cache_interval, w.precision],
+                                    w.randomize, w.autoguidance, w.cache_interval, w.precision, w.frame_files,
+                                    w.frames_folder, w.margin, w.clear_frame],
                   [w.status, key], api_name="batch_start", preprocess=False).success(**poll)
     w.stop.click(tab.batch_stop, key, w.status, api_name="batch_stop").then(**poll)
     for gallery in (w.accepted, w.rejected):

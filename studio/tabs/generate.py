@@ -28,7 +28,7 @@ from gradio.context import LocalContext
 from PIL import Image
 
 from siamese import DataError, SamplingParams, augment_mask, generate, read_image, read_mask
-from siamese.inpaint import DEFAULT_MARGIN, list_frames
+from siamese.inpaint import DEFAULT_MARGIN, prepare_frame
 from siamese.sampling import MAX_SEED, SCHEDULERS, describe_mask
 
 from .. import inputs
@@ -64,15 +64,6 @@ def _sample(model, mask: np.ndarray, num_images: int, seed: int, params: Samplin
 
 if spaces is not None:  # a GPU slice per generation on ZeroGPU; a no-op elsewhere
     _sample = spaces.GPU(duration=120)(_sample)
-
-
-def example_frames(folder: Path) -> list[tuple[Path, Path | None]]:
-    """The example frames of a folder (images, with masks/ of the same stems) as `siamese.inpaint.list_frames`
-    lists them; none when the folder is missing or holds no frame."""
-    try:
-        return list_frames(folder)
-    except DataError:
-        return []
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -267,6 +258,9 @@ class GenerateTab:
             clear = inputs.flag(clear_frame_lesions, "clear the frame's own lesion")
             m = self.models.get(inputs.text(model, "model") or self.catalog.default)
             off = sampling.fit_autoguidance(params, m)
+            painted = None if image is None else prepare_frame(
+                _rgb(image), m.config.resolution, own,
+                "" if isinstance(frame, np.ndarray) else inputs.shown_name(frame))  # recorded in each pair
             t0 = time.perf_counter()
             progress((0, count * params.steps), desc="Sampling", unit="steps")
 
@@ -277,7 +271,7 @@ class GenerateTab:
 
             with self.turns.interactive(self.cancelled):  # before any batch's next step (studio.jobs.base.Turns)
                 items = _sample(m, binary, count, base, params, step, "studio",
-                                **({} if image is None else dict(frame=_rgb(image), frame_mask=own, margin=margin,
+                                **({} if image is None else dict(frame=painted, margin=margin,
                                                                  clear_frame_lesions=clear)))
         except Cancelled as e:
             logger.info("generation cancelled by its client: %s", e)
@@ -384,7 +378,7 @@ def _canvas_column(tab: GenerateTab) -> dict:
         frame_mask = gr.Image(label="The frame's own lesion mask (optional; white = lesion)", type="numpy",
                               image_mode="L", format="png", sources=["upload", "clipboard"], height=220,
                               elem_id="frame-mask")
-    paint = gr.Checkbox(False, label="Paint into this frame (the results keep the rest of the frame, pixel for "
+    paint = gr.Checkbox(True, label="Paint into this frame (the results keep the rest of the frame, pixel for "
                                      "pixel; the masks add the frame's own lesion)", elem_id="paint-frame")
     frame_examples = gr.Gallery(tab.frame_gallery(), label="Example frames, with their masks (click one)", columns=4,
                                 height=130, allow_preview=False, object_fit="contain", fit_columns=False,
@@ -463,10 +457,12 @@ def wire(tab: GenerateTab, w: GenerateWidgets, model: gr.Dropdown, results: gr.S
     model.change(tab.model_defaults, model, [w.examples, w.prompt], api_visibility="private")
     w.clear.click(tab.clear_canvas, w.editor, w.editor, **raw)
     w.mask_file.upload(tab.upload_mask, [w.mask_file, w.editor], [w.editor, w.mask_file], **raw)
-    # the frame: shown under the drawing; "Paint into this frame" on while one is loaded; a new frame of the
-    # visitor's own drops the previous frame's mask; an example frame brings its own
+    # the frame: shown under the drawing; "Paint into this frame" turned on when one is loaded (it starts on: a
+    # script's frame is painted into unless it says otherwise); a new frame of the visitor's own drops the previous
+    # frame's mask; an example frame brings its own
     w.frame.change(tab.set_reference, [w.frame, w.editor], w.editor, **raw)
-    w.frame.change(lambda frame: gr.Checkbox(value=frame is not None), w.frame, w.paint, **raw)
+    w.frame.change(lambda frame: gr.Checkbox(value=True) if frame is not None else gr.skip(), w.frame, w.paint,
+                   **raw)
     w.frame.upload(lambda: None, None, w.frame_mask, api_visibility="private")
     w.frame.clear(lambda: None, None, w.frame_mask, api_visibility="private")
     w.frame_examples.select(tab.use_frame, None, [w.frame, w.frame_mask, w.paint], api_visibility="private")
