@@ -92,9 +92,10 @@ class SiameseConfig:
         os.replace(tmp, folder / CONFIG_NAME)
 
     @classmethod
-    def load(cls, folder: Path) -> SiameseConfig:
+    def load(cls, folder: str | Path) -> SiameseConfig:
         """Read siamese_config.json (a folder without one is a plain Stable Diffusion folder); a malformed file or
         a value of the wrong type is a ModelLoadError naming the file and the key."""
+        folder = Path(folder)
         path = folder / CONFIG_NAME
         if not path.exists():  # a plain Stable Diffusion folder
             return cls(name=folder.name)

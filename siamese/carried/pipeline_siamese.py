@@ -234,6 +234,7 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
 
     def _decode(self, latents: Tensor) -> Tensor:
         """(B, C, h, w) latents -> (B, 3, H, W) float32 in [0, 1]."""
+        latents = latents.contiguous(memory_format=torch.channels_last)  # as `siamese.sampling` decodes (faster)
         if self.codec is not None:
             images = self.codec.decode(latents)
         else:
@@ -372,6 +373,7 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
         device, dtype = self._execution_device, self.unet.dtype
         B = hint.shape[0]
         guided = guidance_scale > 1.0
+        hint = hint.contiguous(memory_format=torch.channels_last)  # as `siamese.sampling` runs the DHI: same numbers
         if guided:
             hint = torch.cat([hint, hint])
         self.scheduler.set_timesteps(steps, device=device)

@@ -134,18 +134,9 @@ class TrainTab:
             model = inputs.text(model, "model")
             base_model = inputs.text(base_model, "start from") or BASE_MODELS[0]
             output = self.runs_dir / run_name(name)
-            zipped = inputs.upload(data_zip, "dataset zip")
-            if zipped is not None:
-                shown = f"the uploaded {inputs.shown_name(data_zip)}"
+            if inputs.upload(data_zip, "dataset zip") is not None:
                 tmp = self.scratch.folder("data-")
-                data = safe_extract_zip(zipped, tmp, max_bytes=self.settings.max_unpacked_bytes,
-                                        shown=inputs.shown_name(data_zip))
-            elif data_folder:
-                data = dataset_folder(data_folder, self.settings.data_root)
-                shown = f"`{self.redact(str(data))}`"
-            else:
-                raise DataError("no dataset: type a folder of the server's data folder (images/ + masks/, or "
-                                "prompt.json) or upload a zip")
+            data, shown = self._dataset(data_folder, data_zip, tmp)
             pairs = find_pairs(data)  # fails early, with the library's message, for a folder without masks
             pretrain, prepare = 0, None
             if base_model in (BASE_MODELS[0], "tiny"):
@@ -177,6 +168,20 @@ class TrainTab:
             raise refusal(e, self.redact, "the training run") from None
         return status_text(self.job.snapshot()) + f"\n\n{len(pairs)} image-mask pairs from {shown}."
 
+    def _dataset(self, data_folder: str | None, data_zip: str | None, unpack_to: Path | None) -> tuple[Path, str]:
+        """The training data (an uploaded zip unpacked into `unpack_to`, or a folder of the server's data folder) and
+        how the status names it."""
+        zipped = inputs.upload(data_zip, "dataset zip")
+        if zipped is not None:
+            data = safe_extract_zip(zipped, unpack_to, max_bytes=self.settings.max_unpacked_bytes,
+                                    shown=inputs.shown_name(data_zip))
+            return data, f"the uploaded {inputs.shown_name(data_zip)}"
+        if data_folder:
+            data = dataset_folder(data_folder, self.settings.data_root)
+            return data, f"`{self.redact(str(data))}`"
+        raise DataError("no dataset: type a folder of the server's data folder (images/ + masks/, or prompt.json) or "
+                        "upload a zip")
+
     def build_start(self, data_folder: str | None = None, data_zip: str | None = None, budget_hours: float = 0.25,
                     resolution: int = 256, batch_size: int = 8, name: str | None = None,
                     label: str | None = None) -> str:
@@ -200,22 +205,12 @@ class TrainTab:
             else:
                 if output.exists():  # a quick run's folder or a model of that name: a new folder
                     output = output.with_name(f"{output.name}-{time.strftime('%H%M%S')}")
-                zipped = inputs.upload(data_zip, "dataset zip")
                 config = BuildConfig(data="", output=str(output), budget_hours=budget, resolution=resolution,
                                      batch_size=batch_size, name=output.name, label=label)
                 config.validate()  # before anything is unpacked or written
-                if zipped is not None:
-                    shown = f"the uploaded {inputs.shown_name(data_zip)}"
+                if inputs.upload(data_zip, "dataset zip") is not None:
                     created = output
-                    data = safe_extract_zip(zipped, output / BUILD_FOLDER / "data",
-                                            max_bytes=self.settings.max_unpacked_bytes,
-                                            shown=inputs.shown_name(data_zip))
-                elif data_folder:
-                    data = dataset_folder(data_folder, self.settings.data_root)
-                    shown = f"`{self.redact(str(data))}`"
-                else:
-                    raise DataError("no dataset: type a folder of the server's data folder (images/ + masks/, or "
-                                    "prompt.json) or upload a zip")
+                data, shown = self._dataset(data_folder, data_zip, output / BUILD_FOLDER / "data")
                 pairs = find_pairs(data)  # fails early, with the library's message
                 config = replace(config, data=str(data))
             self.runs_dir.mkdir(parents=True, exist_ok=True)
