@@ -321,11 +321,16 @@ def test_mask_files_follow_the_one_rule_and_the_size_limit_through_the_api(clien
     one_clean_line(str(info.value))
 
 
+# /generate's last parameters, in order: cache_interval, precision, frame, frame_mask, paint_into_frame, margin,
+# clear_frame_lesions (a raw call sends every parameter)
+SPEED_AND_FRAME = [1, "float32", None, None, True, 8, False]
+
+
 def test_files_not_uploaded_are_refused_in_one_line(server):
     """A FileData naming a server file, with or without its meta, or a file:// URL: one line, no working directory;
     the image is never read (a meta-less path reached the image component, which read any image on the server)."""
     url = server[0]
-    args = ["", 1, 1, 3.0, 0, "ddim", None, False, None, None, None, None]
+    args = ["", 1, 1, 3.0, 0, "ddim", None, False, None, None, None, *SPEED_AND_FRAME]
     example = str(ROOT / "assets" / "masks" / "round.png")
     for mask in ({"path": "file:///etc/passwd", "meta": {"_type": "gradio.FileData"}},
                  {"path": example, "meta": {"_type": "gradio.FileData"}}, {"path": example}, {"path": "/etc/passwd"}):
@@ -351,7 +356,7 @@ def test_documented_values_work(client, mask_file):
 def _generate_in_background(url: str, mask: dict, session: str, fn_index: int):
     """/generate of 16 images x 100 steps, joined as the page joins the queue; returns the open event stream once
     the server has started it."""
-    data = [mask, "", 16, 100, 3.0, 0, "ddim", None, False, None, None, None, None]
+    data = [mask, "", 16, 100, 3.0, 0, "ddim", None, False, None, None, None, *SPEED_AND_FRAME]
     httpx.post(f"{url}gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
                                                     "event_data": None, "trigger_id": None}, timeout=30)
     stream = httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=60)
