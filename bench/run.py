@@ -9,7 +9,8 @@ Sections (`--only` picks some): train (step time and gradients, ours vs naive, o
 in full mode, the mid-size one), memory (peak memory per variant, one process each), sample (our
 sampler vs the diffusers pipeline's loop), ips (images per second of the default model at the app's
 defaults), presets (seconds per image of the model's "default" and "fast" sampling presets against today's
-sampler, interleaved, with their quality on held-out masks and the Batch path's pairs per hour), scaling (step
+sampler, interleaved, with each speed lever alone beside them, their quality on held-out masks and the Batch
+path's pairs per hour), scaling (step
 time and memory vs resolution and batch size), profile (where our step's time goes, part by part), sd15 (GPU
 only, with --sd15), sd15arch (Stable Diffusion 1.5's architecture with random weights, ours vs naive training
 step and memory: runs only when named, about 15 minutes and 18 GB on the 2-core CPU).
@@ -250,7 +251,13 @@ def _presets_part(results: dict, mode: dict, model, settings: dict, presets: dic
     today = {**settings, **{k: FALLBACK_PRESETS["default"][k] for k in ("cache_interval", "precision")}, **with_guide}
     chosen = {name: {**preset, **with_guide} for name, preset in presets.items()}
     log(f"presets: {', '.join(f'{k} {v}' for k, v in chosen.items())} against today's sampler, batch 4")
-    r = compare_presets(model, 4, mode["preset_repeats"], today, chosen)
+    fast = chosen["fast"]
+    # each lever alone on today's sampler, for its share of the presets' speed and quality
+    levers = {"lever: bfloat16 alone": {**today, "precision": "bfloat16"},
+              "lever: feature reuse alone (cache 2)": {**today, "cache_interval": 2},
+              f"lever: {fast['scheduler']} {fast['steps']} steps alone": {**today, "scheduler": fast["scheduler"],
+                                                                           "steps": fast["steps"]}}
+    r = compare_presets(model, 4, mode["preset_repeats"], today, {**chosen, **levers})
     results["presets"] = r
     results["seconds_per_image_today"] = r["seconds_per_image"]["today"]
     results["seconds_per_image_default_preset"] = r["seconds_per_image"]["default"]
@@ -265,7 +272,8 @@ def _presets_part(results: dict, mode: dict, model, settings: dict, presets: dic
     if mode["quality_masks"] and scorer is not None:
         log(f"presets: quality on {mode['quality_masks']} held-out masks (colour/texture KID, feature KID, fidelity)")
         held = load_held_out(model, scorer, mode["quality_masks"])
-        results["presets_quality"] = measure_quality(model, scorer, held, {"today": today, **chosen}, log=log)
+        results["presets_quality"] = measure_quality(model, scorer, held, {"today": today, **chosen, **levers},
+                                                     log=log)
     n = mode["batch_masks"]
     masks = (list(held.masks[:n]) if held is not None and len(held.masks) >= n
              else list(mask_hints(n, model.config.resolution, 1)[:, 0].numpy().astype("uint8")))

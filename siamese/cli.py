@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from .cli_options import add_config_options, add_sampling_options, add_speed_options, config_from_args
+from .params import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +216,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         data=args.data, model=args.model, test_fraction=args.test_fraction, seeds=args.seeds,
         seg_steps=args.seg_steps, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
         control_scale=args.control_scale, control_end=args.control_end, autoguidance=args.autoguidance,
+        cache_interval=args.cache_interval, precision=args.precision,
         resolution=args.resolution, output=args.output, seed=args.seed, max_test=args.max_test,
         max_synthetic=args.max_synthetic, curation=args.curation, curation_thresholds=tuple(args.curation_thresholds),
         curation_compare=None if args.curation_compare is None else tuple(args.curation_compare),
@@ -413,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seg-steps", type=int, default=600, help="segmentation network training steps")
     add_sampling_options(e, steps=20, guidance=9.0, scheduler="dpm++",  # EvalConfig's (not imported: it is slow)
                          guidance_help="classifier-free guidance (the app's default)")
+    e.add_argument("--cache-interval", type=int, default=1, help="the sampler's feature reuse, as sample's (1: off)")
+    e.add_argument("--precision", default="float32", choices=PRECISIONS, help="the networks' precision while sampling")
     e.add_argument("--resolution", type=int, default=128, help="segmentation network input size")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--max-synthetic", type=int, default=200,

@@ -102,7 +102,9 @@ def format_report(report: dict) -> str:
         f"{p['test']} evaluated (split seed {s['seed']})",
         f"sampling: {s['scheduler']}, {s['steps']} steps, guidance {s['guidance_scale']}, "
         f"control scale {describe_mask(s.get('control_scale', 1.0), s.get('control_end', 1.0))}, "
-        f"autoguidance {s.get('autoguidance', 1.0):g}, {s['model_resolution']}x{s['model_resolution']}",
+        f"autoguidance {s.get('autoguidance', 1.0):g}, {s['model_resolution']}x{s['model_resolution']}"
+        + (f", cache interval {s['cache_interval']}" if s.get("cache_interval", 1) != 1 else "")
+        + (f", {s['precision']}" if s.get("precision", "float32") != "float32" else ""),
         f"segmentation network: {report['segmentation_network']}",
         "",
         "1. Mask fidelity: the real-trained network segments held-out images; Dice/IoU vs their masks",

@@ -83,6 +83,8 @@ class EvalConfig:
     control_scale: float | None = None  # None: the model's recommended value
     control_end: float | None = None  # None: the model's recommended value
     autoguidance: float | None = None  # None: the model's recommended value
+    cache_interval: int = 1  # the sampler's feature reuse (1: off), as `sample`'s
+    precision: str = "float32"  # the networks' precision while sampling, as `sample`'s
     resolution: int = 128  # segmentation network input size
     output: str | Path | None = None  # write report.json and sample grids here
     seed: int = 0
@@ -129,7 +131,8 @@ class EvalConfig:
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(steps=self.steps, guidance_scale=self.guidance_scale, scheduler=self.scheduler,
                               control_scale=self.control_scale, control_end=self.control_end,
-                              autoguidance=self.autoguidance)
+                              autoguidance=self.autoguidance, cache_interval=self.cache_interval,
+                              precision=self.precision)
 
 
 # -- data ------------------------------------------------------------------------------------------

@@ -511,6 +511,8 @@ FIDELITY_CLI = {
     "evaluate curation threshold 2": (lambda i: ["evaluate", "--data", str(i.data()), "--curation",
                                                  "--curation-thresholds", "0.5,2"],
                                       "expected comma-separated numbers between 0 and 1, got '0.5,2'"),
+    "evaluate cache interval 0": (lambda i: ["evaluate", "--data", str(i.data()), "--cache-interval", "0"],
+                                  "cache interval must be"),
 }
 
 
