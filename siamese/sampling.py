@@ -111,21 +111,21 @@ def sample(
     guide = model.guide if autoguidance != 1.0 else None
     controlled = controlled_steps(len(sched.timesteps), control_end)
 
-    # 1. conditions, computed once: hint embedding (B or 2B, C0, h, w), prompt embeddings (B or 2B, L, D). With
-    #    guidance both halves keep the mask, as in diffusers' ControlNet forward, so the DHI runs once on the B masks
-    #    and its embedding is repeated for the unconditional half (the same numbers as the DHI on 2B, within float
-    #    rounding, for a third of the time: at full resolution it is the sampler's costliest single pass)
+    # 1. conditions, computed once: hint embedding (B or 2B, C0, h, w), prompt embeddings (B or 2B, L, D). The DHI
+    #    runs on the batch the ControlNet sees (with guidance both halves keep the mask), as diffusers' ControlNet
+    #    forward does: a diffusers pipeline with these weights then makes the same pixels (siamese.pipeline). On B
+    #    masks repeated it would be a little faster, but with several threads a batch of B and one of 2B round
+    #    differently (1 grey level in the pipeline's images)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bfloat16" else contextlib.nullcontext()
     # the full-resolution convolutions (the DHI, the decoder) run about 1.3x faster on the CPU on channels-last input
     hint = mask_hint.to(device, dtype).contiguous(memory_format=torch.channels_last)
     prompt_embeds = model.encode_prompt(list(prompts))
     with amp:
-        hint_emb = model.controlnet.embed_hint(hint)
+        hint_emb = model.controlnet.embed_hint(torch.cat([hint, hint]) if guided else hint)
         guide_hint_emb = (guide.controlnet.embed_hint(hint)
                           if guide is not None and guide.controlnet is not None else None)
     if guided:
         prompt_embeds = torch.cat([model.encode_prompt([""] * B), prompt_embeds])
-        hint_emb = torch.cat([hint_emb, hint_emb])
     cond = slice(B, 2 * B) if guided else slice(0, B)  # the conditional half of the batch
 
     # 2. starting noise, one generator per image
