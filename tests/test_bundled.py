@@ -61,3 +61,28 @@ def test_the_skin_models_card_shows_its_evaluation():
     assert evaluation["settings"]["seeds"] == 4 and "Downstream benefit" in card
     share = fidelity["generated"]["dice"] / fidelity["real"]["dice"]
     assert f"fidelity Dice / real ceiling {share:.3f}" in card and FIGURE_NAME in card
+
+
+def test_a_user_picks_the_skin_model_in_the_app_and_generates_a_lesion_where_it_was_drawn(tmp_path):
+    """The app with the bundled models (the polyp model the default): the selector offers the skin model by its
+    label; picking it brings its example masks and prompt; an example mask generates an image through the
+    Generate handler with the skin model's settings."""
+    from studio.server import Studio
+    from studio.settings import Settings
+
+    studio = Studio(str(POLYPS), checkpoints_dir=ROOT / "checkpoints", runs_dir=tmp_path / "runs",
+                    settings=Settings(data_root=tmp_path))
+    choices = dict(studio.catalog.choices())
+    skin = choices["skin lesions (dermoscopy) (checkpoints)"]
+    assert choices["colon polyps (colonoscopy) (default)"] != skin
+    gallery, prompt = studio.generate.model_defaults(skin)
+    names = [entry["caption"] for entry in gallery.value]
+    assert names == [p.stem for p in sorted((SKIN / "examples").glob("*.png"))] and "skin" in prompt.value
+    mask_png = tmp_path / "mask.png"
+    mask_png.write_bytes((SKIN / "examples" / f"{names[0]}.png").read_bytes())
+    _, shots, status = studio.generate.generate(str(mask_png), "", 1, 4, 6.0, 5, "dpm++", skin, False, [])
+    item = shots[0].item
+    assert item.params["control_scale"] == 3.0 and "seeds 5" in status
+    lesion = read_mask(mask_png).astype(bool)
+    inside, outside = item.image[lesion].mean(), item.image[~lesion].mean()
+    assert inside < outside - 20, "the pigmented lesion is darker than the skin around it, where it was drawn"
