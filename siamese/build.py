@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
-import cv2
 import numpy as np
 import torch
 

@@ -70,6 +70,8 @@ def run(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_push_uploads_the_model_and_its_card_not_the_training_state(run, hub, capsys):
     assert (run / "checkpoints").is_dir() and (run / "init").is_dir() and (run / "previews").is_dir()
+    (run / "build" / "1-base").mkdir(parents=True)  # a built model's stages (siamese.build): not uploaded
+    (run / "build" / "1-base" / "metrics.csv").write_text("step\n")
     assert main(["push", str(run), "someone/siamese-polyps", "--private", "--token", "hf_test"]) == 0
     assert hub.repos == [dict(repo_id="someone/siamese-polyps", private=True, repo_type="model", exist_ok=True,
                               token="hf_test")]
@@ -81,7 +83,7 @@ def test_push_uploads_the_model_and_its_card_not_the_training_state(run, hub, ca
                  "unet/diffusion_pytorch_model.safetensors", "codec/patch_codec.py", "codec/codec.safetensors",
                  "text_encoder/model.safetensors", "tokenizer/tokenizer.json", "scheduler/scheduler_config.json"):
         assert need in files, need
-    assert not [f for f in files if f.startswith(("checkpoints/", "init/", "previews/"))], files
+    assert not [f for f in files if f.startswith(("build/", "checkpoints/", "init/", "previews/"))], files
     assert not [f for f in files if "optimizer" in f or f.endswith((".pt", ".bin", ".tmp"))], files
     card = ModelCard(upload["card"])
     assert set(TAGS) <= set(card.data.tags) and card.data.license and card.data.pipeline_tag == "image-to-image"
