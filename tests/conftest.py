@@ -42,6 +42,16 @@ def write_dataset(root: Path, n: int = 6, size: int = 80, seed: int = 0, mask_ex
     return root
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): these networks are tiny,
+    and on a shared 2-core machine two spinning threads per process make them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
     return write_dataset(tmp_path / "data")

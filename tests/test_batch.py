@@ -22,12 +22,7 @@ from siamese.sampling import SamplingParams
 PARAMS = SamplingParams(steps=2, guidance_scale=3.0, scheduler="dpm++")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture

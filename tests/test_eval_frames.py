@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import write_dataset
 from siamese.data import find_pairs, read_image, read_mask, resize_pair, split_pairs
@@ -23,12 +22,7 @@ from siamese.segnet import build_segnet, mean_std
 R = 32  # the instrument's resolution in these tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture(scope="module")

@@ -31,14 +31,7 @@ def _ellipse_pair(rng: np.random.Generator, size: int = 96) -> tuple[np.ndarray,
     return image.astype(np.uint8), mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these networks are tiny, and on a shared 2-core machine two spinning threads
-    per process make them an order of magnitude slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture(scope="module")

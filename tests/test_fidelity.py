@@ -9,7 +9,6 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from conftest import write_dataset
 from siamese.cli import main
@@ -19,12 +18,7 @@ from siamese.folder_ops import add_scorer, scorer_split
 from siamese.sampling import Generated
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 def ellipses(n: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
