@@ -223,6 +223,6 @@ def batch_images_per_hour(model: SiameseModel, scorer, masks: list, params, num_
     t0 = time.perf_counter()
     pairs = list(run_batch(model, masks, num_images, seed, params, scorer=scorer, batch_size=batch_size))
     seconds = time.perf_counter() - t0
-    return {"pairs": len(pairs), "seconds": round(seconds, 3), "seconds_per_pair": round(seconds / len(pairs), 4),
+    return {"pairs": len(pairs), "seconds": round(seconds, 6), "seconds_per_pair": round(seconds / len(pairs), 4),
             "images_per_hour": round(3600 * len(pairs) / seconds), "scored": scorer is not None,
             "num_images": num_images, "batch_size": batch_size}
