@@ -117,8 +117,9 @@ class BuildConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"{name.replace('_', ' ')} must be a whole number from {low} to {high}, got {value!r}")
-        if label_problem(self.label):
-            raise ValueError(f"label must be {label_problem(self.label)}, got {self.label!r}")
+        problem = label_problem(self.label)
+        if problem:
+            raise ValueError(f"label must be {problem}, got {self.label!r}")
         TrainConfig(data=self.data, output=self.output, resolution=self.resolution, batch_size=self.batch_size,
                     holdout=self.holdout, prompt=self.prompt, name=self.name, seed=self.seed,
                     report_to=self.report_to).validate()  # the settings every training stage shares

@@ -19,7 +19,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from .eval_report import format_report
 from .files import atomic_write, is_hub_id
 from .params import describe_mask
-from .presets import FALLBACK_PRESETS
+from .presets import config_presets
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
                   + (" (with the guide in guide/, a weaker version of the model)" if settings.get('autoguidance', 1.0)
                      != 1 else " (off)"),
                   f"- latent codec: {'the tiny preset patch codec' if codec == 'patch' else 'Stable Diffusion VAE'}"]
-    preset = {**FALLBACK_PRESETS["default"], **(settings.get("sampling_presets") or {}).get("default", {})}
+    preset = config_presets(settings)["default"]
     steps, guidance, scheduler = preset["steps"], preset["guidance_scale"], preset["scheduler"]
     lines += ["", "**Generated images are synthetic and not for clinical use.** The terms of the training data and of "
               "the base model apply.", "", "## Use", "", "```bash",

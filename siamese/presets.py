@@ -54,9 +54,10 @@ def presets_problem(presets: Any) -> str | None:
 
 
 def config_presets(config: Any) -> dict[str, dict[str, Any]]:
-    """Every preset a model config (`SiameseConfig`) records, complete (each with all of `PRESET_KEYS`): its
-    `sampling_presets` over `FALLBACK_PRESETS`, preset by preset and key by key."""
-    recorded = getattr(config, "sampling_presets", None) or {}
+    """Every preset a model config records (a `SiameseConfig`, or its siamese_config.json as a dict), complete (each
+    with all of `PRESET_KEYS`): its `sampling_presets` over `FALLBACK_PRESETS`, preset by preset and key by key."""
+    recorded = (config.get("sampling_presets") if isinstance(config, dict)
+                else getattr(config, "sampling_presets", None)) or {}
     return {name: {**FALLBACK_PRESETS[name], **recorded.get(name, {})} for name in PRESET_NAMES}
 
 

@@ -134,9 +134,10 @@ class TrainTab:
             model = inputs.text(model, "model")
             base_model = inputs.text(base_model, "start from") or BASE_MODELS[0]
             output = self.runs_dir / run_name(name)
-            if inputs.upload(data_zip, "dataset zip") is not None:
+            zipped = inputs.upload(data_zip, "dataset zip")
+            if zipped is not None:
                 tmp = self.scratch.folder("data-")
-            data, shown = self._dataset(data_folder, data_zip, tmp)
+            data, shown = self._dataset(data_folder, zipped, inputs.shown_name(data_zip), tmp)
             pairs = find_pairs(data)  # fails early, with the library's message, for a folder without masks
             pretrain, prepare = 0, None
             if base_model in (BASE_MODELS[0], "tiny"):
@@ -168,14 +169,12 @@ class TrainTab:
             raise refusal(e, self.redact, "the training run") from None
         return status_text(self.job.snapshot()) + f"\n\n{len(pairs)} image-mask pairs from {shown}."
 
-    def _dataset(self, data_folder: str | None, data_zip: str | None, unpack_to: Path | None) -> tuple[Path, str]:
-        """The training data (an uploaded zip unpacked into `unpack_to`, or a folder of the server's data folder) and
-        how the status names it."""
-        zipped = inputs.upload(data_zip, "dataset zip")
+    def _dataset(self, data_folder: str | None, zipped, zip_name: str, unpack_to: Path | None) -> tuple[Path, str]:
+        """The training data (the uploaded zip `zipped`, already read by `inputs.upload`, unpacked into `unpack_to`;
+        or a folder of the server's data folder) and how the status names it."""
         if zipped is not None:
-            data = safe_extract_zip(zipped, unpack_to, max_bytes=self.settings.max_unpacked_bytes,
-                                    shown=inputs.shown_name(data_zip))
-            return data, f"the uploaded {inputs.shown_name(data_zip)}"
+            data = safe_extract_zip(zipped, unpack_to, max_bytes=self.settings.max_unpacked_bytes, shown=zip_name)
+            return data, f"the uploaded {zip_name}"
         if data_folder:
             data = dataset_folder(data_folder, self.settings.data_root)
             return data, f"`{self.redact(str(data))}`"
@@ -208,9 +207,11 @@ class TrainTab:
                 config = BuildConfig(data="", output=str(output), budget_hours=budget, resolution=resolution,
                                      batch_size=batch_size, name=output.name, label=label)
                 config.validate()  # before anything is unpacked or written
-                if inputs.upload(data_zip, "dataset zip") is not None:
+                zipped = inputs.upload(data_zip, "dataset zip")
+                if zipped is not None:
                     created = output
-                data, shown = self._dataset(data_folder, data_zip, output / BUILD_FOLDER / "data")
+                data, shown = self._dataset(data_folder, zipped, inputs.shown_name(data_zip),
+                                            output / BUILD_FOLDER / "data")
                 pairs = find_pairs(data)  # fails early, with the library's message
                 config = replace(config, data=str(data))
             self.runs_dir.mkdir(parents=True, exist_ok=True)
