@@ -102,6 +102,7 @@ class BuildConfig:
     eval_seeds: int = 2  # segmentation seeds of the final evaluation's downstream test; 0: no evaluation
     eval_seg_steps: int = 600  # training steps of each of the evaluation's segmentation networks
     report_to: str = "none"
+    overlay: str = "auto"  # on-screen overlays left out of every training stage's loss ("auto") or not ("off")
     label: str | None = None  # what the model makes, for the app's selector (e.g. "skin lesions (dermoscopy)")
 
     def validate(self) -> None:
@@ -122,7 +123,7 @@ class BuildConfig:
             raise ValueError(f"label must be {problem}, got {self.label!r}")
         TrainConfig(data=self.data, output=self.output, resolution=self.resolution, batch_size=self.batch_size,
                     holdout=self.holdout, prompt=self.prompt, name=self.name, seed=self.seed,
-                    report_to=self.report_to).validate()  # the settings every training stage shares
+                    report_to=self.report_to, overlay=self.overlay).validate()  # the settings every stage shares
 
     def factor(self) -> float:
         """The share of the full recipe's steps: budget / REFERENCE_HOURS, less for larger images and batches."""
@@ -136,7 +137,7 @@ class BuildConfig:
             data=self.data, output=str(build / stage), model=source if source == "tiny" else str(build / source),
             resolution=self.resolution, batch_size=self.batch_size, seed=self.seed, holdout=self.holdout,
             name=self.name or Path(self.output).name, prompt=self.prompt, resume="latest", scorer_steps=0,
-            report_to=self.report_to, **settings)
+            report_to=self.report_to, overlay=self.overlay, **settings)
 
 
 def plan_stages(config: BuildConfig) -> dict[str, dict]:
@@ -210,8 +211,11 @@ def begun_build(output: str | Path) -> BuildConfig | None:
 
 
 def build(config: BuildConfig, callback: Callable[[dict], None] | None = None, stop: threading.Event | None = None,
-          progress_bar: bool = False) -> Path:
+          progress_bar: bool = False, device: torch.device | str | None = None) -> Path:
     """Run (or resume) every stage of the build; returns OUTPUT, a complete model folder.
+
+    `device`: where the decoder, the scorer, the sweep and the evaluation run (default: CUDA when available, as the
+    training stages, which accelerate places); it is not part of the plan, so a build may resume on another device.
 
     `callback` receives {"type": "stage", "stage", "index", "total", "eta_s", "stage_s"} before each stage (eta_s: the
     planned seconds of it and the stages after it, stage_s: of it alone), every training event of `siamese.train.train`
@@ -220,6 +224,7 @@ def build(config: BuildConfig, callback: Callable[[dict], None] | None = None, s
     (they do not stop midway): BuildStopped is raised, and the same call resumes.
     """
     config.validate()
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     out = Path(config.output)
     check_writable(out)
     find_pairs(config.data)  # the data, checked before anything is written
@@ -239,14 +244,14 @@ def build(config: BuildConfig, callback: Callable[[dict], None] | None = None, s
                     eta / 60)
         emit({"type": "stage", "stage": stage, "index": index, "total": len(STAGES), "eta_s": eta,
               "stage_s": _stage_seconds(stage, plan.get(stage, {}))})
-        result = _run_stage(stage, config, plan, build_dir, emit, stop, progress_bar)
+        result = _run_stage(stage, config, plan, build_dir, emit, stop, progress_bar, device)
         record.finish(stage, result)
     emit({"type": "done", "output": str(out)})
     return out
 
 
 def _run_stage(stage: str, config: BuildConfig, plan: dict, build_dir: Path, emit: Callable[[dict], None],
-               stop: threading.Event | None, progress_bar: bool) -> dict:
+               stop: threading.Event | None, progress_bar: bool, device: torch.device) -> dict:
     if stage in _FULL:
         train(config.train_config(stage, plan[stage]), lambda e: emit({**e, "stage": stage}), stop, progress_bar)
         if stop is not None and stop.is_set():
@@ -255,11 +260,11 @@ def _run_stage(stage: str, config: BuildConfig, plan: dict, build_dir: Path, emi
     parts = build_dir / "parts"  # 1-base's codec with the learned decoder, and the fidelity scorer
     if stage == "decoder":
         add_decoder(str(build_dir / "1-base"), config.data, DecoderTrainConfig(seed=config.seed, **plan["decoder"]),
-                    output=str(parts), holdout=config.holdout)
+                    output=str(parts), holdout=config.holdout, device=device)
         return {}
     if stage == "scorer":
         add_scorer(parts, config.data, ScorerConfig(seed=config.seed, **plan["scorer"]), holdout=config.holdout,
-                   holdout_seed=0, progress_bar=progress_bar)
+                   holdout_seed=0, progress_bar=progress_bar, device=device)
         return {"held_out_dice": load_scorer(parts).config.held_out_dice}
     if stage == "assemble":
         model, weak = load_model(build_dir / "4-locked"), load_model(build_dir / "2-siamese")
@@ -272,14 +277,15 @@ def _run_stage(stage: str, config: BuildConfig, plan: dict, build_dir: Path, emi
         _copy_scorer(parts, build_dir / "assembled")
         return {}
     if stage == "sweep":
-        return _sweep(config, build_dir, emit)
+        return _sweep(config, build_dir, emit, device)
     if stage == "ship":
         return _ship(config, plan, build_dir)
     if stage == "evaluate":
         report = build_dir / "evaluation"
         evaluate(EvalConfig(data=config.data, model=config.output, test_fraction=config.holdout, seed=0,
                             seeds=config.eval_seeds, seg_steps=config.eval_seg_steps, steps=config.sweep_steps,
-                            guidance_scale=_chosen(build_dir)["guidance_scale"], output=str(report)),
+                            guidance_scale=_chosen(build_dir)["guidance_scale"], output=str(report),
+                            device=str(device)),
                  progress_bar=progress_bar)
         _card_figure(report / "fidelity.png", Path(config.output) / FIGURE_NAME)
         write_model_card(config.output)  # now with the figure
@@ -310,9 +316,9 @@ def _held_out(config: BuildConfig, resolution: int) -> tuple[np.ndarray, np.ndar
     return test.masks[keep], test.images[keep], train_images
 
 
-def _sweep(config: BuildConfig, build_dir: Path, emit: Callable[[dict], None]) -> dict:
-    model = load_model(build_dir / "assembled")
-    scorer = load_scorer(build_dir / "assembled")
+def _sweep(config: BuildConfig, build_dir: Path, emit: Callable[[dict], None], device: torch.device) -> dict:
+    model = load_model(build_dir / "assembled", device=device)
+    scorer = load_scorer(build_dir / "assembled", device=device)
     masks, real, train_images = _held_out(config, model.config.resolution)
     progress = lambda done, total: emit({"type": "sweep", "done": done, "total": total})  # noqa: E731
     kw = dict(steps=config.sweep_steps, seed=config.seed, callback=progress)

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from .cli_options import add_config_options, add_sampling_options, add_speed_options, config_from_args
+from .overlay import OVERLAY_MODES
 from .params import PRECISIONS
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def _sample(args: argparse.Namespace) -> None:
     #    refused before any sampling). Under torchrun / accelerate launch this process takes a share of the
     #    masks, on its own device.
     share = start_share(len(paths), cpu=True if args.device == "cpu" else None)
-    device = share.device if share.world > 1 else args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = share.device if share.world > 1 else _default_device(args.device)
     model_path = args.model or default_model()
     model = load_model(model_path, device=device)
     params = preset_params(model, args.preset, **given, **common)
@@ -220,7 +221,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         resolution=args.resolution, output=args.output, seed=args.seed, max_test=args.max_test,
         max_synthetic=args.max_synthetic, curation=args.curation, curation_thresholds=tuple(args.curation_thresholds),
         curation_compare=None if args.curation_compare is None else tuple(args.curation_compare),
-        save_scorer=not args.no_save_scorer, frames=args.frames, margin=args.margin,
+        save_scorer=not args.no_save_scorer, frames=args.frames, margin=args.margin, device=_default_device(args.device),
     )
     report = evaluate(config, progress_bar=True)
     print(format_report(report))
@@ -233,7 +234,7 @@ def _build(args: argparse.Namespace) -> None:
                          resolution=args.resolution, batch_size=args.batch_size, holdout=args.holdout,
                          prompt=args.prompt, name=args.name, seed=args.seed, sweep_masks=args.sweep_masks,
                          eval_seeds=args.eval_seeds, eval_seg_steps=args.eval_seg_steps, report_to=args.report_to,
-                         label=args.label)
+                         overlay=args.overlay, label=args.label)
     stop = threading.Event()
 
     def request_stop(signum, frame):  # Ctrl-C / SIGTERM: finish the training step, save, exit cleanly
@@ -250,7 +251,7 @@ def _build(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, request_stop)
     try:
-        out = build(config, progress, stop, progress_bar=True)
+        out = build(config, progress, stop, progress_bar=True, device=_default_device(args.device))
     except BuildStopped as e:
         print(str(e), file=sys.stderr)
         return
@@ -290,6 +291,13 @@ def _fractions(text: str) -> tuple[float, ...]:
     if not values or not all(0 <= v <= 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers between 0 and 1, got '{text}'")
     return values
+
+
+def _default_device(device: str | None) -> str:
+    """--device, or CUDA when available."""
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _device(text: str) -> str:
@@ -354,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "masks/); each image's frame is drawn by its seed among those the mask fits")
     s.add_argument("--margin", type=int, default=None,
                    help="with --frames: pixels (at the model resolution) the painted region reaches beyond the new "
-                        "lesion, where the generated image blends into the frame (default 8)")
+                        "lesion, where the generated image blends into the frame (default 12)")
     s.add_argument("--clear-frame-lesions", action="store_true",
                    help="with --frames: paint each frame's own lesion (its mask in masks/) away first, so the pair's "
                         "mask is the new lesion alone (default: the union of both lesions)")
@@ -433,8 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--frames", action="store_true",
                    help="also evaluate inpainted pairs: each held-out mask painted into another held-out frame "
                         "(realism of frames and lesion crops, seam, fidelity, downstream vs whole-image synthesis)")
-    e.add_argument("--margin", type=int, default=8, help="with --frames: pixels (at the model resolution) the "
-                   "inpainted region reaches beyond the new lesion (default 8)")
+    e.add_argument("--margin", type=int, default=12, help="with --frames: pixels (at the model resolution) the "
+                   "inpainted region reaches beyond the new lesion (default 12, `inpaint.DEFAULT_MARGIN`)")
+    e.add_argument("--device", type=_device, default=None,
+                   help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     e.set_defaults(func=_evaluate)
 
     b = sub.add_parser("build", help="make a complete model from image-mask pairs in one resumable command: every "
@@ -458,6 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--eval-seg-steps", type=int, default=600, help="training steps of each segmentation network of "
                    "the final evaluation")
     b.add_argument("--report-to", default="none", help="none, tensorboard or wandb (the training stages' losses)")
+    b.add_argument("--overlay", default="auto", choices=OVERLAY_MODES, help="on-screen overlays (text, dates, static "
+                   "labels): 'auto' leaves them out of every training stage's loss, 'off' trains on every pixel "
+                   "(default %(default)s)")
+    b.add_argument("--device", type=_device, default=None, help="where the decoder, scorer, sweep and evaluation run: "
+                   "cpu, cuda, cuda:N or mps (default: cuda when available; the training stages use accelerate's)")
     b.set_defaults(func=_build)
 
     g = sub.add_parser("add-guide", help="give a model a guide for autoguidance: a weaker version of it (an earlier "

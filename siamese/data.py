@@ -247,7 +247,8 @@ def split_pairs(pairs: list[Pair], test_fraction: float, seed: int) -> tuple[lis
 class PairDataset(torch.utils.data.Dataset):
     """Pairs resized to `resolution` and kept in memory as uint8 (decoded once).
 
-    Item i: dict(image (R, R, 3) uint8, mask (R, R) {0, 1} uint8, prompt str).
+    Item i: dict(image (R, R, 3) uint8, mask (R, R) {0, 1} uint8, prompt str). `overlay`, (N, R, R) bool or None:
+    the images' on-screen overlay pixels (`siamese.overlay.find_overlay`, set by training), batched with the images.
     """
 
     def __init__(self, root: str | Path, resolution: int, prompt: str | None = None,
@@ -258,6 +259,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.prompt = prompt or default_prompt(self.root)
         self.images = np.empty((len(self.pairs), resolution, resolution, 3), np.uint8)
         self.masks = np.empty((len(self.pairs), resolution, resolution), np.uint8)
+        self.overlay: np.ndarray | None = None
         empty = []
         for i, pair in enumerate(self.pairs):
             image, mask = read_image(pair.image), read_mask(pair.mask)
@@ -285,18 +287,25 @@ class PairDataset(torch.utils.data.Dataset):
         self, indices: list[int], generator: torch.Generator, flip: bool = False, prompt_dropout: float = 0.0
     ) -> dict:
         """A training batch: image (B, 3, R, R) in [-1, 1], image_hint (B, 3, R, R) in [0, 1],
-        mask_hint (B, 3, R, R) in {0, 1}, prompts (list of B str, "" with probability prompt_dropout)."""
+        mask_hint (B, 3, R, R) in {0, 1}, prompts (list of B str, "" with probability prompt_dropout), and, when the
+        dataset has an `overlay`, overlay (B, 1, R, R) bool, flipped with its image."""
         images = torch.from_numpy(self.images[indices]).permute(0, 3, 1, 2).float() / 255.0
         masks = torch.from_numpy(self.masks[indices]).float().unsqueeze(1)
-        if flip:  # the same random flips for image and mask
+        overlay = None if self.overlay is None else torch.from_numpy(self.overlay[indices]).unsqueeze(1)
+        if flip:  # the same random flips for image, mask and overlay
             for dim in (2, 3):
                 do = torch.rand(len(indices), generator=generator) < 0.5
                 images[do] = images[do].flip(dim)
                 masks[do] = masks[do].flip(dim)
+                if overlay is not None:
+                    overlay[do] = overlay[do].flip(dim)
         drop = torch.rand(len(indices), generator=generator) < prompt_dropout
         prompts = ["" if d else self[i]["prompt"] for i, d in zip(indices, drop.tolist())]
-        return {"image": images * 2 - 1, "image_hint": images, "mask_hint": masks.expand(-1, 3, -1, -1),
-                "prompts": prompts}
+        batch = {"image": images * 2 - 1, "image_hint": images, "mask_hint": masks.expand(-1, 3, -1, -1),
+                 "prompts": prompts}
+        if overlay is not None:
+            batch["overlay"] = overlay
+        return batch
 
 
 def augment_mask(mask: np.ndarray, rng: np.random.Generator, tries: int = 10) -> np.ndarray:

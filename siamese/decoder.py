@@ -118,7 +118,9 @@ def train_decoder(
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # N, 3, R, R
     x = torch.cat([x, x.flip(-1)])
     with torch.no_grad():
-        latents = torch.cat([codec.encode(x[i:i + 64]) for i in range(0, len(x), 64)])  # 2N, C, R/p, R/p
+        # encoded where the codec is, kept on the CPU (the crops are drawn there with the CPU generator)
+        latents = torch.cat([codec.encode(x[i:i + 64].to(codec.mean.device)).cpu()
+                             for i in range(0, len(x), 64)])  # 2N, C, R/p, R/p
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if critic is not None:
         from monai.losses import PatchAdversarialLoss

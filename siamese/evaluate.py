@@ -352,7 +352,7 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
 
     # 3. the measuring network: trained on the real train pairs (also seed 0 of the downstream "real" arm)
     seg_kw = dict(steps=config.seg_steps, batch_size=config.seg_batch_size, lr=config.seg_lr,
-                  channels=config.seg_channels, progress_bar=progress_bar)
+                  channels=config.seg_channels, progress_bar=progress_bar, device=config.device)
     net = train_segnet(train_images, train_masks, seed=config.seed, desc="segmentation: real, seed 0", **seg_kw)
     real_nets = [net]
     lap("segmentation_training")

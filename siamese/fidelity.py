@@ -204,7 +204,8 @@ def train_scorer(images: np.ndarray, masks: np.ndarray, config: ScorerConfig, pr
         raise ValueError(f"scorer training needs images (N, {config.resolution}, {config.resolution}, 3) and masks "
                          f"(N, {config.resolution}, {config.resolution}), got {images.shape} and {masks.shape}")
     net = train_segnet(images, masks, steps=config.steps, seed=config.seed, batch_size=config.batch_size,
-                       lr=config.lr, channels=config.channels, progress_bar=progress_bar, desc="fidelity scorer")
+                       lr=config.lr, channels=config.channels, progress_bar=progress_bar, desc="fidelity scorer",
+                       device=device)
     return FidelityScorer(net, config, device)
 
 

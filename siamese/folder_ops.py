@@ -171,9 +171,10 @@ def scorer_split(model_folder: str | Path, data: str | Path, holdout: float | No
 
 def add_scorer(model_folder: str | Path, data: str | Path, config: ScorerConfig, output: str | Path | None = None,
                holdout: float | None = None, holdout_seed: int | None = None, progress_bar: bool = False,
-               max_held_out: int = 200, pairs: Sequence[Pair] | None = None) -> Path:
-    """Train a scorer on `data`'s pairs less the model's held-out split (`scorer_split`), measure its Dice on
-    (up to `max_held_out` of) the held-out pairs, and save it in OUTPUT/segmenter/ (default: in the model
+               max_held_out: int = 200, pairs: Sequence[Pair] | None = None,
+               device: torch.device | str = "cpu") -> Path:
+    """Train a scorer on `data`'s pairs less the model's held-out split (`scorer_split`) on `device`, measure its
+    Dice on (up to `max_held_out` of) the held-out pairs, and save it in OUTPUT/segmenter/ (default: in the model
     folder). `pairs`: the data's pairs when the caller has found them already (`find_pairs(data)`, as `train`
     has). Returns the model folder it was saved in."""
     if output is None and not Path(model_folder).is_dir():
@@ -194,7 +195,7 @@ def add_scorer(model_folder: str | Path, data: str | Path, config: ScorerConfig,
     R = config.resolution
     real = PairDataset(data, R, pairs=train_pairs)
     logger.info("training a fidelity scorer on %d pairs at %d (held out: %d)", len(real), R, len(held))
-    scorer = train_scorer(real.images, real.masks, config, progress_bar=progress_bar)
+    scorer = train_scorer(real.images, real.masks, config, progress_bar=progress_bar, device=device)
     config.train_pairs, config.held_out_pairs = len(real), 0
     if held:
         test = PairDataset(data, R, pairs=held[:max_held_out])

@@ -52,10 +52,18 @@ def predict_x0(x_t: Tensor, t: Tensor, eps: Tensor, alphas_cumprod: Tensor) -> T
     return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
 
 
-def mse(a: Tensor, b: Tensor) -> Tensor:
-    """Per-sample mean squared error over C, H, W: (B, ...) -> (B,)."""
+def mse(a: Tensor, b: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Per-sample mean squared error over C, H, W: (B, C, h, w) -> (B,).
+
+    With `weight` (B, 1, h, w) in {0, 1} (`overlay.keep_weights`): the mean over the kept latents only, i.e. the
+    squared error times the weight, summed, over C times the kept count (0 for a sample with none kept); with all
+    weights 1 it is bit-identical to the plain mean."""
     dtype = torch.promote_types(a.dtype, torch.float32)
-    return (a.to(dtype) - b.to(dtype)).pow(2).flatten(1).mean(1)
+    err = (a.to(dtype) - b.to(dtype)).pow(2)
+    if weight is None:
+        return err.flatten(1).mean(1)
+    weight = weight.to(dtype)
+    return (err * weight).flatten(1).mean(1) / weight.flatten(1).mean(1).clamp_min(1e-12)
 
 
 def _mask_branch_eps(unet, controlnet, x_t, t, prompt_embeds, mask_hint) -> Tensor:
@@ -101,6 +109,7 @@ def siamese_losses(
     progress: float,
     alphas_cumprod: Tensor,
     backward: Callable[[Tensor], None] | None = None,
+    weight: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The four Siamese terms, batch means (weight 1 each), and their sum `loss`.
 
@@ -109,6 +118,8 @@ def siamese_losses(
     loss_regularization is summed over the samples with t <= 200 and divided by B (0 before 1/3).
     With `backward` (e.g. `accelerator.backward`), gradients are accumulated here, the main graph is
     freed before the regularisation graph is built, and the returned terms are detached.
+    `weight` (B, 1, h, w), 0 on the latents of on-screen overlays (`overlay.keep_weights`), multiplies every
+    term's squared error before its mean (`mse`); None: all latents count.
     """
     B = x0.shape[0]
     x_t = q_sample(x0, t, noise, alphas_cumprod)
@@ -138,9 +149,9 @@ def siamese_losses(
     mid_img = mid_m.detach() + progress * mid_i
     eps_image = _decode_frozen(unet, enc, prompt_embeds, down_img, mid_img)
 
-    loss_mask = mse(eps_mask, noise).mean()
-    loss_image = mse(eps_image, noise).mean()
-    loss_consistency = mse(eps_mask, eps_image.detach()).mean()
+    loss_mask = mse(eps_mask, noise, weight).mean()
+    loss_image = mse(eps_image, noise, weight).mean()
+    loss_consistency = mse(eps_mask, eps_image.detach(), weight).mean()
     main = loss_mask + loss_image + loss_consistency
     if backward is not None:
         backward(main)
@@ -156,7 +167,7 @@ def siamese_losses(
             enc_reg = unet_encode(unet, x_t_reg, t[sel], prompt_embeds[sel])
         down, mid = controlnet_residuals(controlnet, x_t_reg, t[sel], prompt_embeds[sel], hint_in[:B][sel])
         eps_reg = unet_decode(unet, enc_reg, prompt_embeds[sel], down, mid)
-        loss_reg = mse(eps_reg, noise[sel]).sum() / B
+        loss_reg = mse(eps_reg, noise[sel], None if weight is None else weight[sel]).sum() / B
         if backward is not None:
             backward(loss_reg)
             loss_reg = loss_reg.detach()
@@ -170,11 +181,13 @@ def siamese_losses(
 
 def controlnet_losses(
     unet, controlnet: DHIControlNetModel, x0: Tensor, mask_hint: Tensor, prompt_embeds: Tensor, t: Tensor,
-    noise: Tensor, alphas_cumprod: Tensor, backward: Callable[[Tensor], None] | None = None, **_: object,
+    noise: Tensor, alphas_cumprod: Tensor, backward: Callable[[Tensor], None] | None = None,
+    weight: Tensor | None = None, **_: object,
 ) -> dict[str, Tensor]:
-    """The mask-only ControlNet baseline: loss_mask alone (the paper's comparison at equal budget)."""
+    """The mask-only ControlNet baseline: loss_mask alone (the paper's comparison at equal budget); `weight` as in
+    `siamese_losses`."""
     x_t = q_sample(x0, t, noise, alphas_cumprod)
-    loss = mse(_mask_branch_eps(unet, controlnet, x_t, t, prompt_embeds, mask_hint), noise).mean()
+    loss = mse(_mask_branch_eps(unet, controlnet, x_t, t, prompt_embeds, mask_hint), noise, weight).mean()
     if backward is not None:
         backward(loss)
         loss = loss.detach()
@@ -185,11 +198,12 @@ def controlnet_losses(
 
 def base_losses(
     unet, x0: Tensor, prompt_embeds: Tensor, t: Tensor, noise: Tensor, alphas_cumprod: Tensor,
-    backward: Callable[[Tensor], None] | None = None, **_: object,
+    backward: Callable[[Tensor], None] | None = None, weight: Tensor | None = None, **_: object,
 ) -> dict[str, Tensor]:
-    """Plain text-to-image diffusion loss for pre-training a base UNet from scratch (no ControlNet)."""
+    """Plain text-to-image diffusion loss for pre-training a base UNet from scratch (no ControlNet); `weight` as
+    in `siamese_losses`."""
     x_t = q_sample(x0, t, noise, alphas_cumprod)
-    loss = mse(unet_decode(unet, unet_encode(unet, x_t, t, prompt_embeds), prompt_embeds), noise).mean()
+    loss = mse(unet_decode(unet, unet_encode(unet, x_t, t, prompt_embeds), prompt_embeds), noise, weight).mean()
     if backward is not None:
         backward(loss)
         loss = loss.detach()

@@ -59,13 +59,15 @@ def train_segnet(
     channels: Sequence[int] = (8, 16, 32, 64, 128),
     progress_bar: bool = False,
     desc: str = "segmentation",
+    device: torch.device | str = "cpu",
 ) -> UNet:
-    """Train a segmentation network on (N, R, R, 3) uint8 images and (N, R, R) {0, 1} masks.
+    """Train a segmentation network on (N, R, R, 3) uint8 images and (N, R, R) {0, 1} masks, on `device`.
 
-    Adam, Dice + BCE loss, random horizontal and vertical flips; batches and flips come from a generator
-    seeded with `seed`, which also seeds the weights. Returns the network in eval mode.
+    Adam, Dice + BCE loss, random horizontal and vertical flips; batches and flips come from a CPU generator
+    seeded with `seed`, which also seeds the weights (the same batches on every device). Returns the network in
+    eval mode, on `device`.
     """
-    net = build_segnet(channels, seed)
+    net = build_segnet(channels, seed).to(device)
     gen = torch.Generator().manual_seed(seed)
     x_all = torch.from_numpy(np.ascontiguousarray(images))
     y_all = torch.from_numpy(np.ascontiguousarray(masks))[:, None]
@@ -82,6 +84,7 @@ def train_segnet(
         for dim in (2, 3):
             flip = torch.rand(batch_size, generator=gen) < 0.5
             x[flip], y[flip] = x[flip].flip(dim), y[flip].flip(dim)
+        x, y = x.to(device), y.to(device)
         # 3. forward, backward, step
         loss = loss_fn(net(x), y)
         opt.zero_grad(set_to_none=True)
@@ -133,11 +136,12 @@ def segnet_features(net: UNet, images: np.ndarray, batch_size: int = 32) -> np.n
     captured: list[torch.Tensor] = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: captured.append(out)) for m in _encoder_modules(net)]
     rows = []
+    device = next(net.parameters()).device
     try:
         for i in range(0, len(images), batch_size):
             captured.clear()
-            net(_to_input(torch.from_numpy(images[i:i + batch_size])))
-            rows.append(torch.cat([torch.cat([f.mean((2, 3)), f.std((2, 3))], 1) for f in captured], 1))
+            net(_to_input(torch.from_numpy(images[i:i + batch_size])).to(device))
+            rows.append(torch.cat([torch.cat([f.mean((2, 3)), f.std((2, 3))], 1) for f in captured], 1).cpu())
     finally:
         for h in hooks:
             h.remove()

@@ -54,6 +54,7 @@ from .folder_ops import add_scorer
 from .model import ModelLoadError, SiameseModel, build_tiny, load_model
 from .networks import UNET_DECODER_PREFIXES
 from .objective import LOSS_KEYS, base_losses, controlnet_losses, siamese_losses
+from .overlay import attach_overlay, keep_weights
 from .sampling import sample
 from .train_config import TrainConfig
 
@@ -325,6 +326,7 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
     write_init = model is None and config.model == "tiny"  # fresh, or the init/ of a killed run was incomplete
     if model is None:
         model = build_model(config, dataset)
+    overlay_share = attach_overlay(dataset, model.latent_size) if config.overlay == "auto" else 0.0
     device = accelerator.device
     model.to(device)
     for m in (model.unet, model.controlnet):
@@ -341,7 +343,8 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
             save_folder_atomically(model, init_dir)  # the exact starting point, for resuming
         effective = config.batch_size * config.gradient_accumulation * world
         record = {**asdict(config), "num_processes": world, "effective_batch_size": effective,
-                  "trainable_parameters": sum(p.numel() for p in params.values()), "num_pairs": len(dataset)}
+                  "trainable_parameters": sum(p.numel() for p in params.values()), "num_pairs": len(dataset),
+                  "overlay_share": overlay_share}
         atomic_write(output / "train_config.json", (json.dumps(record, indent=2) + "\n").encode())
         tracking.start(accelerator, record)
 
@@ -403,6 +406,7 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
                 else:
                     t = torch.multinomial(t_weights, len(idx), replacement=True, generator=gen).to(device)
                 noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype).to(device)
+                weight = keep_weights(batch["overlay"], x0.shape[-2:]).to(device) if "overlay" in batch else None
                 scale = 1.0 / config.gradient_accumulation
                 with accelerator.autocast():
                     losses = objective(
@@ -411,6 +415,7 @@ def _train(config: TrainConfig, callback: Callable[[dict], None] | None, stop: t
                         image_hint=batch["image_hint"].to(device).contiguous(memory_format=torch.channels_last),
                         prompt_embeds=prompt_embeds, t=t, noise=noise, progress=progress,
                         alphas_cumprod=alphas_cumprod, backward=lambda loss: accelerator.backward(loss * scale),
+                        weight=weight,
                     )
                 for k in LOSS_KEYS:
                     if k in losses:

@@ -11,10 +11,11 @@ from typing import Any
 
 from .tracking import REPORT_TO, check_report_to
 from .files import same_folder
+from .overlay import OVERLAY_MODES
 from .params import MAX_SEED
 
-__all__ = ["TrainConfig", "setting", "OBJECTIVES", "MIXED_PRECISION", "TIMESTEP_BIAS", "MAX_SEED", "RECORD_NAME",
-           "training_record", "trained_on", "same_split"]
+__all__ = ["TrainConfig", "setting", "OBJECTIVES", "MIXED_PRECISION", "TIMESTEP_BIAS", "OVERLAY_MODES", "MAX_SEED",
+           "RECORD_NAME", "training_record", "trained_on", "same_split"]
 
 OBJECTIVES = ("siamese", "controlnet", "base")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -73,6 +74,9 @@ class TrainConfig:
     log_every: int = setting(10, "a metrics.csv row every N steps (default %(default)s)")
     preview_every: int = setting(0, "save preview samples every N steps (0: never)")
     prompt: str | None = setting(None, "prompt for pairs without one (default: from the data)")
+    overlay: str = setting("auto", "on-screen overlays (text, dates, marker dashes, static labels: siamese.overlay): "
+                           "'auto' finds them in the training images and leaves their latents out of the loss, "
+                           "'off' trains on every pixel; default %(default)s", choices=OVERLAY_MODES)
     prompt_dropout: float = setting(0.05, "share of the prompts replaced by the empty one", hidden=True)
     flip: bool = setting(True, "random horizontal and vertical flips", hidden=True)
     seed: int = setting(0, "seed of the batches, noise and the starting weights")
@@ -124,6 +128,8 @@ class TrainConfig:
             raise ValueError(f"batch size must be at most {MAX_BATCH_SIZE}, got {self.batch_size}: a batch (per "
                              "process and micro-step) is encoded and held in memory at once; for a larger effective "
                              "batch raise the gradient accumulation")
+        if self.overlay not in OVERLAY_MODES:
+            raise ValueError(f"overlay must be one of {', '.join(OVERLAY_MODES)}, got {self.overlay!r}")
         if self.timestep_bias not in TIMESTEP_BIAS:
             raise ValueError(f"timestep bias must be one of {', '.join(TIMESTEP_BIAS)}, got {self.timestep_bias!r}")
         if not _real(self.timestep_bias_multiplier) or not self.timestep_bias_multiplier > 0:

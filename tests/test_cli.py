@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from siamese.cli import main
@@ -172,3 +173,18 @@ def test_bad_settings_in_a_real_process_exit_2_before_anything(args, message, tm
                           timeout=600, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["build", "--data", "d", "--output", "o"],
+                                     ["evaluate", "--data", "d", "--model", "m"]])
+def test_build_and_evaluate_take_a_checked_device(command, capsys):
+    """build and evaluate run their sampling, scorer and segmentation networks on --device (default: CUDA when
+    available); a device this machine lacks is refused before anything is read."""
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--device", "foo"])
+    assert e.value.code == 2
+    assert "argument --device: expected cpu, cuda, cuda:N or mps, got 'foo'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as e:
+            main([*command, "--device", "cuda"])
+        assert e.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
