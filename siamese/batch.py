@@ -123,8 +123,8 @@ def region_scores(scorer: FidelityScorer, items: Sequence[Generated], regions: S
     """Fidelity of painted pairs, on the new lesion's region only: Dice between the scorer's segmentation and the
     pair's mask, both restricted to `regions` (one (R, R) bool per item, the new lesion dilated by the margin), at
     the scorer's resolution (two empty restrictions score 1)."""
-    seg = scorer.segment(np.stack([it.image for it in items]))
-    r = seg.shape[-1]
+    seg = [scorer.segment(it.image[None])[0] for it in items]  # painted pairs have their frames' sizes
+    r = scorer.config.resolution
     scores = []
     for s, item, region in zip(seg, items, regions):
         _, reg = resize_pair(None, region.astype(np.uint8), r)
@@ -153,6 +153,7 @@ def run_batch(
     frames: Sequence[Frame] | None = None,
     margin: int = DEFAULT_MARGIN,
     clear_frame_lesions: bool = False,
+    harmonize: bool = True,
 ) -> Iterator[ScoredPair]:
     """Generate `num_images` pairs from each mask and score them; yields each pair as soon as it is scored.
 
@@ -166,9 +167,9 @@ def run_batch(
     `sources` (one per mask, e.g. the file path) are recorded as "source_mask" (default: the stem).
     Settings are checked before the first image; a bad mask (empty, full) raises when its turn comes.
 
-    With `frames`, each image is painted into the frame `frame_choices` gives it (`generate`'s `frame`, `margin`
-    and `clear_frame_lesions`; its params record the frame), and its fidelity is scored on the new lesion's
-    region (`region_scores`).
+    With `frames`, each image is painted into the frame `frame_choices` gives it (`generate`'s `frame`, `margin`,
+    `clear_frame_lesions` and `harmonize`; its params record the frame; the pair has the frame's own size), and its
+    fidelity is scored on the new lesion's region (`region_scores`).
     """
     params.validate()
     validate_request(num_images, seed, batch_size)
@@ -178,7 +179,8 @@ def run_batch(
     skip = set(skip)
     choices = (frame_choices(frames, masks, num_images, seed, model.config.resolution, augment=augment,
                              offset=offset) if frames is not None else None)
-    paint = {} if frames is None else {"margin": margin, "clear_frame_lesions": clear_frame_lesions}
+    paint = {} if frames is None else {"margin": margin, "clear_frame_lesions": clear_frame_lesions,
+                                       "harmonize": harmonize}
     for m, (stem, mask) in enumerate(masks):
         base = pair_seed(seed, offset + m, num_images, 0)
         names = [f"{stem}_{i:02d}" for i in range(num_images)]
@@ -242,13 +244,14 @@ def finished_pairs(
     output: str | Path, model: SiameseModel, masks: Sequence[str], num_images: int, seed: int, params: SamplingParams,
     *, augment: bool = False, scored: bool = False, min_fidelity: float | None = None, offset: int = 0,
     frames: Mapping[str, str] | None = None, margin: int = DEFAULT_MARGIN, clear_frame_lesions: bool = False,
+    harmonize: bool = True,
 ) -> set[str]:
     """The pairs of this batch (mask stems `masks`, the rest as for `run_batch`) already in `output`: image, mask
     and metadata line present, made by the same model (fingerprint) with the same settings and seed, scored when
     `scored` (the model has a scorer), and where this run would put them (accepted ones in OUTPUT, rejected ones,
     below `min_fidelity`, in OUTPUT/rejected/). With `frames` (pair name -> the name of the frame `frame_choices`
-    gives it) a pair counts when it was painted into that frame with the same margin and clear_frame_lesions;
-    without, when it is a whole image (no frame)."""
+    gives it) a pair counts when it was painted into that frame with the same margin, clear_frame_lesions and
+    harmonize (a record without it was not harmonised); without, when it is a whole image (no frame)."""
     output = Path(output)
     placed = {"accepted": _records(output), "rejected": _records(output / REJECTED_FOLDER)}
     expected = {"steps": params.steps, "guidance_scale": params.guidance_scale, "scheduler": params.scheduler,
@@ -274,7 +277,8 @@ def finished_pairs(
                 if frames is None and "frame" in record:
                     continue  # painted into a frame: not a whole image
                 if frames is not None and (record.get("frame") != frames.get(name) or record.get("margin") != margin
-                                           or record.get("clear_frame_lesions") != clear_frame_lesions):
+                                           or record.get("clear_frame_lesions") != clear_frame_lesions
+                                           or record.get("harmonize", False) != harmonize):
                     continue
                 score = record.get("fidelity")
                 if (scored or min_fidelity is not None) and not isinstance(score, (int, float)):

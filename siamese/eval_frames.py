@@ -1,6 +1,7 @@
 """The evaluation's inpainted pairs (`evaluate --frames`, issue 24): new lesions painted into real frames.
 
-Each held-out mask is painted (`sampling.generate(..., frame=)`) into another held-out frame, drawn from the
+Each held-out mask is painted (`sampling.generate(..., frame=)`, at the model resolution: the frames are kept at it
+only) into another held-out frame, drawn from the
 evaluation's seed among the frames the mask fits (`inpaint.frame_fits`); the frame's own mask is known, so the pair's
 mask is the union. Measured next to whole-image synthesis from the same held-out masks, with the evaluation's
 instrument (the real-trained segmentation network):
@@ -76,7 +77,8 @@ class _Frames:
     def __getitem__(self, i: int) -> Frame:
         if i not in self.cache:
             p = self.pairs[i]
-            self.cache[i] = prepare_frame(read_image(p.image), self.resolution, read_mask(p.mask), p.image.name)
+            self.cache[i] = prepare_frame(read_image(p.image), self.resolution, read_mask(p.mask), p.image.name,
+                                          keep_full=False)  # measured at the model resolution
         return self.cache[i]
 
     def pick(self, mask: np.ndarray, binary: np.ndarray, exclude: int | None, seed: int) -> int | None:

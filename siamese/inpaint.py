@@ -1,11 +1,13 @@
 """Inpainting: new lesions painted into real frames (issue 24).
 
-A `Frame` is a real image at the model's resolution, with its own lesion's mask when it is known. A new lesion's
-*region* is its mask dilated by a margin; `siamese.sampling` samples inside the region (blended sampling: outside
-it, the latents are the frame's own, noised to each step's level) and composites the pixels with a feathered edge
-that keeps every pixel outside the region exactly the frame's. The region, its latent-resolution soft edge, the
-composite and the frame's resizing are the carried pipeline's functions (`carried.pipeline_siamese`), so a model
-folder's diffusers pipeline paints the same pixels.
+A `Frame` is a real image at the model's resolution, with its own lesion's mask when it is known, and the way to
+the frame at its own size (kept, or its file). A new lesion's *region* is its mask dilated by a margin;
+`siamese.sampling` samples inside the region at the model resolution (blended sampling: outside it, the latents are
+the frame's own, noised to each step's level), harmonises the sample's colours to the frame's in a ring inside the
+region's edge (`harmonize_colors`), brings the region to the frame's own size and composites the pixels there with
+a feathered edge (`paste`) that keeps every pixel outside the region exactly the frame's. The region, its
+latent-resolution soft edge, the harmonisation, the composite and the resizing are the carried pipeline's functions
+(`carried.pipeline_siamese`), so a model folder's diffusers pipeline paints the same pixels.
 
 Also here: whether a mask fits a frame (same aspect, the lesion on the frame's picture rather than on its black
 border), reading a folder of frames, and the seam measure (gradient magnitude across a region's edge over the
@@ -23,17 +25,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .carried.pipeline_siamese import (composite, frame_latents, latent_region, lesion_region,
-                                       prepare_frame_image)
+from .carried.pipeline_siamese import (composite, frame_latents, harmonize_colors, latent_region, lesion_region,
+                                       paste, prepare_frame_image)
 from .data import IMAGE_EXTENSIONS, DataError, binarize_mask, read_image, read_mask, resize_pair
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Frame", "prepare_frame", "DEFAULT_MARGIN", "ASPECT_TOLERANCE", "MAX_OUTSIDE", "check_margin",
            "check_aspect", "picture_mask", "outside_fraction", "check_inside", "frame_fits", "list_frames",
-           "read_frames", "lesion_region", "latent_region", "composite", "frame_latents", "edge_ratio"]
+           "read_frames", "lesion_region", "latent_region", "composite", "paste", "harmonize_colors", "frame_latents",
+           "edge_ratio", "full_size_mask"]
 
-DEFAULT_MARGIN = 8  # pixels at the model resolution the region reaches beyond the new lesion
+# pixels at the model resolution the region reaches beyond the new lesion; the feather spans all of it. 12 with the
+# colour harmonisation: seam measure / real lesions' edges 1.13 on 40 held-out Kvasir frames (8 without: 1.32)
+DEFAULT_MARGIN = 12
 ASPECT_TOLERANCE = 0.1  # a mask and a frame whose width/height ratios differ by more than 10% do not fit
 MAX_OUTSIDE = 0.25  # at most this share of a new lesion may lie on a frame's black border
 DARK = 20  # a pixel whose brightest channel is at most this is dark (the border of an endoscope's picture)
@@ -43,13 +48,40 @@ DARK = 20  # a pixel whose brightest channel is at most this is dark (the border
 class Frame:
     """A real frame at the model resolution: image (R, R, 3) uint8 RGB; mask (R, R) uint8 {0, 1}, its own lesion,
     or None (unknown); name (its file name or ""); size (H, W) of the original (its aspect); picture (R, R) bool,
-    where the frame shows something (`picture_mask`)."""
+    where the frame shows something (`picture_mask`). The frame at its own size: `full` (H, W, 3) uint8 and
+    `full_mask` (H, W) uint8 {0, 1} or None when kept, else read from `path` and `mask_path` when needed
+    (`original`); a frame with neither is painted at the model resolution."""
 
     image: np.ndarray
     mask: np.ndarray | None
     name: str
     size: tuple[int, int]
     picture: np.ndarray
+    full: np.ndarray | None = None
+    full_mask: np.ndarray | None = None
+    path: Path | None = None
+    mask_path: Path | None = None
+
+    def original(self) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """(the frame (H, W, 3) uint8 RGB at its own size, its lesion (H, W) uint8 {0, 1} or None), or None when the
+        frame was kept at the model resolution only."""
+        if self.full is not None:
+            return self.full, self.full_mask
+        if self.path is None:
+            return None
+        image = read_image(self.path)
+        if image.shape[:2] != tuple(self.size):
+            raise DataError(f"{self.path}: the frame changed on disk while it was used ({image.shape[1]}x"
+                            f"{image.shape[0]}, was {self.size[1]}x{self.size[0]})")
+        return image, None if self.mask_path is None else full_size_mask(read_mask(self.mask_path), self.size)
+
+
+def full_size_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Any mask `binarize_mask` reads -> (H, W) uint8 {0, 1} at `size` (nearest neighbour when it has another size)."""
+    binary = binarize_mask(mask)
+    if binary.shape != tuple(size):
+        binary = cv2.resize(binary, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    return binary
 
 
 def check_margin(margin: int, resolution: int | None = None) -> None:
@@ -80,18 +112,24 @@ def picture_mask(image: np.ndarray) -> np.ndarray:
     return ~border
 
 
-def prepare_frame(image: np.ndarray, resolution: int, mask: np.ndarray | None = None, name: str = "") -> Frame:
+def prepare_frame(image: np.ndarray, resolution: int, mask: np.ndarray | None = None, name: str = "",
+                  keep_full: bool = True) -> Frame:
     """A frame (H, W, 3) uint8 RGB of any size, and its own lesion's mask (any array `binarize_mask` reads, of
-    the frame's aspect) or None -> a `Frame` at the model resolution."""
+    the frame's aspect) or None -> a `Frame` at the model resolution; with `keep_full` it keeps the frame and its
+    mask at the frame's size too (painted pairs then have the frame's size)."""
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
         raise DataError(f"a frame must be an (H, W, 3) uint8 RGB image, got {arr.dtype} {arr.shape}")
     small = prepare_frame_image(arr, resolution)
-    lesion = None
+    lesion = full_mask = None
+    size = (int(arr.shape[0]), int(arr.shape[1]))
     if mask is not None:
         check_aspect(np.asarray(mask).shape, arr.shape[:2], "the frame's mask")
-        _, lesion = resize_pair(None, binarize_mask(mask), resolution)
-    return Frame(small, lesion, name, (int(arr.shape[0]), int(arr.shape[1])), picture_mask(small))
+        binary = binarize_mask(mask)
+        _, lesion = resize_pair(None, binary, resolution)
+        if keep_full:
+            full_mask = full_size_mask(binary, size)
+    return Frame(small, lesion, name, size, picture_mask(small), arr.copy() if keep_full else None, full_mask)
 
 
 def outside_fraction(mask: np.ndarray, frame: Frame) -> float:
@@ -145,8 +183,10 @@ def read_frames(entries: Sequence[tuple[Path, Path | None]], resolution: int) ->
     for image_path, mask_path in entries:
         image = read_image(image_path)
         mask = read_mask(mask_path) if mask_path is not None else None
-        try:
-            frames.append(prepare_frame(image, resolution, mask, image_path.name))
+        try:  # the frame at its own size is read again from its file when it is painted (memory)
+            frame = prepare_frame(image, resolution, mask, image_path.name, keep_full=False)
+            frame.path, frame.mask_path = image_path, mask_path
+            frames.append(frame)
         except DataError as e:
             raise DataError(f"{image_path}: {e}") from None
     unknown = sum(f.mask is None for f in frames)

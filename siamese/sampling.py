@@ -28,8 +28,8 @@ from .codec import VAECodec
 from .data import DataError, binarize_mask, mask_to_hint, resize_pair
 from .deepcache import controlnet_residuals_shallow, decode_deep, decode_last, encode_shallow
 from . import inpaint
-from .inpaint import (DEFAULT_MARGIN, Frame, check_aspect, check_inside, check_margin, composite, latent_region,
-                      lesion_region, prepare_frame)
+from .inpaint import (DEFAULT_MARGIN, Frame, check_aspect, check_inside, check_margin, composite, full_size_mask,
+                      harmonize_colors, latent_region, lesion_region, paste, prepare_frame)
 from .model import SiameseModel
 from .networks import controlnet_residuals, unet_decode, unet_encode
 from .params import (MAX_CONTROL_SCALE, MAX_IMAGES, MAX_SEED, SCHEDULERS, Generated, SamplingParams,
@@ -289,6 +289,7 @@ def generate(
     frame_mask: np.ndarray | None = None,
     margin: int = DEFAULT_MARGIN,
     clear_frame_lesions: bool = False,
+    harmonize: bool = True,
 ) -> list[Generated]:
     """Images from one mask (any array `binarize_mask` accepts). Image i has seed `seed + i`.
 
@@ -296,13 +297,16 @@ def generate(
 
     Inpainting: with `frame` (an (H, W, 3) uint8 RGB image of the mask's aspect, a `siamese.inpaint.Frame`, or a
     list of Frames, one per image) the lesion is painted into the frame: blended sampling inside its region (the
-    mask dilated by `margin` pixels at the model resolution, `siamese.inpaint`), and a pixel composite that keeps
-    every pixel outside the region exactly the frame's. `frame_mask` is the frame's own lesion (None: unknown;
-    with a Frame, its `mask`): the pair's mask is the union of it and the new lesion. With `clear_frame_lesions`
-    the frame's own lesion is painted away first (the same blended sampling inside its region, with an empty
-    mask as control) and the pair's mask is the new lesion alone. Each image's params record the frame's name,
-    "frame_mask" ("known" or "unknown"), both lesions' areas (fractions of the image), the margin and
-    clear_frame_lesions.
+    mask dilated by `margin` pixels at the model resolution, `siamese.inpaint`), the sample's colours harmonised
+    to the frame's in a ring inside the region's edge (`harmonize`, `inpaint.harmonize_colors`), and a pixel
+    composite with a feathered edge at the frame's own size (`inpaint.paste`) that keeps every pixel outside the
+    region exactly the frame's: the image and the pair's mask have the frame's size (a Frame kept at the model
+    resolution only: that resolution). `frame_mask` is the frame's own lesion (None: unknown; with a Frame, its
+    `mask`): the pair's mask is the union of it and the new lesion (the mask as given, brought to the frame's size
+    by nearest neighbour). With `clear_frame_lesions` the frame's own lesion is painted away first (the same
+    blended sampling inside its region, with an empty mask as control) and the pair's mask is the new lesion alone.
+    Each image's params record the frame's name, "frame_mask" ("known" or "unknown"), both lesions' areas
+    (fractions of the image at the model resolution), the margin, clear_frame_lesions and harmonize.
     """
     params = params or SamplingParams()
     params.validate()
@@ -312,8 +316,9 @@ def generate(
     frames = None
     if frame is not None:
         check_margin(margin, model.config.resolution)
-        if not isinstance(clear_frame_lesions, bool):
-            raise ValueError(f"clear_frame_lesions must be True or False, got {clear_frame_lesions!r}")
+        for name, flag in (("clear_frame_lesions", clear_frame_lesions), ("harmonize", harmonize)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
         frames = _frames_for(model, frame, frame_mask, num_images)
         for one in {id(f): f for f in frames}.values():  # each distinct frame once
             check_aspect(np.asarray(mask).shape, one.size)
@@ -352,6 +357,9 @@ def generate(
         else:
             fr = frames[start:start + len(chunk)]
             canvas = np.stack([f.image for f in fr])
+            read = {id(f): f.original() for f in fr}  # each distinct frame at its own size, once
+            originals = [read[id(f)] for f in fr]
+            fulls = [None if o is None else o[0].copy() for o in originals]
             sub = [j for j in range(len(chunk)) if clearing[start + j]]
             if sub:  # 1. the frames' own lesions painted away: an empty control inside their regions
                 regions = [lesion_region(fr[j].mask, margin) for j in sub]
@@ -362,7 +370,11 @@ def generate(
                                           frame_latents=encode_frames(model, canvas[sub]), region=latent[:, None]))
                 done += len(sub) * params.steps
                 for j, (_, alpha), img in zip(sub, regions, cleared):
+                    if harmonize:
+                        img = harmonize_colors(canvas[j], img, fr[j].mask, margin)
                     canvas[j] = composite(canvas[j], img, alpha)
+                    if fulls[j] is not None:
+                        fulls[j] = paste(fulls[j], img, alpha)
             # 2. the new lesion, inside its region
             gens = [torch.Generator("cpu").manual_seed(s) for s in chunk]
             latent = torch.from_numpy(latent_region(new_region[0], model.codec.downscale))
@@ -370,7 +382,10 @@ def generate(
                                       step_cb(len(chunk)), *speed, frame_latents=encode_frames(model, canvas),
                                       region=latent[None, None].expand(len(chunk), -1, -1, -1)))
             done += len(chunk) * params.steps
-            images = np.stack([composite(c, img, new_region[1]) for c, img in zip(canvas, painted)])
+            if harmonize:
+                painted = [harmonize_colors(c, img, binary, margin) for c, img in zip(canvas, painted)]
+            images = [composite(c, img, new_region[1]) if full is None else paste(full, img, new_region[1])
+                      for c, img, full in zip(canvas, painted, fulls)]
         for j, (s, arr) in enumerate(zip(chunk, images)):
             meta = {"prompt": prompt, "steps": params.steps, "guidance_scale": params.guidance_scale,
                     "scheduler": params.scheduler, "eta": params.eta, "control_scale": control_scale,
@@ -386,9 +401,14 @@ def generate(
                 meta.update({"frame": f.name, "frame_mask": "known" if known else "unknown",
                              "frame_lesion_area": round(float(f.mask.mean()), 6) if known else None,
                              "new_lesion_area": round(float(binary.mean()), 6), "margin": int(margin),
-                             "clear_frame_lesions": bool(clear_frame_lesions)})
+                             "clear_frame_lesions": bool(clear_frame_lesions), "harmonize": bool(harmonize)})
+                own = f.mask
+                if originals[j] is not None:  # the pair at the frame's size
+                    pair_mask = full_size_mask(mask, f.size)
+                    own = originals[j][1] if originals[j][1] is not None or not known else full_size_mask(f.mask,
+                                                                                                         f.size)
                 if known and not clear_frame_lesions:
-                    pair_mask = np.maximum(binary, f.mask)
+                    pair_mask = np.maximum(pair_mask, own)
             out.append(Generated(arr, pair_mask * 255, s, meta))
     logger.info("generated %d images (%s, %d steps%s)", len(out), params.scheduler, params.steps,
                 ", painted into frames" if frames is not None else "")

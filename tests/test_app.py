@@ -406,7 +406,7 @@ def test_build_demo_exposes_the_stable_api(tiny_model_dir, tmp_path):
     assert params[12:14] == ["cache_interval", "precision"]  # callers unchanged (speed settings: tests/test_app_speed.py)
     # painting into a frame (issue 24): appended last, so positional callers are unchanged
     assert params[14:] == ["frame", "frame_mask", "paint_into_frame", "margin", "clear_frame_lesions"]
-    assert defaults["frame"] is None and defaults["paint_into_frame"] is True and defaults["margin"] == 8
+    assert defaults["frame"] is None and defaults["paint_into_frame"] is True and defaults["margin"] == 12
     assert defaults["model"] == "checkpoints/model" and str(tmp_path) not in json.dumps(api)  # ids, no paths
     timers = [b for b in demo.blocks.values() if isinstance(b, gr.Timer)]
     assert timers and not any(t.active for t in timers), "an idle page must not poll the server"
@@ -825,8 +825,9 @@ def painted(studio, frame, **kwargs):
 
 
 def test_a_frame_and_its_mask_give_the_frame_with_a_new_lesion_and_keep_stores_the_union(studio):
+    from siamese.carried.pipeline_siamese import resize_alpha
     from siamese.data import binarize_mask, resize_pair
-    from siamese.inpaint import lesion_region, prepare_frame
+    from siamese.inpaint import full_size_mask, lesion_region, prepare_frame
 
     frame, own = bright_frame(), corner_lesion()
     mask, (gallery, shots, status) = painted(studio, frame, frame_mask=own)
@@ -834,13 +835,13 @@ def test_a_frame_and_its_mask_give_the_frame_with_a_new_lesion_and_keep_stores_t
     assert len(shots) == 2 and "painted into the frame (margin 4 px; masks: the new lesion and the frame's own)" \
         in status and "not labelled" not in status
     new = resize_pair(None, binarize_mask(mask), 64)[1]
-    region = lesion_region(new, 4)[0]
+    region = resize_alpha(lesion_region(new, 4)[1], frame.shape[:2]) > 0  # at the frame's own size
     small = prepare_frame(frame, 64, own)
-    union = np.maximum(new, small.mask) * 255
+    union = np.maximum(full_size_mask(mask, frame.shape[:2]), full_size_mask(own, frame.shape[:2])) * 255
     for shot in shots:
         item = shot.item
-        np.testing.assert_array_equal(item.image[~region], small.image[~region])  # the frame's, exactly
-        assert not np.array_equal(item.image[region], small.image[region])  # a lesion was painted in the region
+        np.testing.assert_array_equal(item.image[~region], frame[~region])  # the frame's, exactly, at its size
+        assert not np.array_equal(item.image[region], frame[region])  # a lesion was painted in the region
         np.testing.assert_array_equal(item.mask, union)
         assert item.params["frame_mask"] == "known" and item.params["margin"] == 4
     assert 0 < small.mask.sum() and not (small.mask & new).any(), "the two lesions apart: the union is both"
@@ -857,8 +858,8 @@ def test_a_frame_without_its_mask_is_accepted_with_a_warning(studio):
     assert "the frame's own lesions are not labelled" in status and "masks: the new lesion only" in status
     item = shots[0].item
     assert item.params["frame_mask"] == "unknown"
-    from siamese.data import binarize_mask, resize_pair
-    np.testing.assert_array_equal(item.mask, resize_pair(None, binarize_mask(mask), 64)[1] * 255)
+    from siamese.inpaint import full_size_mask
+    np.testing.assert_array_equal(item.mask, full_size_mask(mask, frame.shape[:2]) * 255)
     # cleared: the frame's own lesion painted away, the masks hold the new lesion alone
     _, (_, cleared, status) = painted(studio, frame, num_images=1, frame_mask=corner_lesion(),
                                       clear_frame_lesions=True)

@@ -187,7 +187,8 @@ def test_masks_painted_into_frames_from_a_zip_and_from_a_data_folder(studio, tmp
     warned about; a dataset folder of the data folder serves as frames too."""
     from siamese.data import binarize_mask, resize_pair
     from siamese.fidelity import load_scorer
-    from siamese.inpaint import lesion_region, prepare_frame
+    from siamese.carried.pipeline_siamese import resize_alpha
+    from siamese.inpaint import full_size_mask, lesion_region, prepare_frame
 
     studio.models.load_scorer = load_scorer  # the tiny model has no scorer: every pair accepted, unscored
     own = np.zeros((80, 80), np.uint8)
@@ -214,12 +215,16 @@ def test_masks_painted_into_frames_from_a_zip_and_from_a_data_folder(studio, tmp
         item = p.generated()
         name = item.params["frame"]
         stem = name.removesuffix(".png")
-        frame = prepare_frame(cv2.imdecode(np.frombuffer(frames[stem], np.uint8), cv2.IMREAD_COLOR)[..., ::-1], 64)
-        new = resize_pair(None, binarize_mask(cv2.imdecode(np.frombuffer(mask_png(int(p.name[1])), np.uint8),
-                                                           cv2.IMREAD_GRAYSCALE)), 64)[1]
-        region = lesion_region(new, 4)[0]
-        np.testing.assert_array_equal(item.image[~region], frame.image[~region])
-        expected = np.maximum(new, resize_pair(None, own // 255, 64)[1]) if stem == "f0" else new
+        full = cv2.imdecode(np.frombuffer(frames[stem], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+        drawn = cv2.imdecode(np.frombuffer(mask_png(int(p.name[1])), np.uint8), cv2.IMREAD_GRAYSCALE)
+        new = resize_pair(None, binarize_mask(drawn), 64)[1]
+        region = resize_alpha(lesion_region(new, 4)[1], full.shape[:2]) > 0  # pairs at the frame's own size
+        np.testing.assert_array_equal(item.image[~region], full[~region])
+        h, w = drawn.shape  # the batch keeps a mask's aspect at its shorter side 64 (studio.tabs.batch)
+        shrunk = drawn if min(h, w) <= 64 else cv2.resize(drawn, (round(w * 64 / min(h, w)), round(h * 64 / min(h, w))),
+                                                          interpolation=cv2.INTER_NEAREST)
+        new = full_size_mask(shrunk, full.shape[:2])
+        expected = np.maximum(new, full_size_mask(own, full.shape[:2])) if stem == "f0" else new
         np.testing.assert_array_equal(item.mask > 0, expected > 0)
         assert item.params["frame_mask"] == ("known" if stem == "f0" else "unknown")
     # the masks and the frames of a dataset folder in the data root (their own lesions known)

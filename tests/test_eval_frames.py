@@ -120,7 +120,7 @@ def test_cli_evaluate_frames_flags_parse_and_bad_values_exit_2_with_one_line(pai
     args = build_parser().parse_args(["evaluate", "--data", "d", "--frames", "--margin", "4"])
     assert args.frames is True and args.margin == 4
     args = build_parser().parse_args(["evaluate", "--data", "d"])
-    assert args.frames is False and args.margin == 8
+    assert args.frames is False and args.margin == 12
     for bad in ("-1", "65"):
         assert main(["evaluate", "--data", str(pairs10), "--model", str(tiny_model_dir), "--frames",
                      "--margin", bad]) == 2

@@ -16,8 +16,9 @@ from conftest import write_dataset
 from siamese.batch import finished_pairs, frame_choices, run_batch
 from siamese.cli import main
 from siamese.data import DataError, mask_to_hint
-from siamese.inpaint import (Frame, composite, edge_ratio, latent_region, lesion_region, list_frames, picture_mask,
-                             prepare_frame, read_frames)
+from siamese.carried.pipeline_siamese import SiameseDiffusionPipeline
+from siamese.inpaint import (DEFAULT_MARGIN, Frame, composite, edge_ratio, full_size_mask, harmonize_colors,
+                             latent_region, lesion_region, list_frames, paste, picture_mask, prepare_frame, read_frames)
 from siamese.model import load_model
 from siamese.sampling import SamplingParams, encode_frames, generate, prepare_mask, sample
 
@@ -44,11 +45,22 @@ NEW = (0.45, 0.7, 0.2, 0.45)  # the new lesion, left of centre
 OWN = (0.25, 0.45, 0.6, 0.8)  # the frame's own lesion, upper right
 
 
-def _setup(model, margin: int = 8):
+def _reach(lesion: np.ndarray, margin: int, resolution: int) -> np.ndarray:
+    """Every pixel of a frame (H, W) a painting may change: its lesion (H, W) at the frame's size dilated by the
+    margin scaled to the frame's size (the larger scale of the two sides), plus 2 pixels (the resizing's reach)."""
+    h, w = lesion.shape
+    r = int(np.ceil(margin * max(h, w) / resolution)) + 2
+    return cv2.dilate((lesion > 0).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
+                                                                                (2 * r + 1, 2 * r + 1))) > 0
+
+
+def _setup(model, margin: int = DEFAULT_MARGIN):
+    """A non-square frame (80 x 96, the model square): (frame, its lesion, the new lesion's mask (40 x 48, the
+    frame's aspect), the Frame, the new lesion at the model resolution, the region at the frame's size (`_reach`))."""
     frame, own, new = _frame(), _lesion(80, 96, OWN), _lesion(40, 48, NEW)
     f = prepare_frame(frame, model.config.resolution, own)
     binary = prepare_mask(model, new)
-    return frame, own, new, f, binary, lesion_region(binary, margin)[0]
+    return frame, own, new, f, binary, _reach(full_size_mask(new, (80, 96)), margin, model.config.resolution)
 
 
 def test_region_alpha_and_composite_keep_outside_pixels_exact():
@@ -87,13 +99,17 @@ def test_picture_mask_and_seam_measure():
 def test_generate_into_a_frame_keeps_every_outside_pixel_and_returns_the_union_mask(tiny_model):
     frame, own, new, f, binary, region = _setup(tiny_model)
     items = generate(tiny_model, new, 2, seed=4, params=PARAMS, frame=frame, frame_mask=own)
+    lesion = full_size_mask(new, (80, 96)) > 0
+    assert (~region).sum() > 1000  # the comparison below covers much of the frame
     for item in items:
-        diff = np.abs(item.image.astype(int) - f.image)
-        assert diff[~region].max() == 0  # every pixel outside the region is the frame's
-        assert diff[binary > 0].mean() > 5  # and the lesion was painted
-        assert np.array_equal(item.mask, np.maximum(binary, f.mask) * 255)  # the exact union
+        assert item.image.shape == (80, 96, 3) and item.mask.shape == (80, 96)  # the frame's own size
+        diff = np.abs(item.image.astype(int) - frame)
+        assert diff[~region].max() == 0  # every pixel outside the region is the frame's, at full size
+        assert diff[lesion].mean() > 5  # and the lesion was painted
+        assert np.array_equal(item.mask, np.maximum(lesion, own > 0) * 255)  # the exact union, at full size
         p = item.params
-        assert p["frame_mask"] == "known" and p["margin"] == 8 and p["clear_frame_lesions"] is False
+        assert p["frame_mask"] == "known" and p["margin"] == DEFAULT_MARGIN and p["clear_frame_lesions"] is False
+        assert p["harmonize"] is True
         assert p["new_lesion_area"] == pytest.approx(binary.mean(), abs=1e-6)
         assert p["frame_lesion_area"] == pytest.approx(f.mask.mean(), abs=1e-6)
     assert not np.array_equal(items[0].image, items[1].image)
@@ -118,23 +134,24 @@ def test_blended_sampling_with_the_whole_image_as_region_is_plain_sampling(tiny_
 
 
 def test_clear_frame_lesions_paints_the_frames_lesion_away_and_keeps_the_new_mask_alone(tiny_model):
-    frame, own, new, f, binary, region = _setup(tiny_model)
-    own_region = lesion_region(f.mask, 8)[0]
-    union = generate(tiny_model, new, 1, seed=2, params=PARAMS, frame=frame, frame_mask=own)[0]
-    cleared = generate(tiny_model, new, 1, seed=2, params=PARAMS, frame=frame, frame_mask=own,
+    frame, own, new, f, binary, region = _setup(tiny_model, margin=4)
+    own_region = _reach(own, 4, 64)
+    union = generate(tiny_model, new, 1, seed=2, params=PARAMS, frame=frame, frame_mask=own, margin=4)[0]
+    cleared = generate(tiny_model, new, 1, seed=2, params=PARAMS, frame=frame, frame_mask=own, margin=4,
                        clear_frame_lesions=True)[0]
-    assert np.array_equal(cleared.mask, binary * 255) and cleared.params["clear_frame_lesions"] is True
-    diff = np.abs(cleared.image.astype(int) - f.image)
+    assert np.array_equal(cleared.mask, full_size_mask(new, (80, 96)) * 255)
+    assert cleared.params["clear_frame_lesions"] is True
+    diff = np.abs(cleared.image.astype(int) - frame)
     assert diff[~(region | own_region)].max() == 0
-    assert diff[f.mask > 0].mean() > 5  # the frame's own lesion was repainted
-    assert np.abs(union.image.astype(int) - f.image)[own_region & ~region].max() == 0  # and not without clearing
+    assert diff[own > 0].mean() > 5  # the frame's own lesion was repainted
+    assert np.abs(union.image.astype(int) - frame)[own_region & ~region].max() == 0  # and not without clearing
 
 
 def test_a_frame_without_its_mask_is_accepted_as_unknown(tiny_model):
     frame, _, new, _, binary, _ = _setup(tiny_model)
     item = generate(tiny_model, new, 1, seed=0, params=PARAMS, frame=frame, clear_frame_lesions=True)[0]
     assert item.params["frame_mask"] == "unknown" and item.params["frame_lesion_area"] is None
-    assert np.array_equal(item.mask, binary * 255)
+    assert np.array_equal(item.mask, full_size_mask(new, (80, 96)) * 255)
 
 
 @pytest.mark.parametrize("settings", [
@@ -146,8 +163,8 @@ def test_every_scheduler_and_speed_setting_keeps_the_frame(tiny_model, settings)
     frame, own, new, f, binary, region = _setup(tiny_model)
     params = SamplingParams(**{"steps": 3, "guidance_scale": 3.0, **settings})
     item = generate(tiny_model, new, 1, seed=1, params=params, frame=frame, frame_mask=own)[0]
-    diff = np.abs(item.image.astype(int) - f.image)
-    assert diff[~region].max() == 0 and diff[binary > 0].mean() > 5
+    diff = np.abs(item.image.astype(int) - frame)
+    assert diff[~region].max() == 0 and diff[full_size_mask(new, (80, 96)) > 0].mean() > 5
 
 
 def test_autoguidance_keeps_the_frame(guided_model_dir):
@@ -155,7 +172,7 @@ def test_autoguidance_keeps_the_frame(guided_model_dir):
     frame, own, new, f, binary, region = _setup(model)
     item = generate(model, new, 1, seed=1, params=PARAMS, frame=frame, frame_mask=own)[0]
     assert item.params["autoguidance"] == 2.0
-    assert np.abs(item.image.astype(int) - f.image)[~region].max() == 0
+    assert np.abs(item.image.astype(int) - frame)[~region].max() == 0
 
 
 def test_a_vae_model_paints_through_the_same_code(tmp_path):
@@ -164,7 +181,7 @@ def test_a_vae_model_paints_through_the_same_code(tmp_path):
     model = build_sd15_tiny()
     frame, own, new, f, binary, region = _setup(model)
     item = generate(model, new, 1, seed=1, params=PARAMS, frame=frame, frame_mask=own)[0]
-    assert np.abs(item.image.astype(int) - f.image)[~region].max() == 0
+    assert np.abs(item.image.astype(int) - frame)[~region].max() == 0
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -226,10 +243,11 @@ def test_run_batch_paints_into_chosen_frames_and_scores_the_new_region(tiny_mode
                            batch_size=2))
     choices = frame_choices(frames, masks, 3, 7, 64)[0]
     assert [p.item.params["frame"] for p in pairs] == [frames[c].name for c in choices]
-    binary = prepare_mask(tiny_model, masks[0][1])
-    region = lesion_region(binary, 8)[0]
+    region = _reach(full_size_mask(masks[0][1], (80, 96)), DEFAULT_MARGIN, 64)
     for p, c in zip(pairs, choices):
-        assert np.abs(p.item.image.astype(int) - frames[c].image)[~region].max() == 0
+        full, own = frames[c].original()  # read again from its file: the pair has the frame's size
+        assert p.item.image.shape == (80, 96, 3) and p.item.mask.shape == (80, 96)
+        assert np.abs(p.item.image.astype(int) - full)[~region].max() == 0
         assert 0 <= p.fidelity <= 1 and p.item.params["fidelity"] == p.fidelity
         assert p.item.params["frame_mask"] == ("unknown" if frames[c].mask is None else "known")
 
@@ -252,10 +270,11 @@ def test_cli_paints_a_folder_of_frames_and_resumes(tiny_model_dir, tmp_path, cap
     for x in lines:
         image = cv2.imread(str(out / x["image"]))[..., ::-1]
         mask = cv2.imread(str(out / x["mask"]), cv2.IMREAD_GRAYSCALE)
-        new = prepare_mask(model, cv2.imread(x["source_mask"], cv2.IMREAD_GRAYSCALE))
-        f = by_name[x["frame"]]
-        assert np.abs(image.astype(int) - f.image)[~lesion_region(new, 6)[0]].max() == 0
-        assert np.array_equal(mask, (new if f.mask is None else np.maximum(new, f.mask)) * 255)
+        new = full_size_mask(cv2.imread(x["source_mask"], cv2.IMREAD_GRAYSCALE), (80, 96))
+        full, own = by_name[x["frame"]].original()
+        assert image.shape == (80, 96, 3) and mask.shape == (80, 96)  # full-size pairs
+        assert np.abs(image.astype(int) - full)[~_reach(new, 6, 64)].max() == 0
+        assert np.array_equal(mask, (new if own is None else np.maximum(new, own)) * 255)
     # the same command again: every pair already there
     assert main(args) == 0
     assert "4 already there, kept" in capsys.readouterr().out
@@ -311,3 +330,50 @@ def test_frames_of_a_dataset_folder_carry_their_masks(tmp_path):
     frames = read_frames(list_frames(data), 64)
     assert [f.name for f in frames] == ["case00.jpg", "case01.jpg", "case02.jpg"]
     assert all(isinstance(f, Frame) and f.mask is not None and f.mask.any() for f in frames)
+
+
+def test_harmonize_matches_the_frames_colours_in_the_ring_and_paste_keeps_the_frame_at_its_size():
+    mask = np.zeros((64, 64), np.uint8)
+    mask[24:40, 24:40] = 1
+    rng = np.random.default_rng(0)
+    frame = np.clip(rng.normal([150, 70, 60], 20, (64, 64, 3)), 0, 255).astype(np.uint8)
+    pale = np.clip(rng.normal([200, 150, 140], 12, (64, 64, 3)), 0, 255).astype(np.uint8)  # too pale and too flat
+    out = harmonize_colors(frame, pale, mask, 12)
+    d = cv2.distanceTransform((1 - mask).astype(np.uint8), cv2.DIST_L2, 5)
+    ring = (d >= 6) & (d <= 12)
+    assert np.abs(out[ring].mean(0) - frame[ring].mean(0)).max() < 2  # the frame's colour in the ring
+    assert np.abs(out[ring].std(0) - frame[ring].std(0)).max() < 3  # and its contrast
+    assert harmonize_colors(frame, pale, mask, 1) is pale  # no ring: unchanged
+    full = np.clip(rng.normal(128, 30, (90, 130, 3)), 0, 255).astype(np.uint8)  # a non-square frame
+    region, alpha = lesion_region(mask, 12)
+    pasted = paste(full, out, alpha)
+    assert pasted.shape == full.shape
+    assert np.abs(pasted.astype(int) - full)[~_reach(full_size_mask(mask, (90, 130)), 12, 64)].max() == 0
+    assert np.array_equal(paste(frame, out, alpha), composite(frame, out, alpha))  # at the model size: composite
+
+
+def test_the_seam_defaults_margin_12_and_harmonisation_everywhere(tiny_model):
+    """The measured best (runs/h24s): margin 12 with colour harmonisation; generate, run_batch and the carried
+    pipeline share the defaults, and harmonize=False is the plain composite."""
+    import inspect
+
+    assert DEFAULT_MARGIN == 12
+    for fn in (generate, run_batch, SiameseDiffusionPipeline.__call__):
+        sig = inspect.signature(fn).parameters
+        assert sig["margin"].default == DEFAULT_MARGIN and sig["harmonize"].default is True, fn
+    frame, own, new, f, binary, region = _setup(tiny_model)
+    on = generate(tiny_model, new, 1, seed=3, params=PARAMS, frame=frame, frame_mask=own)[0]
+    off = generate(tiny_model, new, 1, seed=3, params=PARAMS, frame=frame, frame_mask=own, harmonize=False)[0]
+    assert off.params["harmonize"] is False and not np.array_equal(on.image, off.image)
+    assert np.abs(off.image.astype(int) - frame)[~region].max() == 0
+    with pytest.raises(ValueError, match="harmonize must be True or False"):
+        generate(tiny_model, new, 1, seed=3, params=PARAMS, frame=frame, harmonize="yes")
+
+
+def test_a_frame_kept_at_the_model_resolution_paints_at_it(tiny_model):
+    frame, own, new, _, binary, _ = _setup(tiny_model)
+    small = prepare_frame(frame, 64, own, keep_full=False)
+    assert small.original() is None
+    item = generate(tiny_model, new, 1, seed=3, params=PARAMS, frame=small)[0]
+    assert item.image.shape == (64, 64, 3) and np.array_equal(item.mask, np.maximum(binary, small.mask) * 255)
+    assert np.abs(item.image.astype(int) - small.image)[~lesion_region(binary, DEFAULT_MARGIN)[0]].max() == 0

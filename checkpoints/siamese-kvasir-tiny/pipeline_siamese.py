@@ -99,20 +99,35 @@ def prepare_mask(mask: MaskInput, resolution: int) -> Tensor:
 
 
 # -- inpainting: a lesion painted into a real frame (`siamese.inpaint` uses these very functions) ----------------------
-def prepare_frame_image(image: PIL.Image.Image | np.ndarray, resolution: int) -> np.ndarray:
-    """One frame (a PIL image or an (H, W, 3) / (H, W) uint8 array) -> (R, R, 3) uint8 RGB at the model resolution:
-    PIL's box filter when it shrinks both sides (as area interpolation), bicubic otherwise."""
+def frame_rgb(image: PIL.Image.Image | np.ndarray) -> np.ndarray:
+    """One frame (a PIL image or an (H, W, 3) / (H, W, 4) / (H, W) uint8 array) -> (H, W, 3) uint8 RGB at its own
+    size."""
     if not isinstance(image, PIL.Image.Image):
         arr = np.asarray(image)
         if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
             raise ValueError(f"a frame must be an (H, W, 3) uint8 RGB image, got {arr.dtype} {arr.shape}")
+        if arr.ndim == 3 and arr.shape[2] == 3:
+            return np.ascontiguousarray(arr)
         image = PIL.Image.fromarray(arr)
-    image = image.convert("RGB")
-    if image.size != (resolution, resolution):
-        shrink = image.width >= resolution and image.height >= resolution
-        image = image.resize((resolution, resolution),
-                             PIL.Image.Resampling.BOX if shrink else PIL.Image.Resampling.BICUBIC)
-    return np.array(image, np.uint8)
+    return np.array(image.convert("RGB"), np.uint8)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w, 3) uint8 -> (H, W, 3) uint8 at `size` (H, W): PIL's box filter when it shrinks both sides (as area
+    interpolation), bicubic otherwise; the image itself when it has that size."""
+    if image.shape[:2] == tuple(size):
+        return image
+    H, W = size
+    shrink = image.shape[0] >= H and image.shape[1] >= W
+    kind = PIL.Image.Resampling.BOX if shrink else PIL.Image.Resampling.BICUBIC
+    out = PIL.Image.fromarray(image).resize((W, H), kind)
+    return np.array(out, np.uint8)
+
+
+def prepare_frame_image(image: PIL.Image.Image | np.ndarray, resolution: int) -> np.ndarray:
+    """One frame (a PIL image or an (H, W, 3) / (H, W) uint8 array) -> (R, R, 3) uint8 RGB at the model resolution
+    (`resize_image`)."""
+    return resize_image(frame_rgb(image), (resolution, resolution))
 
 
 def lesion_region(mask: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,19 +138,51 @@ def lesion_region(mask: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray
     m = int(margin)
     if m <= 0:
         return lesion.copy(), lesion.astype(np.float32)
+    d2 = lesion_distance2(lesion, m)
+    region = d2 <= m * m
+    s = np.clip(1.0 - np.sqrt(d2.astype(np.float32)) / np.float32(m), 0.0, 1.0).astype(np.float32)
+    alpha = s * s * (np.float32(3.0) - np.float32(2.0) * s)
+    alpha[~region] = 0.0
+    return region, alpha.astype(np.float32)
+
+
+def lesion_distance2(lesion: np.ndarray, margin: int) -> np.ndarray:
+    """A lesion (R, R) bool -> (R, R) int32, each pixel's squared Euclidean distance to the lesion where it is at most
+    margin^2 (0 on the lesion), margin^2 + 1 beyond."""
+    m = int(margin)
     H, W = lesion.shape
-    d2 = np.full((H, W), m * m + 1, np.int32)  # squared distance to the lesion, where it is at most m * m
+    d2 = np.full((H, W), m * m + 1, np.int32)
     padded = np.pad(lesion, m)
     offsets = sorted((dy * dy + dx * dx, dy, dx) for dy in range(-m, m + 1) for dx in range(-m, m + 1)
                      if dy * dy + dx * dx <= m * m)
     for r2, dy, dx in offsets:  # nearest first: a pixel keeps the first (smallest) distance that reaches it
         hit = padded[m + dy:m + dy + H, m + dx:m + dx + W] & (d2 > m * m)
         d2[hit] = r2
-    region = d2 <= m * m
-    s = np.clip(1.0 - np.sqrt(d2.astype(np.float32)) / np.float32(m), 0.0, 1.0).astype(np.float32)
-    alpha = s * s * (np.float32(3.0) - np.float32(2.0) * s)
-    alpha[~region] = 0.0
-    return region, alpha.astype(np.float32)
+    return d2
+
+
+MAX_GAIN = 2.0  # colour harmonisation's largest contrast change (either way)
+MIN_RING = 16  # fewer ring pixels than this: no harmonisation
+
+
+def harmonize_colors(frame: np.ndarray, generated: np.ndarray, mask: np.ndarray, margin: int) -> np.ndarray:
+    """Colour harmonisation of a generated image to its frame, before the pixel composite: frame and generated
+    (R, R, 3) uint8, the lesion mask (R, R) {0, 1} -> (R, R, 3) uint8, the generated image with, per channel, the
+    affine map that gives it the frame's mean and standard deviation in the ring of the region from half the margin
+    to the margin from the lesion (the gain kept within [1 / MAX_GAIN, MAX_GAIN]); the generated image itself when
+    the margin is below 2 or the ring has fewer than MIN_RING pixels."""
+    m = int(margin)
+    if m < 2:
+        return generated
+    d2 = lesion_distance2(np.asarray(mask).astype(bool), m)
+    ring = (d2 >= (m * m + 3) // 4) & (d2 <= m * m)
+    if int(ring.sum()) < MIN_RING:
+        return generated
+    f, g = frame[ring].astype(np.float64), generated[ring].astype(np.float64)
+    gain = np.clip((f.std(axis=0) + 1.0) / (g.std(axis=0) + 1.0), 1.0 / MAX_GAIN, MAX_GAIN)
+    shift = f.mean(axis=0) - gain * g.mean(axis=0)
+    out = generated.astype(np.float32) * gain.astype(np.float32) + shift.astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def latent_region(region: np.ndarray, downscale: int) -> np.ndarray:
@@ -161,6 +208,24 @@ def composite(frame: np.ndarray, generated: np.ndarray, alpha: np.ndarray) -> np
     a = alpha[..., None]
     out = np.clip(np.rint(f + a * (generated.astype(np.float32) - f)), 0, 255).astype(np.uint8)
     return np.where(a > 0, out, frame)
+
+
+def resize_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A composite's weight (R, R) float32 -> (H, W) float32 at `size` (PIL's bilinear filter, clipped to [0, 1]):
+    exactly 0 wherever every pixel it is made from is 0; the weight itself when it has that size."""
+    if alpha.shape == tuple(size):
+        return alpha
+    out = PIL.Image.fromarray(np.ascontiguousarray(alpha, np.float32)).resize(
+        (size[1], size[0]), PIL.Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(out, np.float32), 0.0, 1.0)
+
+
+def paste(full: np.ndarray, generated: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """The pixel composite at a frame's own size: the frame (H, W, 3) uint8, a generated image (R, R, 3) uint8 and
+    its weight alpha (R, R) float32 at the model resolution -> (H, W, 3) uint8: both brought to (H, W)
+    (`resize_image`, `resize_alpha`) and composited (`composite`): every pixel where the weight is 0 is the frame's."""
+    size = full.shape[:2]
+    return composite(full, resize_image(generated, size), resize_alpha(alpha, size))
 
 
 def frame_latents(images: np.ndarray, device: torch.device, dtype: torch.dtype, codec: nn.Module | None = None,
@@ -258,8 +323,9 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
         callback: Callable[[int, int], None] | None = None,
         frame: PIL.Image.Image | np.ndarray | list | None = None,
         frame_mask: MaskInput | list | None = None,
-        margin: int = 8,
+        margin: int = 12,
         clear_frame_lesions: bool = False,
+        harmonize: bool = True,
     ) -> ImagePipelineOutput | tuple:
         """Images from masks. `image`: one mask or a list (PIL images, arrays or tensors; any size, resized to
         the model resolution); `prompt`: one, or one per mask (None: the model's prompt); `generator`: one, or
@@ -268,12 +334,15 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
         which the ControlNet runs) None: the model's recommended values. `output_type`: "pil", "np" (B, H, W, 3)
         float in [0, 1] or "pt" (B, 3, H, W). `callback(step, steps)` after every denoising step.
 
-        Inpainting: with `frame` (an image, or one per mask; resized to the model resolution) each lesion is painted
-        into the frame, as `siamese.generate(frame=...)` does (the same pixels): blended sampling inside the lesion's
-        region (the mask dilated by `margin` pixels), the frame's own pixels outside it. `frame_mask` (the frame's
-        lesion, one or one per mask) with `clear_frame_lesions`: the frame's lesion is painted away first (the
-        same blended sampling inside its region, with an empty mask as control). The pair's mask is then the new
-        lesion alone; otherwise the union of the frame's mask and the new one (`siamese.generate` returns it)."""
+        Inpainting: with `frame` (an image, or one per mask) each lesion is painted into the frame, as
+        `siamese.generate(frame=...)` does (the same pixels): blended sampling at the model resolution inside the
+        lesion's region (the mask dilated by `margin` pixels), the generated image's colours harmonised to the
+        frame's around the region (`harmonize`, on by default: `harmonize_colors`), and the region pasted into the
+        frame at the frame's own size with a feathered edge (`paste`): every pixel outside it is the frame's. Each image has its
+        frame's size (with "np" or "pt" and frames of different sizes, `images` is a list). `frame_mask` (the
+        frame's lesion, one or one per mask) with `clear_frame_lesions`: the frame's lesion is painted away first
+        (the same blended sampling inside its region, with an empty mask as control). The pair's mask is then the
+        new lesion alone; otherwise the union of the frame's mask and the new one (`siamese.generate` returns it)."""
         # 1. inputs
         if self.controlnet is None:
             raise ValueError("this model has no ControlNet (a base model): train it with the siamese objective first")
@@ -308,6 +377,8 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
         frames = self._frames(frame, frame_mask, len(masks), resolution, margin) if frame is not None else None
         if frames is None and frame_mask is not None:
             raise ValueError("frame_mask: the mask of a frame, given without a frame")
+        if not isinstance(harmonize, bool):
+            raise ValueError(f"harmonize must be True or False, got {harmonize!r}")
 
         # 2. prompt embeddings (B or 2B, L, D): [unconditional "", conditional]
         guided = guidance_scale > 1.0
@@ -322,6 +393,7 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
             images = self._denoise(hint, prompt_embeds, generator, **run)
         else:  # 3. inpainting: the frames' lesions painted away (clear_frame_lesions), then the new lesions in
             images_u8 = np.stack([frames[k // n][0] for k in range(B)])
+            fulls = [frames[k // n][2].copy() for k in range(B)]  # each frame at its own size
             originals = [g.get_state() for g in generator] if isinstance(generator, list) else \
                 (generator.get_state() if generator is not None else None)
             if clear_frame_lesions:
@@ -334,15 +406,32 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
                     out = self._denoise(zero, pe, gens, frame_images=images_u8[sub],
                                         regions=[latent_region(r, self.latent_downscale) for r, _ in regions], **run)
                     for j, k in enumerate(sub):
-                        images_u8[k] = composite(images_u8[k], to_uint8(out[j:j + 1])[0], regions[j][1])
+                        img = to_uint8(out[j:j + 1])[0]
+                        if harmonize:
+                            img = harmonize_colors(images_u8[k], img, frames[k // n][1], margin)
+                        images_u8[k] = composite(images_u8[k], img, regions[j][1])
+                        fulls[k] = paste(fulls[k], img, regions[j][1])
             news = [lesion_region(b[0].numpy().astype(np.uint8), margin) for b in binaries]
             gens = _generators(generator, originals, list(range(B)))
             out = self._denoise(hint, prompt_embeds, gens, frame_images=images_u8,
                                 regions=[latent_region(news[k // n][0], self.latent_downscale) for k in range(B)],
                                 **run)
-            painted = np.stack([composite(images_u8[k], to_uint8(out[k:k + 1])[0], news[k // n][1])
-                                for k in range(B)])
-            images = torch.from_numpy(painted).permute(0, 3, 1, 2).float() / 255.0
+            painted = []
+            for k in range(B):
+                img = to_uint8(out[k:k + 1])[0]
+                if harmonize:
+                    img = harmonize_colors(images_u8[k], img, binaries[k // n][0].numpy(), margin)
+                painted.append(paste(fulls[k], img, news[k // n][1]))
+            self.maybe_free_model_hooks()
+            if output_type == "pil":
+                out = [PIL.Image.fromarray(a) for a in painted]
+            else:
+                out = [torch.from_numpy(a).permute(2, 0, 1).float() / 255.0 for a in painted]
+                if output_type == "np":
+                    out = [a.permute(1, 2, 0).numpy() for a in out]
+                if len({tuple(a.shape) for a in out}) == 1:
+                    out = torch.stack(out) if output_type == "pt" else np.stack(out)
+            return ImagePipelineOutput(images=out) if return_dict else (out,)
 
         # 4. output
         self.maybe_free_model_hooks()
@@ -355,15 +444,20 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=out) if return_dict else (out,)
 
     def _frames(self, frame, frame_mask, count: int, resolution: int, margin: int) -> list:
-        """(frame (R, R, 3) uint8, its lesion (R, R) uint8 {0, 1} or None) per mask."""
+        """(frame (R, R, 3) uint8, its lesion (R, R) uint8 {0, 1} or None, the frame at its own size (H, W, 3) uint8)
+        per mask."""
         frames = list(frame) if isinstance(frame, (list, tuple)) else [frame] * count
         lesions = list(frame_mask) if isinstance(frame_mask, (list, tuple)) else [frame_mask] * len(frames)
         if len(frames) != count or len(lesions) != count:
             raise ValueError(f"frame and frame_mask: expected one, or a list of {count} (one per mask)")
         if isinstance(margin, bool) or not isinstance(margin, int) or not 0 <= margin <= resolution // 4:
             raise ValueError(f"margin must be a whole number of pixels from 0 to {resolution // 4}, got {margin!r}")
-        return [(prepare_frame_image(f, resolution), None if m is None else resize_mask(m, resolution).numpy())
-                for f, m in zip(frames, lesions)]
+        out = []
+        for f, m in zip(frames, lesions):
+            full = frame_rgb(f)
+            out.append((resize_image(full, (resolution, resolution)),
+                        None if m is None else resize_mask(m, resolution).numpy(), full))
+        return out
 
     def _denoise(self, hint: Tensor, prompt_embeds: Tensor, generator, steps: int, guidance_scale: float,
                  scale: float, end: float, eta: float, callback, frame_images: np.ndarray | None = None,
