@@ -184,7 +184,7 @@ class _Record:
         record = {"config": {k: v for k, v in asdict(config).items() if k != "label"}, "stages": plan}
         path = self.folder / "plan.json"
         if path.is_file():
-            before = json.loads(path.read_text())
+            before = _with_defaults_of_old_plans(json.loads(path.read_text()))
             if before != json.loads(json.dumps(record)):
                 changed = sorted(k for k in record["config"] if before.get("config", {}).get(k) != record["config"][k])
                 raise ValueError(f"{self.folder.parent} holds a build begun with other settings ({', '.join(changed) or 'the plan'}"
@@ -198,6 +198,13 @@ class _Record:
         atomic_write(self.done_path, (json.dumps(self.done, indent=2) + "\n").encode())
 
 
+def _with_defaults_of_old_plans(record: dict) -> dict:
+    """A plan.json written before a setting existed holds what those stages ran with: no overlay detection."""
+    if isinstance(record.get("config"), dict):
+        record["config"].setdefault("overlay", "off")
+    return record
+
+
 def begun_build(output: str | Path) -> BuildConfig | None:
     """The settings of the build begun in `output` (its build/plan.json; the label is not part of them), or None when
     there is none: building with them resumes it."""
@@ -205,7 +212,7 @@ def begun_build(output: str | Path) -> BuildConfig | None:
     if not path.is_file():
         return None
     try:
-        return BuildConfig(**json.loads(path.read_text())["config"])
+        return BuildConfig(**_with_defaults_of_old_plans(json.loads(path.read_text()))["config"])
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a build plan this version reads ({e})") from None
 

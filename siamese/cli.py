@@ -10,7 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
-from .cli_options import add_config_options, add_sampling_options, add_speed_options, config_from_args
+from .cli_options import (add_config_options, add_device_option, add_sampling_options, add_speed_options,
+                          config_from_args, default_device, fractions)
 from .overlay import OVERLAY_MODES
 from .params import PRECISIONS
 
@@ -79,7 +80,7 @@ def _sample(args: argparse.Namespace) -> None:
     #    refused before any sampling). Under torchrun / accelerate launch this process takes a share of the
     #    masks, on its own device.
     share = start_share(len(paths), cpu=True if args.device == "cpu" else None)
-    device = share.device if share.world > 1 else _default_device(args.device)
+    device = share.device if share.world > 1 else default_device(args.device)
     model_path = args.model or default_model()
     model = load_model(model_path, device=device)
     params = preset_params(model, args.preset, **given, **common)
@@ -221,7 +222,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         resolution=args.resolution, output=args.output, seed=args.seed, max_test=args.max_test,
         max_synthetic=args.max_synthetic, curation=args.curation, curation_thresholds=tuple(args.curation_thresholds),
         curation_compare=None if args.curation_compare is None else tuple(args.curation_compare),
-        save_scorer=not args.no_save_scorer, frames=args.frames, margin=args.margin, device=_default_device(args.device),
+        save_scorer=not args.no_save_scorer, frames=args.frames, margin=args.margin, device=default_device(args.device),
     )
     report = evaluate(config, progress_bar=True)
     print(format_report(report))
@@ -251,7 +252,7 @@ def _build(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, request_stop)
     try:
-        out = build(config, progress, stop, progress_bar=True, device=_default_device(args.device))
+        out = build(config, progress, stop, progress_bar=True, device=default_device(args.device))
     except BuildStopped as e:
         print(str(e), file=sys.stderr)
         return
@@ -280,49 +281,6 @@ def _push(args: argparse.Namespace) -> None:
 
     url = push_folder(args.run, args.repo_id, private=args.private, token=args.token)
     print(f"uploaded {args.run} to {args.repo_id}: {url}")
-
-
-def _fractions(text: str) -> tuple[float, ...]:
-    """'0.5,0.7' -> (0.5, 0.7); argparse turns the ValueError into its one-line error."""
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers between 0 and 1, got '{text}'") from None
-    if not values or not all(0 <= v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers between 0 and 1, got '{text}'")
-    return values
-
-
-def _default_device(device: str | None) -> str:
-    """--device, or CUDA when available."""
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _device(text: str) -> str:
-    """'cpu', 'cuda', 'cuda:N' or 'mps', checked against this machine's torch; argparse turns the error into its
-    one-line error before anything is read or written."""
-    import torch
-
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got '{text}'") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if not count:
-            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
-            raise argparse.ArgumentTypeError(f"'{text}': CUDA is not available ({why}); use --device cpu")
-        if device.index is not None and device.index >= count:
-            raise argparse.ArgumentTypeError(f"'{text}': there {'is' if count == 1 else 'are'} {count} CUDA "
-                                             f"device{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1})")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise argparse.ArgumentTypeError(f"'{text}': MPS (Apple GPU) is not available here; use --device cpu")
-    elif device.type != "cpu":
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got '{text}'")
-    return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -372,8 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-rejected", action="store_true",
                    help="write the pairs below --min-fidelity too, to OUTPUT/rejected/ (with its own metadata.jsonl)")
     s.add_argument("--batch-size", type=int, default=4)
-    s.add_argument("--device", type=_device, default=None,
-                   help="cpu, cuda, cuda:N or mps (default: cuda when available)")
+    add_device_option(s)
     s.set_defaults(func=_sample)
 
     d = sub.add_parser("train-decoder", help="train a learned decoder for a tiny model's patch codec (sharper, "
@@ -432,9 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--curation", action="store_true",
                    help="also measure whether curation pays: acceptance rates of the fidelity scorer, and real + n "
                         "filtered vs real + n unfiltered synthetic pairs (slower: 2 networks per seed and threshold)")
-    e.add_argument("--curation-thresholds", type=_fractions, default=(0.5, 0.6, 0.7, 0.8),
+    e.add_argument("--curation-thresholds", type=fractions, default=(0.5, 0.6, 0.7, 0.8),
                    help="fidelity thresholds whose acceptance rates are reported (comma-separated)")
-    e.add_argument("--curation-compare", type=_fractions, default=None,
+    e.add_argument("--curation-compare", type=fractions, default=None,
                    help="thresholds compared downstream (default: all of --curation-thresholds)")
     e.add_argument("--no-save-scorer", action="store_true",
                    help="do not save the evaluation's network as the model's fidelity scorer when it has none")
@@ -443,8 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(realism of frames and lesion crops, seam, fidelity, downstream vs whole-image synthesis)")
     e.add_argument("--margin", type=int, default=12, help="with --frames: pixels (at the model resolution) the "
                    "inpainted region reaches beyond the new lesion (default 12, `inpaint.DEFAULT_MARGIN`)")
-    e.add_argument("--device", type=_device, default=None,
-                   help="cpu, cuda, cuda:N or mps (default: cuda when available)")
+    add_device_option(e)
     e.set_defaults(func=_evaluate)
 
     b = sub.add_parser("build", help="make a complete model from image-mask pairs in one resumable command: every "
@@ -471,8 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--overlay", default="auto", choices=OVERLAY_MODES, help="on-screen overlays (text, dates, static "
                    "labels): 'auto' leaves them out of every training stage's loss, 'off' trains on every pixel "
                    "(default %(default)s)")
-    b.add_argument("--device", type=_device, default=None, help="where the decoder, scorer, sweep and evaluation run: "
-                   "cpu, cuda, cuda:N or mps (default: cuda when available; the training stages use accelerate's)")
+    add_device_option(b, "where the decoder, scorer, sweep and evaluation run (the training stages: where "
+                      "accelerate puts them)")
     b.set_defaults(func=_build)
 
     g = sub.add_parser("add-guide", help="give a model a guide for autoguidance: a weaker version of it (an earlier "

@@ -3,7 +3,8 @@
 `add_config_options` turns the fields of a settings dataclass (`TrainConfig`) into options: `--field-name`, the
 field's type and default, and the help, choices or other option name in its metadata (`train_config.setting`);
 `config_from_args` builds the dataclass back from the parsed arguments. `add_sampling_options` declares the
-sampling options that `sample` and `evaluate` share; `add_speed_options` the preset and speed options of `sample`.
+sampling options that `sample` and `evaluate` share; `add_speed_options` the preset and speed options of `sample`;
+`add_device_option` the checked `--device` of `sample`, `evaluate` and `build`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 from .params import MAX_CACHE_INTERVAL, PRECISIONS, SCHEDULERS
 from .presets import PRESET_NAMES
 
-__all__ = ["add_config_options", "config_from_args", "add_sampling_options", "add_speed_options", "CONTROL_SCALE_HELP",
-           "CONTROL_END_HELP", "AUTOGUIDANCE_HELP"]
+__all__ = ["add_config_options", "config_from_args", "add_sampling_options", "add_speed_options", "add_device_option",
+           "device_type", "default_device", "fractions", "CONTROL_SCALE_HELP", "CONTROL_END_HELP", "AUTOGUIDANCE_HELP"]
 
 CONTROL_SCALE_HELP = ("multiplies the ControlNet residuals: how strongly the mask acts (1: as trained, 0: ignored; "
                       "default: the model's recommended value)")
@@ -97,3 +98,52 @@ def add_speed_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="what the networks compute in (bfloat16: faster on CPUs with bfloat16 instructions and "
                              "on GPUs; default: the preset's)")
+
+
+def fractions(text: str) -> tuple[float, ...]:
+    """'0.5,0.7' -> (0.5, 0.7); argparse turns the ValueError into its one-line error."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers between 0 and 1, got '{text}'") from None
+    if not values or not all(0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers between 0 and 1, got '{text}'")
+    return values
+
+
+def default_device(device: str | None) -> str:
+    """--device, or CUDA when available."""
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_type(text: str) -> str:
+    """'cpu', 'cuda', 'cuda:N' or 'mps', checked against this machine's torch; argparse turns the error into its
+    one-line error before anything is read or written."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got '{text}'") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise argparse.ArgumentTypeError(f"'{text}': CUDA is not available ({why}); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"'{text}': there {'is' if count == 1 else 'are'} {count} CUDA "
+                                             f"device{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1})")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"'{text}': MPS (Apple GPU) is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got '{text}'")
+    return text
+
+
+def add_device_option(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """--device, checked against this machine's torch (`device_type`); None when not given (`default_device`)."""
+    parser.add_argument("--device", type=device_type, default=None, help="cpu, cuda, cuda:N or mps (default: cuda "
+                        "when available)" + (f"; {what}" if what else ""))

@@ -16,7 +16,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from siamese import load_model
-from siamese.build import REFERENCE_HOURS, BuildConfig, build, plan_stages
+from siamese.build import REFERENCE_HOURS, BuildConfig, begun_build, build, plan_stages
 from siamese.cli import main
 from siamese.fidelity import load_scorer
 from siamese.sampling import SamplingParams, generate
@@ -68,6 +68,19 @@ def test_cli_refuses_a_build_resumed_with_other_settings(dataset, tmp_path, caps
     assert main(["build", "--data", str(dataset), "--output", str(out), "--budget-hours", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "budget_hours" in err and "same settings" in err
+
+
+def test_a_build_begun_before_the_overlay_setting_resumes_as_it_ran(dataset, tmp_path):
+    """A plan.json without `overlay` (written before the setting existed) ran without overlay detection: it resumes
+    with overlay off, and a run asking for auto is told the settings differ."""
+    out = tmp_path / "model"
+    (out / "build").mkdir(parents=True)
+    config = BuildConfig(data=str(dataset), output=str(out), budget_hours=1.0, overlay="off")
+    old = {k: v for k, v in vars(config).items() if k not in ("overlay", "label")}
+    (out / "build" / "plan.json").write_text(json.dumps({"config": old, "stages": plan_stages(config)}))
+    assert begun_build(out) == config  # what the Train tab resumes with
+    with pytest.raises(ValueError, match=r"other settings \(overlay differ"):
+        build(BuildConfig(**{**vars(config), "overlay": "auto"}))
 
 
 def test_choose_takes_the_most_realistic_faithful_setting():
