@@ -116,6 +116,11 @@ def table(res: dict) -> str:
             rows.append((f"autoguidance {c['autoguidance']:g} / none (batch {c['batch']}, interleaved)",
                          f"{_x(c['ratio'])}  ({_s(c['seconds_per_image_with'])} / {_s(c['seconds_per_image_without'])}"
                          " per image)"))
+        if "frame_mode_cost" in res:
+            c = res["frame_mode_cost"]
+            rows.append((f"painting into a {c['frame_size'][1]}x{c['frame_size'][0]} frame / whole images (batch "
+                         f"{c['batch']})", f"{_x(c['ratio'])}  ({_s(c['seconds_per_image_frame'])} / "
+                         f"{_s(c['seconds_per_image_whole'])} per image)"))
         lines += _rows(f"Images per second, app defaults ({a['scheduler']}, {a['steps']} steps, guidance "
                        f"{a['guidance_scale']}, control scale "
                        f"{describe_mask(a.get('control_scale', 1.0), a.get('control_end', 1.0))}, "

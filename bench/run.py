@@ -37,7 +37,7 @@ from siamese.presets import FALLBACK_PRESETS, model_presets, preset_params
 
 from .quality import DATA, load_held_out, measure_quality
 from .sampling import (SETTINGS, autoguidance_cost, batch_images_per_hour, compare_memory_formats, compare_presets,
-                       compare_samplers, images_per_second)
+                       compare_samplers, frame_mode_cost, images_per_second)
 from .sd15 import run_sd15
 from .timing import load_average, median
 from .training import (
@@ -227,6 +227,8 @@ def _sample_section(results: dict, mode: dict, device: torch.device, dtype: torc
             log(f"ips: batch {b}")
             warm = b <= 4 or mode["ips_repeats"] > 1  # quick mode: no separate warm-up call at batch 16
             ips[b] = images_per_second(model, b, mode["ips_repeats"], app_settings, warm=warm)
+        log("ips: painting into a frame against whole images, batch 4, interleaved")
+        results["frame_mode_cost"] = frame_mode_cost(model, 4, max(2, mode["ips_repeats"]), app_settings)
         ips = {b: ips[b] for b in sorted(ips)}
         results["images_per_second_detail"] = {str(b): v for b, v in ips.items()}
         results["images_per_second"] = {str(b): v["images_per_second"] for b, v in ips.items()}

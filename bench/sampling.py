@@ -14,13 +14,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from siamese.batch import run_batch
 from siamese.model import SiameseModel
-from siamese.sampling import make_scheduler, sample
+from siamese.params import SamplingParams
+from siamese.sampling import generate, make_scheduler, sample
 
 from .timing import interleaved
 from .workload import PROMPT, mask_hints
@@ -176,6 +178,26 @@ def autoguidance_cost(model: SiameseModel, batch: int, repeats: int, settings: d
     return {"batch": batch, "autoguidance": weight, "ratio": round(t.ratio("with", "without"), 3),
             **{f"seconds_per_image_{k}": round(t.median(k) / batch, 4) for k in runs},
             "seconds_with": round(t.median("with"), 4), "wall_s": t.wall["with"]}
+
+
+def frame_mode_cost(model: SiameseModel, batch: int, repeats: int, settings: dict, seed: int = 0,
+                    size: tuple[int, int] = (530, 622)) -> dict:
+    """`generate` painting into a frame of `size` (H, W: a Kvasir-SEG frame's, so that the full-size composite
+    counts) against `generate` making whole images, from the same mask, interleaved: what frame mode costs."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    frame = np.clip(np.stack([150 + 60 * yy, 80 + 40 * xx, 70 + 30 * yy * xx], -1) + rng.normal(0, 6, (h, w, 3)),
+                    0, 255).astype(np.uint8)
+    mask = (((yy - 0.45 * h / max(h, w)) / 0.15) ** 2 + ((xx - 0.5 * w / max(h, w)) / 0.2) ** 2 <= 1).astype(np.uint8)
+    params = SamplingParams(**settings)
+    runs = {"whole": lambda: generate(model, mask, batch, seed=seed, params=params, batch_size=batch),
+            "frame": lambda: generate(model, mask, batch, seed=seed, params=params, batch_size=batch, frame=frame)}
+    for run in runs.values():
+        run()
+    t = interleaved(runs, repeats, model.device)
+    return {"batch": batch, "frame_size": [h, w], "ratio": round(t.ratio("frame", "whole"), 3),
+            **{f"seconds_per_image_{k}": round(t.median(k) / batch, 4) for k in runs}}
 
 
 def compare_memory_formats(contiguous: SiameseModel, channels_last: SiameseModel, batch: int, repeats: int,

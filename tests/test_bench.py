@@ -203,6 +203,9 @@ def cli_problems(result: dict, table: str) -> list[str]:
     out += [f"{p}: not finite" for p in non_finite(result)]
     if set(result["images_per_second"]) != {"1", "2", "4"}:
         out.append(f"images_per_second: batches {sorted(result['images_per_second'])}")
+    frame = result.get("frame_mode_cost", {})
+    if not (frame.get("ratio", 0) > 0 and f"{frame['ratio']:.2f}x" in table):
+        out.append(f"frame_mode_cost: {frame} (and its table row)")
     if not (result["max_grad_diff"] < 1e-5 and result["max_pixel_diff"] < 1e-4):
         out.append(f"max_grad_diff {result['max_grad_diff']}, max_pixel_diff {result['max_pixel_diff']}")
     if not 0 < result["train_memory_ratio"] < 2:
