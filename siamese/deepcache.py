@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .networks import UNetEncoding
+from .networks import UNetEncoding, unet_head
 
 __all__ = ["shallow_skips", "encode_shallow", "controlnet_residuals_shallow", "decode_deep", "decode_last"]
 
@@ -109,6 +109,4 @@ def decode_last(unet: nn.Module, h: Tensor, skips: list[Tensor], emb: Tensor, pr
                   upsample_size=None)
     else:
         h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, upsample_size=None)
-    if unet.conv_norm_out is not None:
-        h = unet.conv_act(unet.conv_norm_out(h))
-    return unet.conv_out(h)
+    return unet_head(unet, h)

@@ -9,6 +9,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from siamese.data import DataError
+from siamese.networks import unet_head
 from siamese.sampling import SamplingParams, describe_mask, generate, make_scheduler, sample
 
 
@@ -196,3 +197,16 @@ def test_sampling_starts_at_the_last_training_timestep(tiny_model):
         scheduler = make_scheduler(name, tiny_model.scheduler_config)
         scheduler.set_timesteps(20)
         assert int(scheduler.timesteps[0]) == 999 and int(scheduler.timesteps[-1]) < 60, name
+
+
+def test_under_bfloat16_the_unets_output_layers_run_in_float32(tiny_model):
+    """The noise prediction is not rounded to bfloat16 (guidance multiplies its small cond - uncond difference):
+    under autocast the output layers take the last block's bfloat16 features in float32 and return float32."""
+    unet = tiny_model.unet
+    h = torch.randn(2, unet.conv_out.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = unet_head(unet, h.bfloat16())
+        rounded = unet.conv_out(unet.conv_act(unet.conv_norm_out(h.bfloat16())))  # what autocast alone gives
+    exact = unet_head(unet, h.bfloat16().float())
+    assert out.dtype == torch.float32 and torch.equal(out, exact)
+    assert rounded.dtype == torch.bfloat16 and not torch.equal(rounded.float(), exact)
