@@ -192,7 +192,8 @@ def frame_mode_cost(model: SiameseModel, batch: int, repeats: int, settings: dic
     mask = (((yy - 0.45 * h / max(h, w)) / 0.15) ** 2 + ((xx - 0.5 * w / max(h, w)) / 0.2) ** 2 <= 1).astype(np.uint8)
     params = SamplingParams(**settings)
     runs = {"whole": lambda: generate(model, mask, batch, seed=seed, params=params, batch_size=batch),
-            "frame": lambda: generate(model, mask, batch, seed=seed, params=params, batch_size=batch, frame=frame)}
+            "frame": lambda: generate(model, mask, batch, seed=seed, params=params, batch_size=batch, frame=frame,
+                                      frame_mask=np.zeros_like(mask))}  # a frame known to hold no lesion
     for run in runs.values():
         run()
     t = interleaved(runs, repeats, model.device)

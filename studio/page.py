@@ -37,7 +37,7 @@ gallery, status = client.predict(mask=handle_file("mask.png"), prompt="", num_im
 # autoguidance=2.0 pushes the images away from the model's guide, a weaker version of it (1: off; only a model
 # with a guide takes more); default: the default model's recommended values
 gallery, status = client.predict(mask=handle_file("lesion.png"), frame=handle_file("frame.jpg"),
-                                 frame_mask=handle_file("frame_mask.png"), margin=8, api_name="/generate")
+                                 frame_mask=handle_file("frame_mask.png"), margin=12, api_name="/generate")
 # paints the lesion into a real frame (the mask of the frame's aspect): every pixel farther than `margin` px (at the
 # model resolution) from it is the frame's; the pairs' masks are the union with the frame's own lesion (frame_mask;
 # without it they hold the new lesion only, and the status says so); clear_frame_lesions=True paints the frame's own
