@@ -156,7 +156,8 @@ def test_paint_into_an_example_frame_keeps_the_frame_and_the_union_mask(browser,
         name = next(n for n in zf.namelist() if n.startswith("masks/"))
         mask = np.asarray(Image.open(io.BytesIO(zf.read(name)))) > 0
         meta = json.loads(zf.read("metadata.jsonl").decode().splitlines()[-1])
-    own = np.asarray(Image.open(example_frames(ROOT / "assets" / "frames")[0][1]).resize((64, 64), Image.NEAREST)) > 0
+    own = Image.open(example_frames(ROOT / "assets" / "frames")[0][1])  # the pair is at the frame's own size
+    own = np.asarray(own.resize(mask.shape[::-1], Image.NEAREST)) > 0
     assert meta["frame_mask"] == "known" and (mask & own).sum() >= 0.9 * own.sum(), "the frame's lesion is in the mask"
     assert mask.sum() > own.sum() * 1.2, "and the drawn one too"
     assert outside == [], f"the page called out: {outside}"
