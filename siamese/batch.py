@@ -153,7 +153,7 @@ def run_batch(
     frames: Sequence[Frame] | None = None,
     margin: int = DEFAULT_MARGIN,
     clear_frame_lesions: bool = False,
-    harmonize: bool = True,
+    harmonize: bool = False,
 ) -> Iterator[ScoredPair]:
     """Generate `num_images` pairs from each mask and score them; yields each pair as soon as it is scored.
 
@@ -244,7 +244,7 @@ def finished_pairs(
     output: str | Path, model: SiameseModel, masks: Sequence[str], num_images: int, seed: int, params: SamplingParams,
     *, augment: bool = False, scored: bool = False, min_fidelity: float | None = None, offset: int = 0,
     frames: Mapping[str, str] | None = None, margin: int = DEFAULT_MARGIN, clear_frame_lesions: bool = False,
-    harmonize: bool = True,
+    harmonize: bool = False,
 ) -> set[str]:
     """The pairs of this batch (mask stems `masks`, the rest as for `run_batch`) already in `output`: image, mask
     and metadata line present, made by the same model (fingerprint) with the same settings and seed, scored when

@@ -289,7 +289,7 @@ def generate(
     frame_mask: np.ndarray | None = None,
     margin: int = DEFAULT_MARGIN,
     clear_frame_lesions: bool = False,
-    harmonize: bool = True,
+    harmonize: bool = False,
 ) -> list[Generated]:
     """Images from one mask (any array `binarize_mask` accepts). Image i has seed `seed + i`.
 
@@ -297,8 +297,9 @@ def generate(
 
     Inpainting: with `frame` (an (H, W, 3) uint8 RGB image of the mask's aspect, a `siamese.inpaint.Frame`, or a
     list of Frames, one per image) the lesion is painted into the frame: blended sampling inside its region (the
-    mask dilated by `margin` pixels at the model resolution, `siamese.inpaint`), the sample's colours harmonised
-    to the frame's in a ring inside the region's edge (`harmonize`, `inpaint.harmonize_colors`), and a pixel
+    mask dilated by `margin` pixels at the model resolution, `siamese.inpaint`), with `harmonize` the sample's
+    colours matched to the frame's in a ring inside the region's edge (`inpaint.harmonize_colors`; off by default:
+    it lowered the seam measure but cost realism, docs in the model card), and a pixel
     composite with a feathered edge at the frame's own size (`inpaint.paste`) that keeps every pixel outside the
     region exactly the frame's: the image and the pair's mask have the frame's size (a Frame kept at the model
     resolution only: that resolution). `frame_mask` is the frame's own lesion (None: unknown; with a Frame, its

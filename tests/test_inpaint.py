@@ -109,7 +109,7 @@ def test_generate_into_a_frame_keeps_every_outside_pixel_and_returns_the_union_m
         assert np.array_equal(item.mask, np.maximum(lesion, own > 0) * 255)  # the exact union, at full size
         p = item.params
         assert p["frame_mask"] == "known" and p["margin"] == DEFAULT_MARGIN and p["clear_frame_lesions"] is False
-        assert p["harmonize"] is True
+        assert p["harmonize"] is False
         assert p["new_lesion_area"] == pytest.approx(binary.mean(), abs=1e-6)
         assert p["frame_lesion_area"] == pytest.approx(f.mask.mean(), abs=1e-6)
     assert not np.array_equal(items[0].image, items[1].image)
@@ -352,20 +352,21 @@ def test_harmonize_matches_the_frames_colours_in_the_ring_and_paste_keeps_the_fr
     assert np.array_equal(paste(frame, out, alpha), composite(frame, out, alpha))  # at the model size: composite
 
 
-def test_the_seam_defaults_margin_12_and_harmonisation_everywhere(tiny_model):
-    """The measured best (runs/h24s): margin 12 with colour harmonisation; generate, run_batch and the carried
-    pipeline share the defaults, and harmonize=False is the plain composite."""
+def test_the_seam_defaults_margin_12_without_harmonisation_everywhere(tiny_model):
+    """The measured best (the card's evaluation): margin 12, no colour harmonisation (it lowered the seam measure and
+    cost realism); generate, run_batch and the carried pipeline share the defaults, and harmonize=True changes the
+    painted region only."""
     import inspect
 
     assert DEFAULT_MARGIN == 12
     for fn in (generate, run_batch, SiameseDiffusionPipeline.__call__):
         sig = inspect.signature(fn).parameters
-        assert sig["margin"].default == DEFAULT_MARGIN and sig["harmonize"].default is True, fn
+        assert sig["margin"].default == DEFAULT_MARGIN and sig["harmonize"].default is False, fn
     frame, own, new, f, binary, region = _setup(tiny_model)
-    on = generate(tiny_model, new, 1, seed=3, params=PARAMS, frame=frame, frame_mask=own)[0]
-    off = generate(tiny_model, new, 1, seed=3, params=PARAMS, frame=frame, frame_mask=own, harmonize=False)[0]
-    assert off.params["harmonize"] is False and not np.array_equal(on.image, off.image)
-    assert np.abs(off.image.astype(int) - frame)[~region].max() == 0
+    off = generate(tiny_model, new, 1, seed=3, params=PARAMS, frame=frame, frame_mask=own)[0]
+    on = generate(tiny_model, new, 1, seed=3, params=PARAMS, frame=frame, frame_mask=own, harmonize=True)[0]
+    assert on.params["harmonize"] is True and not np.array_equal(on.image, off.image)
+    assert np.abs(on.image.astype(int) - frame)[~region].max() == 0
     with pytest.raises(ValueError, match="harmonize must be True or False"):
         generate(tiny_model, new, 1, seed=3, params=PARAMS, frame=frame, harmonize="yes")
 

@@ -325,7 +325,7 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
         frame_mask: MaskInput | list | None = None,
         margin: int = 12,
         clear_frame_lesions: bool = False,
-        harmonize: bool = True,
+        harmonize: bool = False,
     ) -> ImagePipelineOutput | tuple:
         """Images from masks. `image`: one mask or a list (PIL images, arrays or tensors; any size, resized to
         the model resolution); `prompt`: one, or one per mask (None: the model's prompt); `generator`: one, or
@@ -337,7 +337,7 @@ class SiameseDiffusionPipeline(DiffusionPipeline):
         Inpainting: with `frame` (an image, or one per mask) each lesion is painted into the frame, as
         `siamese.generate(frame=...)` does (the same pixels): blended sampling at the model resolution inside the
         lesion's region (the mask dilated by `margin` pixels), the generated image's colours harmonised to the
-        frame's around the region (`harmonize`, on by default: `harmonize_colors`), and the region pasted into the
+        frame's around the region (with `harmonize`, off by default: `harmonize_colors`), and the region pasted into the
         frame at the frame's own size with a feathered edge (`paste`): every pixel outside it is the frame's. Each image has its
         frame's size (with "np" or "pt" and frames of different sizes, `images` is a list). `frame_mask` (the
         frame's lesion, one or one per mask) with `clear_frame_lesions`: the frame's lesion is painted away first
