@@ -241,7 +241,7 @@ def unet_head(unet: UNet2DConditionModel, h: Tensor) -> Tensor:
 
     Under autocast they run in the weights' dtype: a prediction rounded to bfloat16 loses what classifier-free
     guidance multiplies (eps_cond - eps_uncond is small beside eps), and sampling with it drifted brighter (issue 27:
-    mean brightness +0.019 over 12 images of the bundled model's fast preset; +0.004 with this)."""
+    mean brightness +0.019 over 12 images of the bundled model's fast preset; -0.004 with this)."""
     if _autocast_on(h.device.type):
         with torch.autocast(h.device.type, enabled=False):
             return unet_head(unet, h.to(unet.conv_out.weight.dtype))
