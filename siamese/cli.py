@@ -12,7 +12,6 @@ from pathlib import Path
 
 from .cli_options import (add_config_options, add_device_option, add_sampling_options, add_speed_options,
                           config_from_args, default_device, fractions)
-from .overlay import OVERLAY_MODES
 from .params import PRECISIONS
 
 logger = logging.getLogger(__name__)
@@ -424,9 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--eval-seg-steps", type=int, default=600, help="training steps of each segmentation network of "
                    "the final evaluation")
     b.add_argument("--report-to", default="none", help="none, tensorboard or wandb (the training stages' losses)")
-    b.add_argument("--overlay", default="auto", choices=OVERLAY_MODES, help="on-screen overlays (text, dates, static "
-                   "labels): 'auto' leaves them out of every training stage's loss, 'off' trains on every pixel "
-                   "(default %(default)s)")
+    add_config_options(b, TrainConfig, only=("overlay",))  # every training stage's, as `train`'s
     add_device_option(b, "where the decoder, scorer, sweep and evaluation run (the training stages: where "
                       "accelerate puts them)")
     b.set_defaults(func=_build)

@@ -38,13 +38,14 @@ def _value_type(annotation: Any) -> type:
     return annotation
 
 
-def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One option per field of the dataclass `cls` that is not `hidden`: required when the field has no default;
-    a bool field is a switch (`--name` sets True; with a `flag` and default True, the flag sets it False)."""
+def add_config_options(parser: argparse.ArgumentParser, cls: type, only: tuple[str, ...] | None = None) -> None:
+    """One option per field of the dataclass `cls` that is not `hidden` (or per field named in `only`): required when
+    the field has no default; a bool field is a switch (`--name` sets True; with a `flag` and default True, the flag
+    sets it False)."""
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         meta = f.metadata
-        if meta.get("hidden"):
+        if meta.get("hidden") or (only is not None and f.name not in only):
             continue
         kind = _value_type(hints[f.name])
         name = meta.get("flag", "--" + f.name.replace("_", "-"))

@@ -360,7 +360,7 @@ def generate(
             canvas = np.stack([f.image for f in fr])
             read = {id(f): f.original() for f in fr}  # each distinct frame at its own size, once
             originals = [read[id(f)] for f in fr]
-            fulls = [None if o is None else o[0].copy() for o in originals]
+            fulls = [None if o is None else o[0] for o in originals]  # paste returns new arrays
             sub = [j for j in range(len(chunk)) if clearing[start + j]]
             if sub:  # 1. the frames' own lesions painted away: an empty control inside their regions
                 regions = [lesion_region(fr[j].mask, margin) for j in sub]
@@ -406,8 +406,9 @@ def generate(
                 own = f.mask
                 if originals[j] is not None:  # the pair at the frame's size
                     pair_mask = full_size_mask(mask, f.size)
-                    own = originals[j][1] if originals[j][1] is not None or not known else full_size_mask(f.mask,
-                                                                                                         f.size)
+                    own = originals[j][1]
+                    if own is None and known:  # a Frame given with its mask at the model resolution only
+                        own = full_size_mask(f.mask, f.size)
                 if known and not clear_frame_lesions:
                     pair_mask = np.maximum(pair_mask, own)
             out.append(Generated(arr, pair_mask * 255, s, meta))
