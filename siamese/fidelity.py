@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 from .data import binarize_mask, resize_pair
 from .files import atomic_folder, is_hub_id
-from .segnet import build_segnet, dice_iou, predict_masks, train_segnet
+from .segnet import build_segnet, dice_iou, predict_masks, segnet_features, train_segnet
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +104,20 @@ class FidelityScorer:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval().requires_grad_(False)
 
+    def _small(self, images: np.ndarray) -> np.ndarray:
+        R = self.config.resolution
+        return np.stack([cv2.resize(im, (R, R), interpolation=cv2.INTER_AREA) for im in images])
+
     def segment(self, images: np.ndarray) -> np.ndarray:
         """Images (N, H, W, 3) uint8 RGB -> masks (N, R, R) uint8 {0, 1} at the scorer's resolution."""
-        R = self.config.resolution
         if not len(images):
-            return np.empty((0, R, R), np.uint8)
-        small = np.stack([cv2.resize(im, (R, R), interpolation=cv2.INTER_AREA) for im in images])
-        return predict_masks(self.net, small)
+            return np.empty((0, self.config.resolution, self.config.resolution), np.uint8)
+        return predict_masks(self.net, self._small(images))
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """Images (N, H, W, 3) uint8 RGB (N >= 1) -> (N, D) float64 encoder features at the scorer's resolution
+        (`segnet.segnet_features`: what `evaluate`'s feature KID measures, on the scorer's network)."""
+        return segnet_features(self.net, self._small(images))
 
     def score(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """Images (N, H, W, 3) uint8 RGB and the masks they were made from, (N, H, W) uint8 {0, 255} (or {0, 1},

@@ -323,6 +323,23 @@ def test_the_train_tab_builds_a_complete_model_that_the_selector_offers(studio, 
     assert len(gallery) == 1 and "1 images" in line
 
 
+def test_the_overlay_checkbox_sets_both_kinds_of_run(studio, tmp_path, monkeypatch):
+    """On by default (TrainConfig.overlay "auto"); unticked, a quick run and a full build train with overlay "off"."""
+    fake, quick = FakeBuild(), []
+    fake.release.set()
+    monkeypatch.setattr(training, "build", fake)
+    monkeypatch.setattr(studio.job, "start", lambda config, tmp=None, prepare=None: quick.append(config))
+    write_dataset(tmp_path / "data", n=6)
+    studio.train.train_start(data_folder="data")
+    studio.train.train_start(data_folder="data", overlays_out=False)
+    assert [c.overlay for c in quick] == ["auto", "off"]
+    studio.train.train_start(data_folder="data", kind="full", resolution=64, name="a", overlays_out=False)
+    studio.job.wait(30)
+    assert fake.configs[-1].overlay == "off"
+    with pytest.raises(gr.Error, match="leave overlays out must be true or false"):
+        studio.train.train_start(data_folder="data", overlays_out="yes")
+
+
 def test_train_start_takes_the_kind_budget_and_label_last(tiny_model_dir, tmp_path):
     """/train_start's new parameters come last: positional callers of the quick run are unchanged."""
     import app
@@ -330,5 +347,5 @@ def test_train_start_takes_the_kind_budget_and_label_last(tiny_model_dir, tmp_pa
     demo = app.build_demo(str(tiny_model_dir), runs_dir=tmp_path / "runs", checkpoints_dir=tmp_path)
     params = demo.get_api_info()["named_endpoints"]["/train_start"]["parameters"]
     names = [p["parameter_name"] for p in params]
-    assert names[-4:] == ["base_steps", "kind", "budget_hours", "label"]
+    assert names[-5:] == ["base_steps", "kind", "budget_hours", "label", "overlays_out"]
     assert {p["parameter_name"]: p["parameter_default"] for p in params}["kind"] == KINDS[0]

@@ -13,14 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from siamese import load_model
 from siamese.build import REFERENCE_HOURS, BuildConfig, begun_build, build, plan_stages
 from siamese.cli import main
+from siamese.data import PairDataset, mask_to_hint
 from siamese.fidelity import load_scorer
-from siamese.sampling import SamplingParams, generate
-from siamese.sweep import choose
+from siamese.image_metrics import kid, standardiser
+from siamese.sampling import SamplingParams, generate, sample
+from siamese.sweep import Candidate, choose, measure_candidates, target_distance
 
 from conftest import write_dataset
 
@@ -83,12 +86,37 @@ def test_a_build_begun_before_the_overlay_setting_resumes_as_it_ran(dataset, tmp
         build(BuildConfig(**{**vars(config), "overlay": "auto"}))
 
 
-def test_choose_takes_the_most_realistic_faithful_setting():
-    rows = [{"fidelity": 0.50, "kid": 1.0}, {"fidelity": 0.80, "kid": 5.0}, {"fidelity": 0.78, "kid": 3.0},
-            {"fidelity": 0.60, "kid": 2.0}]
+def test_choose_takes_the_faithful_setting_nearest_the_realism_targets():
+    rows = [{"fidelity": 0.50, "kid": 1.0, "feature_kid": 0.1}, {"fidelity": 0.80, "kid": 5.0, "feature_kid": 0.5},
+            {"fidelity": 0.78, "kid": 3.0, "feature_kid": 0.5}, {"fidelity": 0.60, "kid": 2.0, "feature_kid": 0.1}]
     assert choose(rows, ceiling=0.8)["kid"] == 3.0  # 0.78 >= 0.95 x 0.8; the 0.5 and 0.6 rows are not faithful
     assert choose(rows, ceiling=None)["kid"] == 3.0  # within 0.02 of the best
     assert choose(rows, ceiling=0.99)["kid"] == 3.0  # none reaches the ceiling's share: within 0.02 of the best
+    # the feature KID counts against its own target (1): 1.7 / 1 is further than 4 / 5, whatever the colour KID
+    rows = [{"fidelity": 0.9, "kid": 1.6, "feature_kid": 1.7}, {"fidelity": 0.9, "kid": 4.0, "feature_kid": 0.9}]
+    assert choose(rows, ceiling=0.9)["kid"] == 4.0
+    assert target_distance(rows[0]) == pytest.approx(1.7) and target_distance(rows[1]) == pytest.approx(0.9)
+
+
+def test_the_sweep_measures_fidelity_and_both_kids_as_evaluate_does(scored_model_dir, tmp_path):
+    """One row per candidate; its KIDs are those of `kid` on standardised statistics and scorer features."""
+    model, scorer = load_model(scored_model_dir), load_scorer(scored_model_dir)
+    data = write_dataset(tmp_path / "d", n=8, size=64, seed=3)
+    pairs = PairDataset(data, 64)
+    masks, real, train = pairs.masks[:4], pairs.images[:4], pairs.images[4:]
+    rows = measure_candidates(model, scorer, masks, real, train, [Candidate(1.0, 1.0, 3.0), Candidate(2.0, 1.0, 3.0)],
+                              steps=2, batch_size=3)
+    assert [r["control_scale"] for r in rows] == [1.0, 2.0] and all(0 <= r["fidelity"] <= 1 for r in rows)
+    features = scorer.features(np.concatenate([real, train]))
+    assert features.shape[0] == 8 and np.isfinite(features).all()
+    mu, sd = standardiser(scorer.features(train))
+    hints = torch.stack([mask_to_hint(m) for m in masks])
+    out = sample(model, hints, [model.config.prompt] * 4, [torch.Generator().manual_seed(i) for i in range(4)], 2,
+                 3.0, "dpm++", control_scale=1.0)
+    images = (out.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    expected = kid((scorer.features(images) - mu) / sd, (scorer.features(real) - mu) / sd, subsets=100, subset_size=4)
+    assert rows[0]["feature_kid"] == pytest.approx(round(expected[0], 4), abs=1e-4)
+    assert rows[0]["feature_kid"] != rows[1]["feature_kid"] and "kid_std" in rows[0]
 
 
 def _build(data: Path, out: Path, kill_at: str | None = None) -> subprocess.Popen | subprocess.CompletedProcess:

@@ -100,13 +100,15 @@ class TrainTab:
                     batch_size: int = 4, lr: float = 1e-4, resolution: int = 256, checkpoint_every: int = 100,
                     preview_every: int = 50, name: str | None = None, model: str | None = None,
                     base_steps: int = 200, kind: str = KINDS[0], budget_hours: float = 0.25,
-                    label: str | None = None) -> str:
+                    label: str | None = None, overlays_out: bool = True) -> str:
         """Start a training run in the background (one at a time); poll /train_status. From scratch ("tiny"),
         the UNet is first pre-trained alone for `base_steps` steps, then the ControlNet is trained on it.
         `data_folder` is relative to the server's data folder; the base model is one the server offers.
         `kind` "full" (or KINDS[1]) builds a complete model instead (`siamese.build`): from scratch, in `budget_hours`
         of CPU time, at `resolution` and `batch_size` (the step settings and the base model do not apply), shown in
-        the model selector as `label`; a build begun with the same run name resumes, with its own settings."""
+        the model selector as `label`; a build begun with the same run name resumes, with its own settings.
+        `overlays_out`: leave the dataset's on-screen overlays (text, marker dashes, static labels) out of the loss
+        (`siamese.overlay`; TrainConfig.overlay "auto", else "off")."""
         if self.training_disabled:
             raise gr.Error(self.training_disabled, title="Training disabled")
         if self.job.running:
@@ -115,10 +117,11 @@ class TrainTab:
             kind = inputs.text(kind, "kind of run") or KINDS[0]
             if kind not in (*KINDS, "quick", "full"):
                 raise ValueError(f"kind of run must be one of: {'; '.join(KINDS)} (got {kind[:60]!r})")
+            overlay = "auto" if inputs.flag(overlays_out, "leave overlays out") else "off"
         except Exception as e:
             raise refusal(e, self.redact, "the training run") from None
         if kind in (KINDS[1], "full"):
-            return self.build_start(data_folder, data_zip, budget_hours, resolution, batch_size, name, label)
+            return self.build_start(data_folder, data_zip, budget_hours, resolution, batch_size, name, label, overlay)
         tmp = None
         try:
             max_steps = inputs.number(max_steps, "steps", whole=True)
@@ -159,7 +162,7 @@ class TrainTab:
                                  base_steps=pretrain, resolution=resolution, batch_size=batch_size,
                                  max_steps=max_steps, lr=lr, checkpoint_every=checkpoint_every,
                                  log_every=max(1, (max_steps + pretrain) // 200), preview_every=preview_every,
-                                 name=output.name)
+                                 name=output.name, overlay=overlay)
             config.validate()
             self.runs_dir.mkdir(parents=True, exist_ok=True)
             self.job.start(config, tmp, prepare)
@@ -183,10 +186,10 @@ class TrainTab:
 
     def build_start(self, data_folder: str | None = None, data_zip: str | None = None, budget_hours: float = 0.25,
                     resolution: int = 256, batch_size: int = 8, name: str | None = None,
-                    label: str | None = None) -> str:
+                    label: str | None = None, overlay: str = "auto") -> str:
         """Start (or resume) a full build in the background: runs/app/NAME becomes a complete model. A build begun in
-        runs/app/NAME resumes with its own settings (the dataset, budget and sizes given are then not used); an
-        uploaded zip is unpacked into the build's folder, so that it resumes without it."""
+        runs/app/NAME resumes with its own settings (the dataset, budget, sizes and overlay mode given are then not
+        used); an uploaded zip is unpacked into the build's folder, so that it resumes without it."""
         created = None
         try:
             budget = inputs.number(budget_hours, "budget hours", low=BUDGET_HOURS[0], high=BUDGET_HOURS[1])
@@ -205,7 +208,7 @@ class TrainTab:
                 if output.exists():  # a quick run's folder or a model of that name: a new folder
                     output = output.with_name(f"{output.name}-{time.strftime('%H%M%S')}")
                 config = BuildConfig(data="", output=str(output), budget_hours=budget, resolution=resolution,
-                                     batch_size=batch_size, name=output.name, label=label)
+                                     batch_size=batch_size, name=output.name, label=label, overlay=overlay)
                 config.validate()  # before anything is unpacked or written
                 zipped = inputs.upload(data_zip, "dataset zip")
                 if zipped is not None:
@@ -288,6 +291,7 @@ class TrainWidgets:
     max_steps: gr.Number
     base_steps: gr.Number
     batch_size: gr.Number
+    overlays_out: gr.Checkbox
     lr: gr.Number
     resolution: gr.Dropdown
     checkpoint_every: gr.Number
@@ -336,6 +340,9 @@ def build(tab: TrainTab) -> TrainWidgets:
             with gr.Row():
                 resolution = gr.Dropdown([64, 128, 256, 384, 512], value=256, label="Resolution")
                 batch_size = gr.Number(4, label="Batch size", precision=0, minimum=1)
+            overlays_out = gr.Checkbox(True, label="Leave on-screen overlays out of the loss",
+                                       info="text, dates, marker dashes and static labels that the frames share "
+                                            "(found in the dataset; none on data without them)")
             name = gr.Textbox(label="Run name (saved in runs/app/NAME)", placeholder="default: run-DATE")
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", interactive=not disabled)
@@ -349,7 +356,7 @@ def build(tab: TrainTab) -> TrainWidgets:
                                format="png")
     timer = gr.Timer(POLL_SECONDS, active=False)  # on only while a run is active (train_poll)
     return TrainWidgets(kind, quick_settings, quick_steps, build_settings, budget_hours, label, data_folder, data_zip,
-                        base_model, base_path, max_steps, base_steps, batch_size, lr,
+                        base_model, base_path, max_steps, base_steps, batch_size, overlays_out, lr,
                         resolution, checkpoint_every, preview_every, name, start, stop, use, status, losses, preview,
                         timer)
 
@@ -363,7 +370,8 @@ def wire(demo: gr.Blocks, tab: TrainTab, w: TrainWidgets, model: gr.Dropdown, se
     demo.load(**poll)
     w.start.click(tab.train_start, [w.data_folder, w.data_zip, w.base_model, w.base_path, w.max_steps, w.batch_size,
                                     w.lr, w.resolution, w.checkpoint_every, w.preview_every, w.name, model,
-                                    w.base_steps, w.kind, w.budget_hours, w.label], w.status, api_name="train_start",
+                                    w.base_steps, w.kind, w.budget_hours, w.label, w.overlays_out], w.status,
+                  api_name="train_start",
                   preprocess=False).success(**poll)
     w.kind.change(tab.kind_fields, w.kind, [w.quick_settings, w.quick_steps, w.build_settings],
                   api_visibility="private")
