@@ -187,9 +187,12 @@ class _Record:
         if path.is_file():
             before = _with_defaults_of_old_plans(json.loads(path.read_text()))
             if before != json.loads(json.dumps(record)):
-                changed = sorted(k for k in record["config"] if before.get("config", {}).get(k) != record["config"][k])
-                raise ValueError(f"{self.folder.parent} holds a build begun with other settings ({', '.join(changed) or 'the plan'}"
-                                 f" differ): run it again with the same settings to resume, or build into a new output folder")
+                begun = before.get("config", {})
+                changed = [f"{k} {begun.get(k)!r}, now {v!r}" for k, v in sorted(record["config"].items())
+                           if begun.get(k) != v]
+                raise ValueError(f"{self.folder.parent} holds a build begun with other settings (begun with "
+                                 f"{'; '.join(changed) or 'another plan'}): run it again with the same settings to "
+                                 f"resume, or build into a new output folder")
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write(path, (json.dumps(record, indent=2) + "\n").encode())

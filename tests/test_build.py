@@ -70,7 +70,7 @@ def test_cli_refuses_a_build_resumed_with_other_settings(dataset, tmp_path, caps
     (out / "build" / "plan.json").write_text(json.dumps({"config": vars(config), "stages": plan_stages(config)}))
     assert main(["build", "--data", str(dataset), "--output", str(out), "--budget-hours", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: ") and "budget_hours" in err and "same settings" in err
+    assert err.startswith("error: ") and "budget_hours 1.0, now 2.0" in err and "same settings" in err
 
 
 def test_a_build_begun_before_the_overlay_setting_resumes_as_it_ran(dataset, tmp_path):
@@ -82,7 +82,7 @@ def test_a_build_begun_before_the_overlay_setting_resumes_as_it_ran(dataset, tmp
     old = {k: v for k, v in vars(config).items() if k not in ("overlay", "label")}
     (out / "build" / "plan.json").write_text(json.dumps({"config": old, "stages": plan_stages(config)}))
     assert begun_build(out) == config  # what the Train tab resumes with
-    with pytest.raises(ValueError, match=r"other settings \(overlay differ"):
+    with pytest.raises(ValueError, match=r"other settings \(begun with overlay 'off', now 'auto'\)"):
         build(BuildConfig(**{**vars(config), "overlay": "auto"}))
 
 
