@@ -155,14 +155,19 @@ class VAECodec(nn.Module):
 
 
 def save_module(module, folder: Path, dtype: torch.dtype | None) -> None:
-    """save_pretrained in `dtype` (e.g. float16 for a small download), leaving the module as it was."""
+    """save_pretrained in `dtype` (e.g. float16 for a small download), leaving the module as it was: its weights keep
+    their values exactly (a cast there and back would round them to `dtype`)."""
     original = module.dtype
-    if dtype is not None:
-        module.to(dtype)
+    if dtype is None or dtype == original:
+        module.save_pretrained(folder, safe_serialization=True)
+        return
+    kept = module.state_dict()  # the original tensors: `to` gives the module new ones
+    module.to(dtype)
     try:
         module.save_pretrained(folder, safe_serialization=True)
     finally:
         module.to(original)
+        module.load_state_dict(kept)
 
 
 Codec = PatchCodec | VAECodec

@@ -1,15 +1,22 @@
-"""Shared fixtures: tiny seeded models and a small synthetic dataset (nothing downloaded)."""
+"""Shared fixtures: tiny seeded models, a small synthetic dataset (nothing downloaded), and the app's `studio`
+over the tiny model with the helpers several test_app_* modules use."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pytest
 import torch
+
+if TYPE_CHECKING:  # the app imports gradio: only the fixture below imports it, when a test asks
+    from studio.server import Studio
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -146,3 +153,45 @@ def guided_model_dir(tiny_model, tiny_model_dir, tmp_path_factory) -> Path:
 
     weak = weaken(tiny_model).save_pretrained(tmp_path_factory.mktemp("models") / "weak")
     return add_guide(tiny_model_dir, weak, 2.0, output=tmp_path_factory.mktemp("models") / "guided")
+
+
+# -- the app (tests/test_app*.py) -----------------------------------------------------------------
+@pytest.fixture()
+def studio(tiny_model_dir, tmp_path) -> Studio:
+    """The app's state over the tiny model: checkpoints/, runs/ and the data root in tmp_path."""
+    from studio.server import Studio
+    from studio.settings import Settings
+
+    return Studio(str(tiny_model_dir), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
+                  settings=Settings(data_root=tmp_path))
+
+
+def write_zip(path: Path, entries: dict[str, bytes], link: str | None = None) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        if link:
+            info = zipfile.ZipInfo(link)
+            info.external_attr = 0o120777 << 16
+            zf.writestr(info, "/etc/passwd")
+    return path
+
+
+@pytest.fixture()
+def uploads(tmp_path, monkeypatch) -> Path:
+    """Gradio's upload folder for the test: files in it arrive as FileData, as the server passes them."""
+    folder = tmp_path / "gradio-uploads"
+    folder.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
+    return folder
+
+
+def file_data(path: Path, name: str | None = None) -> dict:
+    return {"path": str(path), "orig_name": name or path.name, "meta": {"_type": "gradio.FileData"}}
+
+
+def one_clean_line(message: str, tmp_path: Path) -> None:
+    """A reply a visitor may see: one line, no server path, no temporary path, no bare OS or library message."""
+    assert "\n" not in message and str(tmp_path) not in message and tempfile.gettempdir() not in message
+    assert "Errno" not in message and "Traceback" not in message and str(Path.cwd()) not in message
+

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from conftest import fake_hub_cache
 from siamese.model import ModelLoadError, load_model
@@ -34,6 +35,21 @@ def test_fp16_save_is_smaller_and_loads_as_float32(tiny_model, tmp_path):
     size = sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
     full = sum(f.stat().st_size for f in tiny_model.save_pretrained(tmp_path / "full").rglob("*.safetensors"))
     assert size < 0.6 * full
+
+
+def test_a_float16_save_leaves_the_model_and_its_guide_as_they_were(guided_model_dir, tmp_path):
+    """Saving in float16 does not round the weights in memory: a guide saved after it holds only the tensors in which
+    it differs (the ControlNet and the UNet decoder), not the whole UNet (a build ships its guide that way)."""
+    model = load_model(guided_model_dir)
+    before = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    with safe_open(str(guided_model_dir / "guide" / "guide.safetensors"), "pt") as f:
+        names = set(f.keys())
+    model.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    assert all(torch.equal(before[k], v) for k, v in model.unet.state_dict().items())
+    assert model.unet.dtype == torch.float32
+    with safe_open(str(tmp_path / "half" / "guide" / "guide.safetensors"), "pt") as f:
+        assert set(f.keys()) == names and not any(k.startswith("unet.down_blocks") for k in names)
+    assert load_model(tmp_path / "half").guide.shares_encoder
 
 
 def test_base_model_without_controlnet_gets_one(tiny_model, tmp_path):
