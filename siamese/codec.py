@@ -16,6 +16,7 @@ Both codecs map images (B, 3, H, W) in [-1, 1] to latents (B, C, H/8, W/8) and b
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +30,15 @@ from .carried import patch_codec as carried  # the codec's arithmetic, also carr
 from .carried.patch_codec import PatchDecoder
 
 __all__ = ["PatchCodecConfig", "PatchCodec", "VAECodec", "Codec", "save_module"]
+
+
+def _not_the_empty_float32_warning(record: logging.LogRecord) -> bool:
+    """diffusers (ModelMixin.to) warns on every cast to a dtype that modules "should be kept in float32", even when
+    that list is empty, as it is for every network here: a line of noise per cast on the user's terminal."""
+    return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_not_the_empty_float32_warning)
 
 
 @dataclass

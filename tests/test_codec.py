@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from siamese.codec import PatchCodec, PatchCodecConfig
+from siamese.codec import PatchCodec, PatchCodecConfig, save_module
 
 
 def _images(n=6, size=64, seed=0):
@@ -42,3 +42,9 @@ def test_round_trip_exact_with_every_component_and_close_with_fewer(tmp_path):
 def test_bad_channel_count_is_refused():
     with pytest.raises(ValueError, match="between 1 and 192"):
         PatchCodec(PatchCodecConfig(channels=300))
+
+
+def test_saving_in_float16_prints_no_empty_float32_warning(tiny_model, tmp_path, capfd):
+    """diffusers warns on each cast that modules "should be kept in float32: []" (none): filtered out."""
+    save_module(tiny_model.unet, tmp_path / "unet", torch.float16)
+    assert "should be kept in float32" not in capfd.readouterr().err
