@@ -82,7 +82,8 @@ def test_a_user_picks_the_skin_model_in_the_app_and_generates_a_lesion_where_it_
     mask_png.write_bytes((SKIN / "examples" / f"{names[0]}.png").read_bytes())
     _, shots, status = studio.generate.generate(str(mask_png), "", 1, 4, 6.0, 5, "dpm++", skin, False, [])
     item = shots[0].item
-    assert item.params["control_scale"] == 3.0 and "seeds 5" in status
+    recommended = json.loads((SKIN / "siamese_config.json").read_text())["control_scale"]
+    assert item.params["control_scale"] == recommended and "seeds 5" in status
     lesion = read_mask(mask_png).astype(bool)
     inside, outside = item.image[lesion].mean(), item.image[~lesion].mean()
     assert inside < outside - 20, "the pigmented lesion is darker than the skin around it, where it was drawn"
