@@ -9,10 +9,11 @@ The stages are those that made the bundled polyp model (its model card has every
     3-biased    more Siamese steps with the noisiest timesteps favoured (timestep bias "later", x3 on half)
     4-locked    more biased Siamese steps with the UNet decoder locked (the ControlNet alone learns)
     assemble    4-locked with the decoder, the scorer, and 2-siamese as its autoguidance guide
-    sweep       mask strength, guidance and autoguidance chosen on the held-out split (`siamese.sweep`)
+    sweep       mask strength, guidance and autoguidance chosen on the held-out split (`siamese.sweep`), then the
+                fewest sampling steps that keep their quality (the "default" preset)
     ship        OUTPUT: the model in float16 with the chosen settings, metrics.csv of every stage, build.json, card,
                 and examples/: EXAMPLE_MASKS held-out masks at the model resolution (the app's example masks)
-    evaluate    `siamese.evaluate` on the held-out split: evaluation.json and the model card's figures
+    evaluate    `siamese.evaluate` on the held-out split at the "default" preset: evaluation.json and the card's figures
 
 OUTPUT/build/ holds the stages' run folders, `plan.json` (every stage's settings, fixed at the first run) and
 `done.json` (the finished stages). Running the same command again skips the finished stages and resumes the
@@ -35,6 +36,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
 
 from .card import FIGURE_NAME, write_model_card
 from .data import PairDataset, find_pairs, read_mask, resize_pair, split_pairs
@@ -45,8 +48,8 @@ from .files import atomic_write, check_writable
 from .folder_ops import add_decoder, add_scorer
 from .guide import make_guide
 from .model import label_problem, load_model
-from .presets import PRESET_NAMES
-from .sweep import Candidate, choose, measure_candidates
+from .presets import PRESET_NAMES, config_presets
+from .sweep import Candidate, choose, choose_speed, measure_candidates
 from .train import train
 from .train_config import MAX_SEED, TrainConfig
 
@@ -56,6 +59,7 @@ __all__ = ["BuildConfig", "BuildStopped", "build", "begun_build", "plan_stages",
            "REFERENCE_HOURS", "STAGES", "EXAMPLES_FOLDER", "EXAMPLE_MASKS"]
 
 BUILD_FOLDER = "build"
+LOCK_NAME = "lock"  # OUTPUT/build/lock: held while a build runs there (a second one is refused)
 EXAMPLES_FOLDER, EXAMPLE_MASKS = "examples", 6  # OUTPUT/examples/: held-out masks the app offers as examples
 REFERENCE_HOURS = 3.5  # the full recipe (budget factor 1) on 2 idle CPU cores at 256 px, batch 8
 # seconds per step of each kind at budget factor 1 (what REFERENCE_HOURS adds up to); for the ETA only
@@ -79,6 +83,9 @@ _FROM = {"1-base": "tiny", "2-siamese": "1-base", "3-biased": "2-siamese", "4-lo
 # strengths 2 and 3 it passes 95% of the ceiling while the KIDs double: 2.5 holds both targets there)
 _SWEEP_GRID = [Candidate(c, 1.0, g, 2.0) for c in (1.5, 2.0, 2.5, 3.0) for g in (3.0, 6.0)]
 _SWEEP_AUTOGUIDANCE = (1.0, 3.0)
+# then the chosen settings with faster samplers: the fewest steps that keep its quality become the "default" preset,
+# the fewest of all the "fast" (a preview); the polyp model's presets are UniPC 6 and 4
+_SPEED_SAMPLERS = (("unipc", 4), ("unipc", 6), ("unipc", 8))
 
 
 class BuildStopped(Exception):
@@ -98,7 +105,8 @@ class BuildConfig:
     prompt: str | None = None  # None: guessed from the data folder's name, or the pairs' prompt.json
     name: str = ""  # default: the output folder's name
     seed: int = 0
-    sweep_masks: int = 32  # held-out masks the sweep samples (one image each, per candidate)
+    sweep_masks: int = 32  # held-out masks the sweep samples
+    sweep_seeds: int = 2  # images of each of them per candidate (another seed each)
     sweep_steps: int = 16  # sampling steps in the sweep (the app's default)
     eval_seeds: int = 2  # segmentation seeds of the final evaluation's downstream test; 0: no evaluation
     eval_seg_steps: int = 600  # training steps of each of the evaluation's segmentation networks
@@ -113,7 +121,8 @@ class BuildConfig:
         if not isinstance(self.holdout, (int, float)) or not 0 < self.holdout < 1:
             raise ValueError(f"holdout must be a fraction above 0 and below 1 (the sweep and the evaluation need "
                              f"held-out pairs), got {self.holdout!r}")
-        for name, low, high in (("sweep_masks", 4, 1000), ("sweep_steps", 1, 1000), ("eval_seeds", 0, 16),
+        for name, low, high in (("sweep_masks", 4, 1000), ("sweep_seeds", 1, 16), ("sweep_steps", 1, 1000),
+                                ("eval_seeds", 0, 16),
                                 ("eval_seg_steps", 1, 100000),
                                 ("seed", 0, MAX_SEED)):
             value = getattr(self, name)
@@ -203,9 +212,11 @@ class _Record:
 
 
 def _with_defaults_of_old_plans(record: dict) -> dict:
-    """A plan.json written before a setting existed holds what those stages ran with: no overlay detection."""
+    """A plan.json written before a setting existed holds what those stages ran with: no overlay detection, one
+    image per mask in the sweep."""
     if isinstance(record.get("config"), dict):
         record["config"].setdefault("overlay", "off")
+        record["config"].setdefault("sweep_seeds", 1)
     return record
 
 
@@ -241,9 +252,25 @@ def build(config: BuildConfig, callback: Callable[[dict], None] | None = None, s
     find_pairs(config.data)  # the data, checked before anything is written
     emit = callback or (lambda event: None)
     plan = plan_stages(config)
-    record = _Record(out / BUILD_FOLDER)
-    record.fix_plan(config, plan)
     build_dir = out / BUILD_FOLDER
+    build_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(build_dir / LOCK_NAME)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(f"another build is running in {out} (it holds {build_dir / LOCK_NAME}): wait for it to "
+                         f"finish or stop it, or build into another output folder") from None
+    try:
+        return _build_stages(config, plan, build_dir, emit, stop, progress_bar, device)
+    finally:
+        lock.release()
+
+
+def _build_stages(config: BuildConfig, plan: dict, build_dir: Path, emit: Callable[[dict], None],
+                  stop: threading.Event | None, progress_bar: bool, device: torch.device) -> Path:
+    out = Path(config.output)
+    record = _Record(build_dir)
+    record.fix_plan(config, plan)
     remaining = [s for s in STAGES if s not in record.done and not (s == "evaluate" and not config.eval_seeds)]
     for index, stage in enumerate(STAGES, 1):
         if stage not in remaining:
@@ -288,15 +315,17 @@ def _run_stage(stage: str, config: BuildConfig, plan: dict, build_dir: Path, emi
         _copy_scorer(parts, build_dir / "assembled")
         return {}
     if stage == "sweep":
-        return _sweep(config, build_dir, emit, device)
+        return _sweep(config, build_dir, emit, device, progress_bar)
     if stage == "ship":
         return _ship(config, plan, build_dir)
     if stage == "evaluate":
         report = build_dir / "evaluation"
+        default = config_presets({"sampling_presets": _presets(build_dir)})["default"]  # what the app samples with
         evaluate(EvalConfig(data=config.data, model=config.output, test_fraction=config.holdout, seed=0,
-                            seeds=config.eval_seeds, seg_steps=config.eval_seg_steps, steps=config.sweep_steps,
-                            guidance_scale=_chosen(build_dir)["guidance_scale"], output=str(report),
-                            device=str(device)),
+                            seeds=config.eval_seeds, seg_steps=config.eval_seg_steps, steps=default["steps"],
+                            scheduler=default["scheduler"], guidance_scale=default["guidance_scale"],
+                            cache_interval=default["cache_interval"], precision=default["precision"],
+                            output=str(report), device=str(device)),
                  progress_bar=progress_bar)
         _card_figure(report / "fidelity.png", Path(config.output) / FIGURE_NAME)
         write_model_card(config.output)  # now with the figure
@@ -327,24 +356,54 @@ def _held_out(config: BuildConfig, resolution: int) -> tuple[np.ndarray, np.ndar
     return test.masks[keep], test.images[keep], train_images
 
 
-def _sweep(config: BuildConfig, build_dir: Path, emit: Callable[[dict], None], device: torch.device) -> dict:
+def _sweep(config: BuildConfig, build_dir: Path, emit: Callable[[dict], None], device: torch.device,
+           progress_bar: bool) -> dict:
     model = load_model(build_dir / "assembled", device=device)
     scorer = load_scorer(build_dir / "assembled", device=device)
     masks, real, train_images = _held_out(config, model.config.resolution)
-    progress = lambda done, total: emit({"type": "sweep", "done": done, "total": total})  # noqa: E731
-    kw = dict(steps=config.sweep_steps, seed=config.seed, callback=progress)
-    rows = measure_candidates(model, scorer, masks, real, train_images, _SWEEP_GRID, **kw)
-    best = choose(rows, scorer.config.held_out_dice)
-    more = [Candidate(best["control_scale"], best["control_end"], best["guidance_scale"], w) for w in _SWEEP_AUTOGUIDANCE]
-    rows += measure_candidates(model, scorer, masks, real, train_images, more, **kw)
-    chosen = choose(rows, scorer.config.held_out_dice)
-    logger.info("chosen: %s", chosen)
-    return {"rows": rows, "chosen": chosen, "ceiling": scorer.config.held_out_dice, "masks": len(masks),
-            "steps": config.sweep_steps, "scheduler": "dpm++"}
+    ceiling = float(scorer.score(real, masks).mean())  # on the images of the masks the candidates draw
+    per_candidate = len(masks) * config.sweep_seeds
+    rounds = (len(_SWEEP_GRID), len(_SWEEP_AUTOGUIDANCE), len(_SPEED_SAMPLERS))
+    total = sum(rounds) * per_candidate  # one count over the three rounds
+    with tqdm(total=total, desc="settings sweep", unit="image", disable=not progress_bar) as bar:
+        def measure(candidates: list[Candidate], scheduler: str = "dpm++", steps: int = config.sweep_steps) -> list:
+            offset = bar.n
+
+            def report(done: int, _: int) -> None:
+                bar.update(offset + done - bar.n)
+                emit({"type": "sweep", "done": offset + done, "total": total})
+
+            return measure_candidates(model, scorer, masks, real, train_images, candidates, steps=steps,
+                                      scheduler=scheduler, seed=config.seed, callback=report,
+                                      images_per_mask=config.sweep_seeds)
+
+        rows = measure(_SWEEP_GRID)
+        best = choose(rows, ceiling)
+        rows += measure([Candidate(best["control_scale"], best["control_end"], best["guidance_scale"], w)
+                         for w in _SWEEP_AUTOGUIDANCE])
+        chosen = choose(rows, ceiling)
+        settings = Candidate(chosen["control_scale"], chosen["control_end"], chosen["guidance_scale"],
+                             chosen["autoguidance"])
+        speed = [measure([settings], scheduler, steps)[0] for scheduler, steps in _SPEED_SAMPLERS]
+    default = choose_speed(speed, ceiling, chosen)
+    fastest = min(speed + [chosen], key=lambda r: r["steps"])
+    presets = {name: {"scheduler": r["scheduler"], "steps": r["steps"], "guidance_scale": r["guidance_scale"],
+                      "cache_interval": 1, "precision": "float32"}  # as measured
+               for name, r in (("default", default), ("fast", fastest))}
+    logger.info("chosen: %s; presets %s", chosen, presets)
+    return {"rows": rows + speed, "chosen": chosen, "presets": presets, "ceiling": round(ceiling, 4),
+            "masks": len(masks), "images_per_mask": config.sweep_seeds, "steps": config.sweep_steps,
+            "scheduler": "dpm++"}
 
 
 def _chosen(build_dir: Path) -> dict:
     return json.loads((build_dir / "done.json").read_text())["sweep"]["chosen"]
+
+
+def _presets(build_dir: Path) -> dict[str, dict]:
+    sweep = json.loads((build_dir / "done.json").read_text())["sweep"]
+    guidance = sweep["chosen"]["guidance_scale"]
+    return sweep.get("presets") or {name: {"guidance_scale": guidance} for name in PRESET_NAMES}
 
 
 def _ship(config: BuildConfig, plan: dict, build_dir: Path) -> dict:
@@ -353,8 +412,9 @@ def _ship(config: BuildConfig, plan: dict, build_dir: Path) -> dict:
     model = load_model(build_dir / "assembled")
     model.config.control_scale, model.config.control_end = chosen["control_scale"], chosen["control_end"]
     model.config.autoguidance = chosen["autoguidance"]
-    # the chosen guidance goes into the presets, which the app and `sample` read (the speed settings stay the defaults)
-    model.config.sampling_presets = {name: {"guidance_scale": chosen["guidance_scale"]} for name in PRESET_NAMES}
+    # the presets, which the app and `sample` read: the sweep's sampler and steps with the chosen guidance (a sweep
+    # that measured no sampler: the chosen guidance with the fallback's speed settings)
+    model.config.sampling_presets = _presets(build_dir)
     if chosen["autoguidance"] == 1.0:
         model.guide = None
     model.config.label = config.label

@@ -170,6 +170,12 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
 
 
+def _sweep_fidelity(row: dict) -> str:
+    """A sweep row's fidelity cell; rows written before the sweep measured its standard error hold the mean alone."""
+    se = row.get("fidelity_se")
+    return f"{row['fidelity']:.3f}" + ("" if se is None else f" +- {se:.3f}")
+
+
 def _sweep_kids(row: dict) -> str:
     """A sweep row's two KID cells; rows written before the sweep measured the feature KID hold the colour/texture
     KID x1e3 alone."""
@@ -189,14 +195,22 @@ def _build_section(build: dict, evaluation: dict) -> list[str]:
     lines = ["", "## Build", "", f"Made by `python -m siamese build` with a budget of {build.get('budget_hours')} "
              f"CPU-hours; steps per stage: {stages}."]
     if sweep.get("rows"):
-        lines += ["", f"Settings sweep on {sweep.get('masks')} held-out masks ({sweep.get('scheduler')}, "
-                  f"{sweep.get('steps')} steps; fidelity: the scorer's Dice, real ceiling "
-                  f"{sweep.get('ceiling', 0):.3f}; KIDs as `evaluate` prints them, the feature KID on the scorer's "
-                  f"network; of the faithful settings the one nearest the KID targets is chosen):",
-                  "", "| mask strength | guidance | autoguidance | fidelity | colour/texture KID | feature KID |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {r['control_scale']:g} | {r['guidance_scale']:g} | {r['autoguidance']:g} | {r['fidelity']:.3f} | "
-                  f"{_sweep_kids(r)} |" for r in sweep["rows"]]
+        lines += ["", f"Settings sweep on {sweep.get('masks')} held-out masks, {sweep.get('images_per_mask', 1)} "
+                  f"image(s) each ({sweep.get('scheduler')}, {sweep.get('steps')} steps; fidelity: the scorer's Dice "
+                  f"+- its standard error over the masks, real ceiling {sweep.get('ceiling', 0):.3f}; KIDs as "
+                  f"`evaluate` prints them, the feature KID on the scorer's network; of the faithful settings, whose "
+                  f"fidelity less its standard error reaches {FIDELITY_TARGET} of the ceiling, the one nearest the "
+                  f"KID targets is chosen; then the fewest sampling steps that keep its quality):",
+                  "", "| sampler | mask strength | guidance | autoguidance | fidelity | colour/texture KID "
+                  "| feature KID |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r.get('scheduler', sweep.get('scheduler'))} {r.get('steps', sweep.get('steps'))} | "
+                  f"{r['control_scale']:g} | {r['guidance_scale']:g} | {r['autoguidance']:g} | "
+                  f"{_sweep_fidelity(r)} | {_sweep_kids(r)} |" for r in sweep["rows"]]
+        if sweep.get("presets"):
+            lines += ["", "Sampling presets (`siamese_config.json`): " + "; ".join(
+                f"{name} {p['scheduler']} {p['steps']} steps, guidance {p['guidance_scale']:g}"
+                for name, p in sweep["presets"].items()) + "."]
     try:
         fidelity = evaluation["fidelity"]["generated"]["dice"] / evaluation["fidelity"]["real"]["dice"]
         copying = evaluation["memorisation"]["ratio"]

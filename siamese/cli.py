@@ -233,6 +233,7 @@ def _build(args: argparse.Namespace) -> None:
     config = BuildConfig(data=args.data, output=args.output, budget_hours=args.budget_hours,
                          resolution=args.resolution, batch_size=args.batch_size, holdout=args.holdout,
                          prompt=args.prompt, name=args.name, seed=args.seed, sweep_masks=args.sweep_masks,
+                         sweep_seeds=args.sweep_seeds,
                          eval_seeds=args.eval_seeds, eval_seg_steps=args.eval_seg_steps, report_to=args.report_to,
                          overlay=args.overlay, label=args.label)
     stop = threading.Event()
@@ -418,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "'skin lesions (dermoscopy)' (default: the model's name)")
     b.add_argument("--seed", type=int, default=0, help="training and sweep seed")
     b.add_argument("--sweep-masks", type=int, default=32, help="held-out masks the settings sweep samples")
+    b.add_argument("--sweep-seeds", type=int, default=2,
+                   help="images of each sweep mask per candidate setting (another seed each; default 2)")
     b.add_argument("--eval-seeds", type=int, default=2, help="segmentation seeds of the final evaluation's "
                    "downstream test (0: no evaluation)")
     b.add_argument("--eval-seg-steps", type=int, default=600, help="training steps of each segmentation network of "

@@ -32,7 +32,8 @@ from .data import PairDataset
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OVERLAY_MODES", "find_overlay", "keep_weights", "attach_overlay", "tint", "MIN_IMAGES"]
+__all__ = ["OVERLAY_MODES", "find_overlay", "text_zone", "stroke_share", "keep_weights", "attach_overlay", "tint",
+           "MIN_IMAGES"]
 
 OVERLAY_MODES = ("auto", "off")  # TrainConfig.overlay: find overlays and leave them out of the loss, or not
 MIN_IMAGES = 24  # fewer frames say nothing about what stays in place: nothing is flagged
@@ -81,23 +82,58 @@ def find_overlay(images: np.ndarray, lesions: np.ndarray | None = None) -> np.nd
 
     Sizes scale with R (a 256 image: strokes narrower than 9 pixels, zones smoothed over 9, a 5 x 5 halo).
     With fewer than MIN_IMAGES images nothing is flagged."""
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"expected (N, H, W, 3) uint8 images, got {images.shape} {images.dtype}")
+    images = _checked(images)
     n, h, w = images.shape[:3]
     if n < MIN_IMAGES:
         logger.info("%d images: too few to tell overlays from image content (%d needed); none flagged", n, MIN_IMAGES)
         return np.zeros((n, h, w), bool)
-    stroke_size = _odd(2 * (min(h, w) // 64) + 1)
-    strokes = _strokes(images, stroke_size)
+    strokes = _strokes(images, _stroke_size(h, w))
+    zone = _zone(strokes)
+    halo = cv2.getStructuringElement(cv2.MORPH_RECT, (_odd(min(h, w) // 64 + 1),) * 2)
+    text = (strokes & zone).view(np.uint8)
+    mask = np.stack([cv2.dilate(m, halo) for m in text]).astype(bool) & zone  # the glyphs and their halo
+    return mask | _static(images, _odd(min(h, w) // 32), lesions)
+
+
+def text_zone(images: np.ndarray) -> np.ndarray:
+    """Where a dataset's frames carry text: (N, R, R, 3) uint8 -> (R, R) bool (all False with fewer than MIN_IMAGES
+    images), the zone `find_overlay` flags strokes in."""
+    images = _checked(images)
+    n, h, w = images.shape[:3]
+    if n < MIN_IMAGES:
+        return np.zeros((h, w), bool)
+    return _zone(_strokes(images, _stroke_size(h, w)))
+
+
+def stroke_share(images: np.ndarray, zone: np.ndarray) -> np.ndarray:
+    """The share of each image's `zone` pixels that are text-like strokes, as `find_overlay` finds them: (N, R, R, 3)
+    uint8 and (R, R) bool -> (N,) float (0 where the zone is empty). Of generated images: how much of the on-screen
+    text the model imitates."""
+    images = _checked(images)
+    if not zone.any():
+        return np.zeros(len(images))
+    return _strokes(images, _stroke_size(*images.shape[1:3]))[:, zone].mean(1)
+
+
+def _checked(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected (N, H, W, 3) uint8 images, got {images.shape} {images.dtype}")
+    return images
+
+
+def _stroke_size(h: int, w: int) -> int:
+    return _odd(2 * (min(h, w) // 64) + 1)
+
+
+def _zone(strokes: np.ndarray) -> np.ndarray:
+    """(N, R, R) bool strokes -> (R, R) bool: where strokes are frequent across the frames (and a halo around)."""
+    h, w = strokes.shape[1:]
     window = _odd(min(h, w) // 32)
     share = cv2.blur(strokes.mean(0, dtype=np.float32), (window, window))
     zone = share >= max(ZONE_SHARE, ZONE_RATIO * float(np.median(share)))
     halo = cv2.getStructuringElement(cv2.MORPH_RECT, (_odd(min(h, w) // 64 + 1),) * 2)
-    zone = cv2.dilate(zone.astype(np.uint8), halo).astype(bool)
-    text = (strokes & zone).view(np.uint8)
-    mask = np.stack([cv2.dilate(m, halo) for m in text]).astype(bool) & zone  # the glyphs and their halo
-    return mask | _static(images, window, lesions)
+    return cv2.dilate(zone.astype(np.uint8), halo).astype(bool)
 
 
 def keep_weights(overlay: Tensor, size: tuple[int, int]) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import zipfile
 from pathlib import Path
@@ -164,6 +165,13 @@ def studio(tiny_model_dir, tmp_path) -> Studio:
 
     return Studio(str(tiny_model_dir), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
                   settings=Settings(data_root=tmp_path))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a launched app)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_zip(path: Path, entries: dict[str, bytes], link: str | None = None) -> Path:

@@ -4,7 +4,6 @@ answers while it runs, the documented values) and one browser run. All slow."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import zipfile
@@ -13,17 +12,12 @@ from pathlib import Path
 import pytest
 
 import app
+from conftest import free_port
 from studio.settings import Settings
 from test_app_batch import FakeScorer, fake_loader, mask_png, masks_zip
 
 
 # -- the launched app, through gradio_client ----------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     """The app on a free port with the tiny model and a fake scorer, queued as `python app.py` queues it."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import time
 import zipfile
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from PIL import Image
 
 import app
+from conftest import free_port
 from siamese import default_model
 from studio.catalog import is_model_folder
 from studio.frames import example_frames
@@ -32,12 +32,6 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                  reason=f"no browser at {CHROMIUM}: install Debian's chromium (apt-get install chromium)")]
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(model: str, root: Path, data_root: Path | None = None) -> tuple[object, str]:

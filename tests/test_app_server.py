@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ import pytest
 from PIL import Image
 
 import app
-from conftest import write_dataset
+from conftest import free_port, write_dataset
 from siamese.objective import LOSS_KEYS
 from studio.catalog import is_model_folder
 from studio.settings import Settings
@@ -40,12 +39,6 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

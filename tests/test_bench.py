@@ -19,15 +19,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 
+import bench.overlay
 import bench.training
 from bench.estimate import sd15_training_memory
 from bench.sampling import batch_images_per_hour, compare_presets, compare_samplers
 from bench.timing import Timings
 from bench.training import compare_steps, float64_parity
 from bench.workload import PRESETS, build_preset, build_sd15_architecture, mask_hints, reg_timesteps
+from conftest import write_dataset
 from siamese.params import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,3 +238,22 @@ def test_cli_json(tmp_path):
     result = json.loads(proc.stdout)  # the JSON object alone on stdout; the table on stderr
     assert cli_problems(result, proc.stderr) == []
     assert json.loads(out.read_text())["train_speedup"] == result["train_speedup"]
+
+
+def test_the_overlay_benchmark_measures_strokes_in_the_text_zone(tiny_model_dir, tmp_path, capsys):
+    """`python -m bench.overlay` on frames with text in a fixed block: the zone lies there, the real frames have
+    strokes in it, and each model's paired difference from the first is reported (the same model twice: zero)."""
+    data = write_dataset(tmp_path / "d", n=40, size=64, seed=2)
+    for path in sorted((data / "images").iterdir()):  # the scope's text: white strokes in the top-left block
+        image = cv2.imread(str(path))
+        cv2.putText(image, path.stem[-3:], (2, 14), cv2.FONT_HERSHEY_PLAIN, 0.8, (250, 250, 250), 1)
+        cv2.imwrite(str(path), image)
+    grid = tmp_path / "grid.png"
+    assert bench.overlay.main(["--models", str(tiny_model_dir), str(tiny_model_dir), "--data", str(data),
+                               "--masks", "8", "--grid", str(grid)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0 < report["zone_share_of_frame"] < 0.5 and report["masks"] == 8
+    assert report["real"]["mean"] > 0.05 and report["real"]["streaked"] > 0.5
+    second = report[str(tiny_model_dir)]
+    assert second["minus_first"] == {"mean": 0.0, "se": 0.0}  # the same model, masks and seeds: the same images
+    assert cv2.imread(str(grid)).shape == (3 * 64, 8 * 64, 3)  # the real frames, then each model

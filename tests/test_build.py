@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from safetensors.numpy import load_file
 
 from siamese import load_model
@@ -23,7 +24,7 @@ from siamese.data import PairDataset, mask_to_hint
 from siamese.fidelity import load_scorer
 from siamese.image_metrics import kid, standardiser
 from siamese.sampling import SamplingParams, generate, sample
-from siamese.sweep import Candidate, choose, measure_candidates, target_distance
+from siamese.sweep import Candidate, choose, choose_speed, measure_candidates, target_distance
 
 from conftest import write_dataset
 
@@ -54,13 +55,25 @@ def test_the_budget_scales_every_stage_in_proportion():
 
 @pytest.mark.parametrize("change, message", [
     ({"budget_hours": 0}, "budget hours"), ({"holdout": 0.0}, "holdout"), ({"resolution": 100}, "resolution"),
-    ({"sweep_masks": 2}, "sweep masks"), ({"eval_seeds": -1}, "eval seeds"), ({"batch_size": 0}, "batch size"),
+    ({"sweep_masks": 2}, "sweep masks"), ({"sweep_seeds": 0}, "sweep seeds"), ({"eval_seeds": -1}, "eval seeds"),
+    ({"batch_size": 0}, "batch size"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(dataset, tmp_path, change, message):
     out = tmp_path / "model"
     with pytest.raises(ValueError, match=message):
         build(BuildConfig(data=str(dataset), output=str(out), **change))
     assert not out.exists()
+
+
+def test_a_second_build_into_the_same_folder_is_refused_while_one_runs(dataset, tmp_path, capsys):
+    """Two builds writing one folder would mix their stages: the running one holds OUTPUT/build/lock."""
+    out = tmp_path / "model"
+    (out / "build").mkdir(parents=True)
+    with FileLock(out / "build" / "lock"):  # as a running build holds it (another process's flock alike)
+        assert main(["build", "--data", str(dataset), "--output", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error: another build is running in") and "another output folder" in err
+    assert not (out / "build" / "plan.json").exists()
 
 
 def test_cli_refuses_a_build_resumed_with_other_settings(dataset, tmp_path, capsys):
@@ -74,12 +87,13 @@ def test_cli_refuses_a_build_resumed_with_other_settings(dataset, tmp_path, caps
 
 
 def test_a_build_begun_before_the_overlay_setting_resumes_as_it_ran(dataset, tmp_path):
-    """A plan.json without `overlay` (written before the setting existed) ran without overlay detection: it resumes
-    with overlay off, and a run asking for auto is told the settings differ."""
+    """A plan.json without `overlay` and `sweep_seeds` (written before the settings existed) ran without overlay
+    detection and with one sweep image per mask: it resumes so, and a run asking for auto is told the settings
+    differ."""
     out = tmp_path / "model"
     (out / "build").mkdir(parents=True)
-    config = BuildConfig(data=str(dataset), output=str(out), budget_hours=1.0, overlay="off")
-    old = {k: v for k, v in vars(config).items() if k not in ("overlay", "label")}
+    config = BuildConfig(data=str(dataset), output=str(out), budget_hours=1.0, overlay="off", sweep_seeds=1)
+    old = {k: v for k, v in vars(config).items() if k not in ("overlay", "label", "sweep_seeds")}
     (out / "build" / "plan.json").write_text(json.dumps({"config": old, "stages": plan_stages(config)}))
     assert begun_build(out) == config  # what the Train tab resumes with
     with pytest.raises(ValueError, match=r"other settings \(begun with overlay 'off', now 'auto'\)"):
@@ -92,10 +106,25 @@ def test_choose_takes_the_faithful_setting_nearest_the_realism_targets():
     assert choose(rows, ceiling=0.8)["kid"] == 3.0  # 0.78 >= 0.95 x 0.8; the 0.5 and 0.6 rows are not faithful
     assert choose(rows, ceiling=None)["kid"] == 3.0  # within 0.02 of the best
     assert choose(rows, ceiling=0.99)["kid"] == 3.0  # none reaches the ceiling's share: within 0.02 of the best
+    # faithful on the lower end: 0.78 - 0.03 < 0.95 x 0.8, so only the 0.80 row (its standard error 0.01) is left
+    rows[2]["fidelity_se"], rows[1]["fidelity_se"] = 0.03, 0.01
+    assert choose(rows, ceiling=0.8)["kid"] == 5.0
     # the feature KID counts against its own target (1): 1.7 / 1 is further than 4 / 5, whatever the colour KID
     rows = [{"fidelity": 0.9, "kid": 1.6, "feature_kid": 1.7}, {"fidelity": 0.9, "kid": 4.0, "feature_kid": 0.9}]
     assert choose(rows, ceiling=0.9)["kid"] == 4.0
     assert target_distance(rows[0]) == pytest.approx(1.7) and target_distance(rows[1]) == pytest.approx(0.9)
+
+
+def test_the_default_preset_is_the_fewest_steps_that_keep_the_chosen_quality():
+    chosen = {"steps": 16, "fidelity": 0.80, "fidelity_se": 0.01, "kid": 2.0, "feature_kid": 0.5}
+    speed = [{"steps": 4, "fidelity": 0.70, "kid": 2.0, "feature_kid": 0.5},  # not faithful
+             {"steps": 6, "fidelity": 0.80, "kid": 2.0, "feature_kid": 1.2},  # feature KID over its target
+             {"steps": 8, "fidelity": 0.79, "fidelity_se": 0.01, "kid": 4.0, "feature_kid": 0.9}]
+    assert choose_speed(speed, 0.8, chosen)["steps"] == 8
+    assert choose_speed(speed[:2], 0.8, chosen) is chosen  # none keeps it: the sweep's own sampler
+    # a reference short of the targets: no further from them than it is (1.2 / 1), within 0.02 of its fidelity
+    short = {**chosen, "feature_kid": 1.3, "fidelity": 0.75}
+    assert choose_speed(speed, 0.8, short)["steps"] == 6
 
 
 def test_the_sweep_measures_fidelity_and_both_kids_as_evaluate_does(scored_model_dir, tmp_path):
@@ -117,6 +146,17 @@ def test_the_sweep_measures_fidelity_and_both_kids_as_evaluate_does(scored_model
     expected = kid((scorer.features(images) - mu) / sd, (scorer.features(real) - mu) / sd, subsets=100, subset_size=4)
     assert rows[0]["feature_kid"] == pytest.approx(round(expected[0], 4), abs=1e-4)
     assert rows[0]["feature_kid"] != rows[1]["feature_kid"] and "kid_std" in rows[0]
+    # two images a mask: twice the images (seeds 0-7), fidelity and its standard error over the 4 masks
+    counted = []
+    two = measure_candidates(model, scorer, masks, real, train, [Candidate(1.0, 1.0, 3.0)], steps=2, batch_size=3,
+                             images_per_mask=2, callback=lambda done, total: counted.append((done, total)))
+    assert counted[-1] == (8, 8) and 0 < two[0]["fidelity_se"] < 1
+    second = sample(model, hints, [model.config.prompt] * 4, [torch.Generator().manual_seed(4 + i) for i in range(4)],
+                    2, 3.0, "dpm++", control_scale=1.0)
+    both = np.concatenate([images, (second.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)])
+    dice = scorer.score(both, np.concatenate([masks, masks])).reshape(2, 4).mean(0)
+    assert two[0]["fidelity"] == pytest.approx(round(float(dice.mean()), 4), abs=1e-4)
+    assert two[0]["fidelity_se"] == pytest.approx(round(float(dice.std(ddof=1) / 2), 4), abs=1e-4)
 
 
 def _build(data: Path, out: Path, kill_at: str | None = None) -> subprocess.Popen | subprocess.CompletedProcess:
@@ -151,6 +191,7 @@ def test_a_build_killed_in_a_stage_resumes_to_the_same_model(tmp_path):
     done = _build(data, whole)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "stage 10/10: evaluate" in done.stderr and f"model built in {whole}" in done.stdout
+    assert "settings sweep: 100%" in done.stderr  # one bar over both rounds of the sweep
     _build(data, killed, kill_at="2-siamese/checkpoints/step-0000005")
     assert not (killed / "build.json").exists()
     again = _build(data, killed)
@@ -167,12 +208,22 @@ def test_a_build_killed_in_a_stage_resumes_to_the_same_model(tmp_path):
     assert any(k.startswith("guide/") for k in a) == (chosen["autoguidance"] != 1)
     config = json.loads((whole / "siamese_config.json").read_text())
     assert (config["control_scale"], config["autoguidance"]) == (chosen["control_scale"], chosen["autoguidance"])
+    # the presets: the sweep's samplers, measured at the chosen settings; the evaluation samples with "default"
+    presets = record_a["sweep"]["presets"]
+    assert config["sampling_presets"] == presets and presets["fast"]["steps"] == 4
+    speed = [r for r in record_a["sweep"]["rows"] if r["scheduler"] == "unipc"]
+    assert [r["steps"] for r in speed] == [4, 6, 8] and all(r["guidance_scale"] == chosen["guidance_scale"]
+                                                         for r in speed)
+    assert presets["default"]["steps"] in (4, 6, 8, 16)
+    settings = json.loads((whole / "evaluation.json").read_text())["settings"]
+    assert (settings["scheduler"], settings["steps"]) == (presets["default"]["scheduler"], presets["default"]["steps"])
     # a complete model: scorer, card with the evaluation and the copying check, every stage's losses
     assert load_scorer(whole) is not None
     evaluation = json.loads((whole / "evaluation.json").read_text())
     assert evaluation["memorisation"]["ratio"] > 0
     card = (whole / "README.md").read_text()
     assert "copying" in card and "Mask fidelity" in card
+    assert f"{chosen['fidelity']:.3f} +- {chosen['fidelity_se']:.3f}" in card  # the sweep's rows, standard error too
     stages = {line.split(",")[0] for line in (whole / "metrics.csv").read_text().splitlines()[1:]}
     assert stages == {"1-base", "2-siamese", "3-biased", "4-locked"}
     model = load_model(whole)

@@ -16,7 +16,7 @@ from siamese.cli import build_parser
 from siamese.cli_options import config_from_args
 from siamese.data import PairDataset
 from siamese.objective import base_losses, controlnet_losses, mse, siamese_losses
-from siamese.overlay import MIN_IMAGES, attach_overlay, find_overlay, keep_weights
+from siamese.overlay import MIN_IMAGES, attach_overlay, find_overlay, keep_weights, stroke_share, text_zone
 from siamese.train import trainable_parameters
 from siamese.train_config import TrainConfig
 
@@ -52,6 +52,20 @@ def _frames(n: int = 24, seed: int = 0, text: bool = True) -> tuple[np.ndarray, 
         images.append(im)
         planted.append(drawn > 0)
     return np.stack(images), np.stack(planted)
+
+
+def test_the_text_zone_and_the_stroke_share_of_frames_with_and_without_text():
+    """The zone lies on the planted text block; frames with text have strokes there, frames without have almost
+    none (what the overlay A/B measures of generated images)."""
+    images, _ = _frames()
+    zone = text_zone(images)
+    block = np.zeros((R, R), bool)
+    block[TEXT] = True
+    assert zone.any() and (zone & block).sum() / zone.sum() > 0.8
+    with_text, clean = stroke_share(images, zone), stroke_share(_frames(8, seed=1, text=False)[0], zone)
+    assert with_text.shape == (24,) and clean.shape == (8,)
+    assert with_text.min() > 0.05 and clean.max() < 0.02
+    assert not text_zone(images[:MIN_IMAGES - 1]).any() and not stroke_share(images, ~zone & False).any()
 
 
 def test_finds_planted_text_and_box_and_little_else():
