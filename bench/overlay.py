@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streaked", type=float, default=0.05, help="share of the zone above which an image counts")
     parser.add_argument("--grid", default="", help="a PNG of the first 8 images of each model")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     models = [load_model(m) for m in args.models]
     resolution = models[0].config.resolution
     if any(m.config.resolution != resolution for m in models):
@@ -59,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, shares = [test.images[:8]], []
     for path, model in zip(args.models, models):
         params = preset_params(model, "default")
-        images = np.stack([generate(model, m, 1, seed=i, params=params)[0].image for i, m in enumerate(test.masks)])
+        with torch.no_grad():
+            images = np.stack([generate(model, m, 1, seed=i, params=params)[0].image
+                               for i, m in enumerate(test.masks)])
         shares.append(stroke_share(images, zone))
         report[path] = _summary(shares[-1], args.streaked)
         if len(shares) > 1:

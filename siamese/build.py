@@ -60,6 +60,7 @@ __all__ = ["BuildConfig", "BuildStopped", "build", "begun_build", "plan_stages",
 
 BUILD_FOLDER = "build"
 LOCK_NAME = "lock"  # OUTPUT/build/lock: held while a build runs there (a second one is refused)
+SWEEP_ROWS = "sweep-rows.json"  # OUTPUT/build/: the sweep's rows as they are measured (a stopped sweep continues)
 EXAMPLES_FOLDER, EXAMPLE_MASKS = "examples", 6  # OUTPUT/examples/: held-out masks the app offers as examples
 REFERENCE_HOURS = 3.5  # the full recipe (budget factor 1) on 2 idle CPU cores at 256 px, batch 8
 # seconds per step of each kind at budget factor 1 (what REFERENCE_HOURS adds up to); for the ETA only
@@ -242,8 +243,9 @@ def build(config: BuildConfig, callback: Callable[[dict], None] | None = None, s
     `callback` receives {"type": "stage", "stage", "index", "total", "eta_s", "stage_s"} before each stage (eta_s: the
     planned seconds of it and the stages after it, stage_s: of it alone), every training event of `siamese.train.train`
     with "stage" added, {"type": "sweep", "done", "total"} in the sweep, and {"type": "done", "output"} at the end.
-    Setting `stop` ends the build after the current training step (saved), or after the current stage of the others
-    (they do not stop midway): BuildStopped is raised, and the same call resumes.
+    Setting `stop` ends the build after the current training step (saved), after the current setting of the sweep
+    (the measured ones are kept), or after the current stage of the others (they do not stop midway): BuildStopped
+    is raised, and the same call resumes.
     """
     config.validate()
     device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
@@ -315,7 +317,7 @@ def _run_stage(stage: str, config: BuildConfig, plan: dict, build_dir: Path, emi
         _copy_scorer(parts, build_dir / "assembled")
         return {}
     if stage == "sweep":
-        return _sweep(config, build_dir, emit, device, progress_bar)
+        return _sweep(config, build_dir, emit, device, progress_bar, stop)
     if stage == "ship":
         return _ship(config, plan, build_dir)
     if stage == "evaluate":
@@ -357,7 +359,7 @@ def _held_out(config: BuildConfig, resolution: int) -> tuple[np.ndarray, np.ndar
 
 
 def _sweep(config: BuildConfig, build_dir: Path, emit: Callable[[dict], None], device: torch.device,
-           progress_bar: bool) -> dict:
+           progress_bar: bool, stop: threading.Event | None) -> dict:
     model = load_model(build_dir / "assembled", device=device)
     scorer = load_scorer(build_dir / "assembled", device=device)
     masks, real, train_images = _held_out(config, model.config.resolution)
@@ -365,17 +367,29 @@ def _sweep(config: BuildConfig, build_dir: Path, emit: Callable[[dict], None], d
     per_candidate = len(masks) * config.sweep_seeds
     rounds = (len(_SWEEP_GRID), len(_SWEEP_AUTOGUIDANCE), len(_SPEED_SAMPLERS))
     total = sum(rounds) * per_candidate  # one count over the three rounds
+    measured = _SweepRows(build_dir / SWEEP_ROWS)
     with tqdm(total=total, desc="settings sweep", unit="image", disable=not progress_bar) as bar:
+        def advance(n: int) -> None:
+            bar.update(n - bar.n)
+            emit({"type": "sweep", "done": n, "total": total})
+
         def measure(candidates: list[Candidate], scheduler: str = "dpm++", steps: int = config.sweep_steps) -> list:
-            offset = bar.n
-
-            def report(done: int, _: int) -> None:
-                bar.update(offset + done - bar.n)
-                emit({"type": "sweep", "done": offset + done, "total": total})
-
-            return measure_candidates(model, scorer, masks, real, train_images, candidates, steps=steps,
-                                      scheduler=scheduler, seed=config.seed, callback=report,
-                                      images_per_mask=config.sweep_seeds)
+            rows = []
+            for candidate in candidates:
+                if stop is not None and stop.is_set():
+                    raise BuildStopped("stopped in the settings sweep (its measured settings are kept): run the "
+                                       "same build again to resume")
+                offset = bar.n
+                row = measured.get(candidate, scheduler, steps)
+                if row is None:
+                    row = measure_candidates(model, scorer, masks, real, train_images, [candidate], steps=steps,
+                                             scheduler=scheduler, seed=config.seed,
+                                             callback=lambda done, _: advance(offset + done),
+                                             images_per_mask=config.sweep_seeds)[0]
+                    measured.add(row)
+                advance(offset + per_candidate)
+                rows.append(row)
+            return rows
 
         rows = measure(_SWEEP_GRID)
         best = choose(rows, ceiling)
@@ -394,6 +408,24 @@ def _sweep(config: BuildConfig, build_dir: Path, emit: Callable[[dict], None], d
     return {"rows": rows + speed, "chosen": chosen, "presets": presets, "ceiling": round(ceiling, 4),
             "masks": len(masks), "images_per_mask": config.sweep_seeds, "steps": config.sweep_steps,
             "scheduler": "dpm++"}
+
+
+class _SweepRows:
+    """OUTPUT/build/sweep-rows.json: the rows the sweep has measured, each saved as soon as it is, so that a stopped
+    or killed sweep continues where it was (the plan and the assembled model are fixed, so a row's settings, sampler
+    and steps name it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict] = json.loads(path.read_text()) if path.is_file() else []
+
+    def get(self, candidate: Candidate, scheduler: str, steps: int) -> dict | None:
+        key = {**asdict(candidate), "scheduler": scheduler, "steps": steps}
+        return next((r for r in self.rows if all(r.get(k) == v for k, v in key.items())), None)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        atomic_write(self.path, (json.dumps(self.rows, indent=2) + "\n").encode())
 
 
 def _chosen(build_dir: Path) -> dict:

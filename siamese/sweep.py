@@ -123,13 +123,15 @@ def choose(rows: list[dict], ceiling: float | None) -> dict:
 def choose_speed(rows: list[dict], ceiling: float | None, reference: dict) -> dict:
     """The row with the fewest steps among `rows` (the chosen settings with faster samplers) and `reference` (the
     chosen row itself) that holds the reference's quality: faithful as `choose` judges (or, when the reference is
-    not, or the ceiling unknown, within 0.02 of its fidelity) and no further from the realism targets than the
-    targets themselves or the reference, whichever is further."""
+    not, or the ceiling unknown, within 0.02 of its fidelity), and each KID at most the reference's plus its
+    standard deviation over subsets (within its noise). Holding the targets alone is not enough: on the skin lesion
+    model UniPC 4 steps measured feature KID 0.68 in the sweep (the reference 0.31 +- 0.07) and 1.15 in the card's
+    evaluation, over the target 1."""
     strict = ceiling is not None and _faithful(reference, ceiling)
-    limit = max(1.0, target_distance(reference))
 
     def holds(row: dict) -> bool:
         faithful = _faithful(row, ceiling) if strict else row["fidelity"] >= reference["fidelity"] - 0.02
-        return faithful and target_distance(row) <= limit
+        return faithful and all(row[k] <= reference[k] + reference.get(f"{k}_std", 0.0)
+                                for k in ("kid", "feature_kid") if k in reference and k in row)
 
     return min([r for r in rows if holds(r)] + [reference], key=lambda r: r["steps"])

@@ -99,6 +99,9 @@ class TrainingJob(BackgroundJob):
         if self.stage["training"]:
             text = (f"Stopping stage {self.stage['name']} after step {self.step + 1}; its checkpoint is saved first "
                     "(start the same full build again to resume)...")
+        elif self.stage["name"] == "sweep":
+            text = ("Stopping the settings sweep after the setting it is measuring; the measured ones are kept "
+                    "(start the same full build again to resume)...")
         else:
             text = (f"Stopping after stage {self.stage['name']} (it does not stop midway; start the same full build "
                     "again to resume)...")
