@@ -49,7 +49,7 @@ from .folder_ops import add_decoder, add_scorer
 from .guide import make_guide
 from .model import label_problem, load_model
 from .presets import PRESET_NAMES, config_presets
-from .sweep import Candidate, choose, choose_speed, measure_candidates
+from .sweep import Candidate, choose, choose_speed, kid_references, measure_candidates
 from .train import train
 from .train_config import MAX_SEED, TrainConfig
 
@@ -365,9 +365,9 @@ def _sweep(config: BuildConfig, build_dir: Path, emit: Callable[[dict], None], d
     masks, real, train_images = _held_out(config, model.config.resolution)
     ceiling = float(scorer.score(real, masks).mean())  # on the images of the masks the candidates draw
     per_candidate = len(masks) * config.sweep_seeds
-    rounds = (len(_SWEEP_GRID), len(_SWEEP_AUTOGUIDANCE), len(_SPEED_SAMPLERS))
-    total = sum(rounds) * per_candidate  # one count over the three rounds
+    total = (len(_SWEEP_GRID) + len(_SWEEP_AUTOGUIDANCE) + len(_SPEED_SAMPLERS)) * per_candidate  # the 3 rounds
     measured = _SweepRows(build_dir / SWEEP_ROWS)
+    references = kid_references(scorer, real, train_images)  # once: the candidates are measured one at a time
     with tqdm(total=total, desc="settings sweep", unit="image", disable=not progress_bar) as bar:
         def advance(n: int) -> None:
             bar.update(n - bar.n)
@@ -385,7 +385,7 @@ def _sweep(config: BuildConfig, build_dir: Path, emit: Callable[[dict], None], d
                     row = measure_candidates(model, scorer, masks, real, train_images, [candidate], steps=steps,
                                              scheduler=scheduler, seed=config.seed,
                                              callback=lambda done, _: advance(offset + done),
-                                             images_per_mask=config.sweep_seeds)[0]
+                                             images_per_mask=config.sweep_seeds, references=references)[0]
                     measured.add(row)
                 advance(offset + per_candidate)
                 rows.append(row)

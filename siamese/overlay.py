@@ -89,7 +89,7 @@ def find_overlay(images: np.ndarray, lesions: np.ndarray | None = None) -> np.nd
         return np.zeros((n, h, w), bool)
     strokes = _strokes(images, _stroke_size(h, w))
     zone = _zone(strokes)
-    halo = cv2.getStructuringElement(cv2.MORPH_RECT, (_odd(min(h, w) // 64 + 1),) * 2)
+    halo = _halo(h, w)
     text = (strokes & zone).view(np.uint8)
     mask = np.stack([cv2.dilate(m, halo) for m in text]).astype(bool) & zone  # the glyphs and their halo
     return mask | _static(images, _odd(min(h, w) // 32), lesions)
@@ -132,8 +132,12 @@ def _zone(strokes: np.ndarray) -> np.ndarray:
     window = _odd(min(h, w) // 32)
     share = cv2.blur(strokes.mean(0, dtype=np.float32), (window, window))
     zone = share >= max(ZONE_SHARE, ZONE_RATIO * float(np.median(share)))
-    halo = cv2.getStructuringElement(cv2.MORPH_RECT, (_odd(min(h, w) // 64 + 1),) * 2)
-    return cv2.dilate(zone.astype(np.uint8), halo).astype(bool)
+    return cv2.dilate(zone.astype(np.uint8), _halo(h, w)).astype(bool)
+
+
+def _halo(h: int, w: int) -> np.ndarray:
+    """The square a glyph (and the zone) is dilated by: 5 x 5 at 256 px."""
+    return cv2.getStructuringElement(cv2.MORPH_RECT, (_odd(min(h, w) // 64 + 1),) * 2)
 
 
 def keep_weights(overlay: Tensor, size: tuple[int, int]) -> Tensor:
