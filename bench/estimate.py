@@ -36,7 +36,7 @@ def _meta_networks():
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    from siamese.model import DHI_WIDTHS
+    from siamese.model_config import DHI_WIDTHS
     from siamese.networks import DHIControlNetModel
 
     with init_empty_weights():

@@ -17,10 +17,9 @@ import torch
 from torch import Tensor
 
 from siamese.codec import PatchCodec, PatchCodecConfig
-from siamese.model import (
-    DHI_WIDTHS, SCHEDULE, SiameseConfig, SiameseModel, build_tiny, load_model, tiny_text_encoder, tiny_tokenizer,
-)
-from siamese.train import trainable_parameters
+from siamese.model import SCHEDULE, SiameseModel, build_tiny, load_model, tiny_text_encoder, tiny_tokenizer
+from siamese.model_config import DHI_WIDTHS, SiameseConfig
+from siamese.schedule import trainable_parameters
 
 __all__ = [
     "Preset", "PRESETS", "build_preset", "build_sd15_architecture", "default_model", "activate_controlnet",

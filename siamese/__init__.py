@@ -10,7 +10,8 @@ from __future__ import annotations
 from .data import DataError, augment_mask, read_image, read_mask
 from .export import export_zip, write_pairs
 from .files import DEFAULT_MODEL_NAME, default_model
-from .model import ModelLoadError, SiameseConfig, SiameseModel, build_tiny, load_model
+from .model import SiameseModel, build_tiny, load_model
+from .model_config import ModelLoadError, SiameseConfig
 from .params import Generated, SamplingParams
 from .sampling import generate, sample
 

@@ -37,7 +37,6 @@ import cv2
 import numpy as np
 import torch
 from filelock import FileLock, Timeout
-from tqdm.auto import tqdm
 
 from .card import FIGURE_NAME, write_model_card
 from .data import PairDataset, find_pairs, read_mask, resize_pair, split_pairs
@@ -47,9 +46,11 @@ from .fidelity import ScorerConfig, load_scorer
 from .files import atomic_write, check_writable
 from .folder_ops import add_decoder, add_scorer
 from .guide import make_guide
-from .model import label_problem, load_model
+from .model import load_model
+from .model_config import label_problem
 from .presets import PRESET_NAMES, config_presets
-from .sweep import Candidate, choose, choose_speed, kid_references, measure_candidates
+from .stopping import Stopped
+from .sweep import run_sweep
 from .train import train
 from .train_config import MAX_SEED, TrainConfig
 
@@ -79,18 +80,11 @@ _FULL = {
 }
 _FULL_DECODER_STEPS, _FULL_SCORER_STEPS = 4000, 2000
 _FROM = {"1-base": "tiny", "2-siamese": "1-base", "3-biased": "2-siamese", "4-locked": "3-biased"}
-# the sweep: mask strength x guidance at autoguidance 2, then autoguidance 1 and 3 at the best of those (on the skin
-# lesion data fidelity rose up to the strongest mask and the weakest guidance of a grid (1, 1.5, 2) x (6, 9); between
-# strengths 2 and 3 it passes 95% of the ceiling while the KIDs double: 2.5 holds both targets there)
-_SWEEP_GRID = [Candidate(c, 1.0, g, 2.0) for c in (1.5, 2.0, 2.5, 3.0) for g in (3.0, 6.0)]
-_SWEEP_AUTOGUIDANCE = (1.0, 3.0)
-# then the chosen settings with faster samplers: the fewest steps that keep its quality become the "default" preset,
-# the fewest of all the "fast" (a preview); the polyp model's presets are UniPC 6 and 4
-_SPEED_SAMPLERS = (("unipc", 4), ("unipc", 6), ("unipc", 8))
 
 
-class BuildStopped(Exception):
-    """The build was asked to stop; the running stage saved a checkpoint (the same command resumes)."""
+class BuildStopped(Stopped):
+    """The build was asked to stop; the same command resumes (a training stage from its checkpoint, the sweep from
+    its measured settings; the other stages start over)."""
 
 
 @dataclass
@@ -244,8 +238,9 @@ def build(config: BuildConfig, callback: Callable[[dict], None] | None = None, s
     planned seconds of it and the stages after it, stage_s: of it alone), every training event of `siamese.train.train`
     with "stage" added, {"type": "sweep", "done", "total"} in the sweep, and {"type": "done", "output"} at the end.
     Setting `stop` ends the build after the current training step (saved), after the current setting of the sweep
-    (the measured ones are kept), or after the current stage of the others (they do not stop midway): BuildStopped
-    is raised, and the same call resumes.
+    (the measured ones are kept), within seconds in the evaluation (which starts over), or after the current stage
+    of the others (decoder, scorer, assemble, ship: minutes at most): BuildStopped is raised, and the same call
+    resumes.
     """
     config.validate()
     device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
@@ -284,7 +279,12 @@ def _build_stages(config: BuildConfig, plan: dict, build_dir: Path, emit: Callab
                     eta / 60)
         emit({"type": "stage", "stage": stage, "index": index, "total": len(STAGES), "eta_s": eta,
               "stage_s": _stage_seconds(stage, plan.get(stage, {}))})
-        result = _run_stage(stage, config, plan, build_dir, emit, stop, progress_bar, device)
+        try:
+            result = _run_stage(stage, config, plan, build_dir, emit, stop, progress_bar, device)
+        except BuildStopped:
+            raise
+        except Stopped as e:  # the sweep (it keeps its measured rows) or the evaluation (it starts over)
+            raise BuildStopped(f"{e} (stage {stage}): run the same build again to resume") from e
         record.finish(stage, result)
     emit({"type": "done", "output": str(out)})
     return out
@@ -328,7 +328,7 @@ def _run_stage(stage: str, config: BuildConfig, plan: dict, build_dir: Path, emi
                             scheduler=default["scheduler"], guidance_scale=default["guidance_scale"],
                             cache_interval=default["cache_interval"], precision=default["precision"],
                             output=str(report), device=str(device)),
-                 progress_bar=progress_bar)
+                 progress_bar=progress_bar, stop=stop)
         _card_figure(report / "fidelity.png", Path(config.output) / FIGURE_NAME)
         write_model_card(config.output)  # now with the figure
         return {}  # the report is OUTPUT/evaluation.json, and in the model card
@@ -363,69 +363,9 @@ def _sweep(config: BuildConfig, build_dir: Path, emit: Callable[[dict], None], d
     model = load_model(build_dir / "assembled", device=device)
     scorer = load_scorer(build_dir / "assembled", device=device)
     masks, real, train_images = _held_out(config, model.config.resolution)
-    ceiling = float(scorer.score(real, masks).mean())  # on the images of the masks the candidates draw
-    per_candidate = len(masks) * config.sweep_seeds
-    total = (len(_SWEEP_GRID) + len(_SWEEP_AUTOGUIDANCE) + len(_SPEED_SAMPLERS)) * per_candidate  # the 3 rounds
-    measured = _SweepRows(build_dir / SWEEP_ROWS)
-    references = kid_references(scorer, real, train_images)  # once: the candidates are measured one at a time
-    with tqdm(total=total, desc="settings sweep", unit="image", disable=not progress_bar) as bar:
-        def advance(n: int) -> None:
-            bar.update(n - bar.n)
-            emit({"type": "sweep", "done": n, "total": total})
-
-        def measure(candidates: list[Candidate], scheduler: str = "dpm++", steps: int = config.sweep_steps) -> list:
-            rows = []
-            for candidate in candidates:
-                if stop is not None and stop.is_set():
-                    raise BuildStopped("stopped in the settings sweep (its measured settings are kept): run the "
-                                       "same build again to resume")
-                offset = bar.n
-                row = measured.get(candidate, scheduler, steps)
-                if row is None:
-                    row = measure_candidates(model, scorer, masks, real, train_images, [candidate], steps=steps,
-                                             scheduler=scheduler, seed=config.seed,
-                                             callback=lambda done, _: advance(offset + done),
-                                             images_per_mask=config.sweep_seeds, references=references)[0]
-                    measured.add(row)
-                advance(offset + per_candidate)
-                rows.append(row)
-            return rows
-
-        rows = measure(_SWEEP_GRID)
-        best = choose(rows, ceiling)
-        rows += measure([Candidate(best["control_scale"], best["control_end"], best["guidance_scale"], w)
-                         for w in _SWEEP_AUTOGUIDANCE])
-        chosen = choose(rows, ceiling)
-        settings = Candidate(chosen["control_scale"], chosen["control_end"], chosen["guidance_scale"],
-                             chosen["autoguidance"])
-        speed = [measure([settings], scheduler, steps)[0] for scheduler, steps in _SPEED_SAMPLERS]
-    default = choose_speed(speed, ceiling, chosen)
-    fastest = min(speed + [chosen], key=lambda r: r["steps"])
-    presets = {name: {"scheduler": r["scheduler"], "steps": r["steps"], "guidance_scale": r["guidance_scale"],
-                      "cache_interval": 1, "precision": "float32"}  # as measured
-               for name, r in (("default", default), ("fast", fastest))}
-    logger.info("chosen: %s; presets %s", chosen, presets)
-    return {"rows": rows + speed, "chosen": chosen, "presets": presets, "ceiling": round(ceiling, 4),
-            "masks": len(masks), "images_per_mask": config.sweep_seeds, "steps": config.sweep_steps,
-            "scheduler": "dpm++"}
-
-
-class _SweepRows:
-    """OUTPUT/build/sweep-rows.json: the rows the sweep has measured, each saved as soon as it is, so that a stopped
-    or killed sweep continues where it was (the plan and the assembled model are fixed, so a row's settings, sampler
-    and steps name it)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows: list[dict] = json.loads(path.read_text()) if path.is_file() else []
-
-    def get(self, candidate: Candidate, scheduler: str, steps: int) -> dict | None:
-        key = {**asdict(candidate), "scheduler": scheduler, "steps": steps}
-        return next((r for r in self.rows if all(r.get(k) == v for k, v in key.items())), None)
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-        atomic_write(self.path, (json.dumps(self.rows, indent=2) + "\n").encode())
+    return run_sweep(model, scorer, masks, real, train_images, build_dir / SWEEP_ROWS, config.sweep_seeds,
+                     config.sweep_steps, config.seed, lambda done, total: emit({"type": "sweep", "done": done,
+                                                                               "total": total}), progress_bar, stop)
 
 
 def _chosen(build_dir: Path) -> dict:

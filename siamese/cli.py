@@ -8,6 +8,8 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .cli_options import (add_config_options, add_device_option, add_sampling_options, add_speed_options,
@@ -16,21 +18,33 @@ from .params import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
+
+@contextmanager
+def _stopping(what: str) -> Iterator[threading.Event]:
+    """The stop event of a long command: Ctrl-C or SIGTERM sets it (and says "stopping `what`"), a second one aborts;
+    the previous handlers come back at the end. Signals reach the main thread only: elsewhere it is never set."""
+    stop = threading.Event()
+
+    def request_stop(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print(f"\nstopping {what}; Ctrl-C again to abort", file=sys.stderr)
+        stop.set()
+
+    in_main = threading.current_thread() is threading.main_thread()
+    handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    try:
+        yield stop
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
 def _train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train
 
     config = config_from_args(TrainConfig, args)  # every option is a TrainConfig field (add_config_options)
-    stop = threading.Event()
-
-    def request_stop(signum, frame):  # Ctrl-C / SIGTERM: finish the step, save, exit cleanly
-        if stop.is_set():
-            raise KeyboardInterrupt
-        print("\nstopping after this step (checkpoint and model are saved; Ctrl-C again to abort)", file=sys.stderr)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, request_stop)
-    out = train(config, stop=stop, progress_bar=True)
+    with _stopping("after this step (checkpoint and model are saved)") as stop:
+        out = train(config, stop=stop, progress_bar=True)
     print(f"model {'saved (stopped early; --resume latest continues)' if stop.is_set() else 'saved'} to {out}")
 
 
@@ -114,22 +128,12 @@ def _sample(args: argparse.Namespace) -> None:
     # 4. sample this process's share, score, write each pair as it comes (accepted in OUTPUT, rejected in
     #    OUTPUT/rejected/; several processes write into parts of their own that process 0 merges at the end)
     mine, part = share.indices, clear_part(share, out)
-    stop = threading.Event()
-
-    def request_stop(signum, frame):  # Ctrl-C / SIGTERM: finish the images in progress, keep what is written
-        if stop.is_set():
-            raise KeyboardInterrupt
-        print("\nstopping after these images (what is written stays; the same command resumes)", file=sys.stderr)
-        stop.set()
-
-    in_main = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
-    handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     from tqdm.auto import tqdm
 
     counts = {"accepted": 0, "rejected": 0, "written": 0}
     todo = sum(f"{stems[m]}_{i:02d}" not in done for m in mine for i in range(args.num_images))
-    bar = tqdm(total=todo, desc="pairs", disable=todo < 2 or not share.main)
-    try:
+    with tqdm(total=todo, desc="pairs", disable=todo < 2 or not share.main) as bar, \
+            _stopping("after these images (what is written stays; the same command resumes)") as stop:
         for pair in run_batch(model, [(stems[m], masks[m]) for m in mine], args.num_images, seed, params,
                               augment=args.augment_masks, scorer=scorer, min_fidelity=args.min_fidelity, skip=done,
                               stop=stop, batch_size=args.batch_size, sources=[str(paths[m]) for m in mine],
@@ -144,10 +148,6 @@ def _sample(args: argparse.Namespace) -> None:
             remove_pairs(other, [pair.name])  # made before with other settings, on the other side
             bar.update(1)
             bar.set_postfix(accepted=counts["accepted"], rejected=counts["rejected"])
-    finally:
-        bar.close()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
     counts = share.sum(counts)  # the pairs of all processes
     share.finish(out, sides=("", REJECTED_FOLDER))  # a barrier, then process 0 merges the parts into OUTPUT
     if not share.main:
@@ -212,6 +212,7 @@ def _train_scorer(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluate import EvalConfig, evaluate, format_report
+    from .stopping import Stopped
 
     config = EvalConfig(
         data=args.data, model=args.model, test_fraction=args.test_fraction, seeds=args.seeds,
@@ -223,7 +224,12 @@ def _evaluate(args: argparse.Namespace) -> None:
         curation_compare=None if args.curation_compare is None else tuple(args.curation_compare),
         save_scorer=not args.no_save_scorer, frames=args.frames, margin=args.margin, device=default_device(args.device),
     )
-    report = evaluate(config, progress_bar=True)
+    with _stopping("now (nothing of this evaluation is written)") as stop:
+        try:
+            report = evaluate(config, progress_bar=True, stop=stop)
+        except Stopped as e:
+            print(f"{e}: nothing written; the same command starts it over", file=sys.stderr)
+            return
     print(format_report(report))
 
 
@@ -236,23 +242,16 @@ def _build(args: argparse.Namespace) -> None:
                          sweep_seeds=args.sweep_seeds,
                          eval_seeds=args.eval_seeds, eval_seg_steps=args.eval_seg_steps, report_to=args.report_to,
                          overlay=args.overlay, label=args.label)
-    stop = threading.Event()
-
-    def request_stop(signum, frame):  # Ctrl-C / SIGTERM: finish the training step, save, exit cleanly
-        if stop.is_set():
-            raise KeyboardInterrupt
-        print("\nstopping after this step (the same command resumes; Ctrl-C again to abort)", file=sys.stderr)
-        stop.set()
 
     def progress(event: dict) -> None:
         if event["type"] == "stage":
             print(f"stage {event['index']}/{event['total']}: {event['stage']} (training left: about "
                   f"{event['eta_s'] / 60:.0f} min on 2 idle cores)", file=sys.stderr, flush=True)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, request_stop)
     try:
-        out = build(config, progress, stop, progress_bar=True, device=default_device(args.device))
+        with _stopping("after this training step or sweep setting, or now in the evaluation (the same command "
+                       "resumes)") as stop:
+            out = build(config, progress, stop, progress_bar=True, device=default_device(args.device))
     except BuildStopped as e:
         print(str(e), file=sys.stderr)
         return
@@ -468,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     from .data import DataError
-    from .model import ModelLoadError
+    from .model_config import ModelLoadError
 
     try:
         args.func(args)

@@ -36,7 +36,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .codec import VAECodec
 from .files import atomic_folder
-from .model import SCHEDULE, SiameseConfig, SiameseModel, load_model
+from .model import SCHEDULE, SiameseModel, load_model
+from .model_config import SiameseConfig
 from .networks import DenseHintInput, DHIControlNetModel
 
 logger = logging.getLogger(__name__)

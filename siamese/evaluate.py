@@ -28,6 +28,7 @@ This module holds the settings, the generation and the orchestration; the segmen
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -53,6 +54,7 @@ from .model import SiameseModel, load_model
 from .quality import block_edge_ratio, psnr, reconstruct
 from .params import MAX_SEED, Generated, SamplingParams
 from .sampling import generate
+from .stopping import check_stop
 from .segnet import build_segnet, dice_iou, mean_std, predict_masks, segnet_features, train_segnet
 from .train_config import same_split, trained_on, training_record
 
@@ -188,7 +190,8 @@ def generator_data_note(trained: dict | None, config: EvalConfig) -> str | None:
 
 
 def _generate_all(
-    model: SiameseModel, config: EvalConfig, test_pairs: list[Pair], train_pairs: list[Pair], progress_bar: bool
+    model: SiameseModel, config: EvalConfig, test_pairs: list[Pair], train_pairs: list[Pair], progress_bar: bool,
+    stop: threading.Event | None = None,
 ) -> GeneratedSets:
     """One image per held-out mask (`diversity_images` for the first `diversity_masks`, the first of which
     is the fidelity image), then the synthetic training set: min(#train, max_synthetic) pairs from random
@@ -202,6 +205,7 @@ def _generate_all(
                disable=not progress_bar, leave=False)
 
     def run(mask: np.ndarray, num_images: int, seed: int, source: str) -> list[Generated]:
+        check_stop(stop, "stopped while generating the evaluation's images")
         start = time.perf_counter()
         try:
             items = generate(model, mask, num_images, seed, params, source=source)
@@ -319,10 +323,11 @@ def _notes(config: EvalConfig, model_path: str | Path, n_train: int, n_held: int
     return notes, None if trained is None else str(trained["data"])
 
 
-def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
+def evaluate(config: EvalConfig, progress_bar: bool = False, stop: threading.Event | None = None) -> dict:
     """Run the four measurements of the module docstring; returns a JSON-serialisable report.
 
-    Raises DataError for unusable data folders and ValueError for bad settings.
+    Raises DataError for unusable data folders and ValueError for bad settings; setting `stop` raises `Stopped`
+    before the next image or segmentation step (nothing is written: a new run starts over).
     """
     t_start = time.perf_counter()
     config.validate()
@@ -352,13 +357,13 @@ def evaluate(config: EvalConfig, progress_bar: bool = False) -> dict:
 
     # 3. the measuring network: trained on the real train pairs (also seed 0 of the downstream "real" arm)
     seg_kw = dict(steps=config.seg_steps, batch_size=config.seg_batch_size, lr=config.seg_lr,
-                  channels=config.seg_channels, progress_bar=progress_bar, device=config.device)
+                  channels=config.seg_channels, progress_bar=progress_bar, device=config.device, stop=stop)
     net = train_segnet(train_images, train_masks, seed=config.seed, desc="segmentation: real, seed 0", **seg_kw)
     real_nets = [net]
     lap("segmentation_training")
 
     # 4. generation
-    generated = _generate_all(model, config, test_pairs, train_pairs, progress_bar)
+    generated = _generate_all(model, config, test_pairs, train_pairs, progress_bar, stop)
     timings["generation"] = generated.seconds
     tic = time.perf_counter()
     kept = [i for i, item in enumerate(generated.fidelity) if item is not None]

@@ -24,7 +24,8 @@ from .decoder import DecoderTrainConfig, PatchDecoder, config_dict, train_decode
 from .fidelity import SCORER_FOLDER, ScorerConfig, save_scorer, train_scorer
 from .files import atomic_folder, check_writable, same_folder
 from .guide import GUIDE_FOLDER, guide_tensors, save_guide
-from .model import CONFIG_NAME, load_model, resolve_folder
+from .model import load_model, resolve_folder
+from .model_config import CONFIG_NAME
 from .params import MAX_AUTOGUIDANCE
 from .quality import block_edge_ratio, psnr, reconstruct
 from .segnet import dice_iou, predict_masks

@@ -93,6 +93,16 @@ class SamplingParams:
         return model.config.autoguidance if self.autoguidance is None else float(self.autoguidance)
 
 
+def is_whole(value) -> bool:
+    """A whole number: an int (numpy's too), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """A finite real number: an int or a float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_autoguidance(model: ModelLike, weight: float) -> None:
     """Autoguidance above 1 needs the model's guide (its folder's guide/)."""
     if weight != 1.0 and model.guide is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +20,8 @@ from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import UNet
 from torch import nn
 from tqdm.auto import tqdm
+
+from .stopping import check_stop
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +63,13 @@ def train_segnet(
     progress_bar: bool = False,
     desc: str = "segmentation",
     device: torch.device | str = "cpu",
+    stop: threading.Event | None = None,
 ) -> UNet:
     """Train a segmentation network on (N, R, R, 3) uint8 images and (N, R, R) {0, 1} masks, on `device`.
 
     Adam, Dice + BCE loss, random horizontal and vertical flips; batches and flips come from a CPU generator
     seeded with `seed`, which also seeds the weights (the same batches on every device). Returns the network in
-    eval mode, on `device`.
+    eval mode, on `device`. Setting `stop` raises `Stopped` before the next step.
     """
     net = build_segnet(channels, seed).to(device)
     gen = torch.Generator().manual_seed(seed)
@@ -75,6 +79,7 @@ def train_segnet(
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     net.train()
     for step in tqdm(range(steps), desc=desc, disable=not progress_bar, leave=False):
+        check_stop(stop, f"stopped while training a segmentation network ({desc})")
         # 1. learning rate
         for group in opt.param_groups:
             group["lr"] = _seg_lr(step, steps, lr)

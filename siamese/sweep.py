@@ -1,38 +1,46 @@
 """A short sweep of sampling settings on held-out pairs, to choose the settings a model recommends.
 
-Each candidate makes one image per held-out mask (the same seeds for every candidate) and is measured by the
-model's fidelity scorer (Dice between its segmentation of the image and the mask) and by two KIDs against the
-held-out real images, standardised on the training images as `evaluate` does: colour/texture statistics
+Each candidate makes `images_per_mask` images of each held-out mask (the same seeds for every candidate) and is
+measured by the model's fidelity scorer (Dice between its segmentation of the image and the mask) and by two KIDs
+against the held-out real images, standardised on the training images as `evaluate` does: colour/texture statistics
 (`siamese.image_metrics`) and the scorer network's encoder features (`evaluate`'s feature KID measures the same
 features of its own segmentation network, on other seeds and one image per mask: on the skin lesion model the
-card's evaluation measured 1.7 to 2.7 times the sweep's feature KID at the three settings it was run at). `choose` keeps the candidates whose fidelity reaches `FIDELITY_SHARE` of the
-real ceiling (the scorer's Dice on the real held-out pairs; else those within 0.02 of the best fidelity) and takes
-the one nearest the realism targets (`KID_TARGETS`). Faithful is judged on the lower end of the measure: the mean
-fidelity less its standard error over the masks must reach the share, because the card's evaluation measures with
-another segmentation network and other seeds (on the skin lesion model a setting at exactly 0.95 of the ceiling on
-24 masks, one image each, came out 0.937 in its evaluation).
+card's evaluation measured 1.7 to 2.7 times the sweep's feature KID at the three settings it was run at).
+
+`choose` keeps the candidates whose fidelity reaches `FIDELITY_SHARE` of the real ceiling (the scorer's Dice on the
+real held-out pairs; else those within 0.02 of the best fidelity) and takes the one nearest the realism targets
+(`KID_TARGETS`). Faithful is judged on the lower end of the measure: the mean fidelity less its standard error over
+the masks must reach the share, because the card's evaluation measures with another segmentation network and other
+seeds (on the skin lesion model a setting at exactly 0.95 of the ceiling on 24 masks, one image each, came out 0.937
+in its evaluation). `run_sweep` is the build's: three rounds, resumable from its saved rows.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .card import FIDELITY_TARGET, KID_TARGETS
 from .data import mask_to_hint
 from .fidelity import FidelityScorer
+from .files import atomic_write
 from .image_metrics import image_statistics, kid, standardiser
 from .model import SiameseModel
 from .sampling import sample
+from .stopping import check_stop
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Candidate", "measure_candidates", "kid_references", "choose", "choose_speed", "target_distance",
-           "FIDELITY_SHARE"]
+           "run_sweep", "FIDELITY_SHARE", "GRID", "AUTOGUIDANCE", "SPEED_SAMPLERS"]
 
 FIDELITY_SHARE = FIDELITY_TARGET  # a candidate is faithful when its fidelity Dice reaches this share of the ceiling
 
@@ -148,3 +156,90 @@ def choose_speed(rows: list[dict], ceiling: float | None, reference: dict) -> di
                                 for k in ("kid", "feature_kid") if k in reference and k in row)
 
     return min([r for r in rows if holds(r)] + [reference], key=lambda r: r["steps"])
+
+
+# `run_sweep`'s three rounds. First mask strength x guidance at autoguidance 2 (on the skin lesion data fidelity
+# rose up to the strongest mask and the weakest guidance of a grid (1, 1.5, 2) x (6, 9); between strengths 2 and 3
+# it passes 95% of the ceiling while the KIDs double: 2.5 holds both targets there), then autoguidance 1 and 3 at the
+# best of those,
+GRID = [Candidate(c, 1.0, g, 2.0) for c in (1.5, 2.0, 2.5, 3.0) for g in (3.0, 6.0)]
+AUTOGUIDANCE = (1.0, 3.0)
+# then the chosen settings with faster samplers: the fewest steps that keep its quality become the "default" preset,
+# the fewest of all the "fast" (a preview); the polyp model's presets are UniPC 6 and 4
+SPEED_SAMPLERS = (("unipc", 4), ("unipc", 6), ("unipc", 8))
+
+
+def run_sweep(
+    model: SiameseModel, scorer: FidelityScorer, masks: np.ndarray, real: np.ndarray, train: np.ndarray,
+    rows_path: Path, images_per_mask: int = 2, steps: int = 16, seed: int = 0,
+    callback: Callable[[int, int], None] | None = None, progress_bar: bool = False, stop: threading.Event | None = None,
+) -> dict:
+    """The build's sweep: GRID, then AUTOGUIDANCE at the best of it (`choose` picks each time), then the chosen
+    settings with SPEED_SAMPLERS for the presets ("default": the fewest steps that hold its quality, `choose_speed`;
+    "fast": the fewest). Returns {"rows", "chosen", "presets", "ceiling", "masks", "images_per_mask", "steps",
+    "scheduler"}.
+
+    masks, real, train: as `measure_candidates`'s; the ceiling is the scorer's Dice on `real`. Each row is saved in
+    `rows_path` (JSON) as soon as it is measured and taken from there when it was: a stopped or killed sweep
+    continues (the model is fixed, so settings, sampler and steps name a row). `callback(done, total)` counts
+    images; setting `stop` raises `Stopped` before the next setting.
+    """
+    ceiling = float(scorer.score(real, masks).mean())  # on the images of the masks the candidates draw
+    per_candidate = len(masks) * images_per_mask
+    total = (len(GRID) + len(AUTOGUIDANCE) + len(SPEED_SAMPLERS)) * per_candidate  # the 3 rounds
+    measured = _SweepRows(rows_path)
+    references = kid_references(scorer, real, train)  # once: the candidates are measured one at a time
+    with tqdm(total=total, desc="settings sweep", unit="image", disable=not progress_bar) as bar:
+        def advance(n: int) -> None:
+            bar.update(n - bar.n)
+            if callback is not None:
+                callback(n, total)
+
+        def measure(candidates: list[Candidate], scheduler: str = "dpm++", n_steps: int = steps) -> list[dict]:
+            rows = []
+            for candidate in candidates:
+                check_stop(stop, "stopped in the settings sweep (its measured settings are kept)")
+                offset = bar.n
+                row = measured.get(candidate, scheduler, n_steps)
+                if row is None:
+                    row = measure_candidates(model, scorer, masks, real, train, [candidate], steps=n_steps,
+                                             scheduler=scheduler, seed=seed,
+                                             callback=lambda done, _: advance(offset + done),
+                                             images_per_mask=images_per_mask, references=references)[0]
+                    measured.add(row)
+                advance(offset + per_candidate)
+                rows.append(row)
+            return rows
+
+        rows = measure(GRID)
+        best = choose(rows, ceiling)
+        rows += measure([Candidate(best["control_scale"], best["control_end"], best["guidance_scale"], w)
+                         for w in AUTOGUIDANCE])
+        chosen = choose(rows, ceiling)
+        settings = Candidate(chosen["control_scale"], chosen["control_end"], chosen["guidance_scale"],
+                             chosen["autoguidance"])
+        speed = [measure([settings], scheduler, n)[0] for scheduler, n in SPEED_SAMPLERS]
+    default = choose_speed(speed, ceiling, chosen)
+    fastest = min(speed + [chosen], key=lambda r: r["steps"])
+    presets = {name: {"scheduler": r["scheduler"], "steps": r["steps"], "guidance_scale": r["guidance_scale"],
+                      "cache_interval": 1, "precision": "float32"}  # as measured
+               for name, r in (("default", default), ("fast", fastest))}
+    logger.info("chosen: %s; presets %s", chosen, presets)
+    return {"rows": rows + speed, "chosen": chosen, "presets": presets, "ceiling": round(ceiling, 4),
+            "masks": len(masks), "images_per_mask": images_per_mask, "steps": steps, "scheduler": "dpm++"}
+
+
+class _SweepRows:
+    """The rows a sweep has measured, in a JSON file rewritten (atomically) at each new row."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict] = json.loads(path.read_text()) if path.is_file() else []
+
+    def get(self, candidate: Candidate, scheduler: str, steps: int) -> dict | None:
+        key = {**asdict(candidate), "scheduler": scheduler, "steps": steps}
+        return next((r for r in self.rows if all(r.get(k) == v for k, v in key.items())), None)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        atomic_write(self.path, (json.dumps(self.rows, indent=2) + "\n").encode())

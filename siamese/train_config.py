@@ -12,7 +12,7 @@ from typing import Any
 from .tracking import REPORT_TO, check_report_to
 from .files import same_folder
 from .overlay import OVERLAY_MODES
-from .params import MAX_SEED
+from .params import MAX_SEED, is_real, is_whole
 
 __all__ = ["TrainConfig", "setting", "OBJECTIVES", "MIXED_PRECISION", "TIMESTEP_BIAS", "OVERLAY_MODES", "MAX_SEED",
            "RECORD_NAME", "training_record", "trained_on", "same_split"]
@@ -51,7 +51,7 @@ class TrainConfig:
                            "continues); the schedules still run to --max-steps (0: off)")
     lr: float = setting(1e-5, "learning rate after the warm-up (default %(default)g)")
     zero_lr_scale: float = setting(1.0, "lr multiplier of the ControlNet's zero-initialised layers (zero convolutions, "
-                                   "the DHI's output conv; see train.zero_initialised); default %(default)g. An experiment: on "
+                                   "the DHI's output conv; see schedule.zero_initialised); default %(default)g. An experiment: on "
                                    "the bundled model 10 grew those layers but did not make the mask act more (its "
                                    "model card has the figures)")
     timestep_bias: str = setting("none", "sample training timesteps non-uniformly (diffusers' "
@@ -110,13 +110,13 @@ class TrainConfig:
                                 ("seed", 0, MAX_SEED), ("holdout_seed", 0, MAX_SEED), ("resolution", 64, 1024),
                                 ("stop_at", 0, None)):
             value = getattr(self, name)
-            if not _whole(value) or value < low or (high is not None and value > high):
+            if not is_whole(value) or value < low or (high is not None and value > high):
                 limits = f"between {low} and {high}" if high is not None else f"{low} or more"
                 raise ValueError(f"{name.replace('_', ' ')} must be a whole number {limits}, got {value!r}")
         if self.resolution % 64:
             raise ValueError(f"resolution must be a multiple of 64 between 64 and 1024, got {self.resolution}")
         for name, what in (("lr", "learning rate"), ("zero_lr_scale", "zero-layer lr scale")):
-            if not _real(getattr(self, name)) or not getattr(self, name) > 0:
+            if not is_real(getattr(self, name)) or not getattr(self, name) > 0:
                 raise ValueError(f"{what} must be a positive number, got {getattr(self, name)!r}")
         if self.lr * max(1.0, self.zero_lr_scale) > MAX_LR:
             scaled = (f" times the zero-layer lr scale {self.zero_lr_scale:g} = {self.lr * self.zero_lr_scale:g}"
@@ -132,18 +132,18 @@ class TrainConfig:
             raise ValueError(f"overlay must be one of {', '.join(OVERLAY_MODES)}, got {self.overlay!r}")
         if self.timestep_bias not in TIMESTEP_BIAS:
             raise ValueError(f"timestep bias must be one of {', '.join(TIMESTEP_BIAS)}, got {self.timestep_bias!r}")
-        if not _real(self.timestep_bias_multiplier) or not self.timestep_bias_multiplier > 0:
+        if not is_real(self.timestep_bias_multiplier) or not self.timestep_bias_multiplier > 0:
             raise ValueError(f"timestep bias multiplier must be a positive number, "
                              f"got {self.timestep_bias_multiplier!r}")
-        if not _real(self.timestep_bias_portion) or not 0 < self.timestep_bias_portion <= 1:
+        if not is_real(self.timestep_bias_portion) or not 0 < self.timestep_bias_portion <= 1:
             raise ValueError(f"timestep bias portion must be a fraction in (0, 1], got {self.timestep_bias_portion!r}")
-        if not _real(self.weight_decay) or not self.weight_decay >= 0:
+        if not is_real(self.weight_decay) or not self.weight_decay >= 0:
             raise ValueError(f"weight decay must be a number, 0 or more, got {self.weight_decay!r}")
-        if not _real(self.ema_decay) or not 0 <= self.ema_decay < 1:
+        if not is_real(self.ema_decay) or not 0 <= self.ema_decay < 1:
             raise ValueError(f"EMA decay must be in [0, 1) (0 turns it off), got {self.ema_decay!r}")
-        if not _real(self.holdout) or not 0 <= self.holdout < 1:
+        if not is_real(self.holdout) or not 0 <= self.holdout < 1:
             raise ValueError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
-        if not _real(self.prompt_dropout) or not 0 <= self.prompt_dropout <= 1:
+        if not is_real(self.prompt_dropout) or not 0 <= self.prompt_dropout <= 1:
             raise ValueError(f"prompt dropout must be between 0 and 1, got {self.prompt_dropout!r}")
         check_report_to(self.report_to)
         if self.base_steps and (self.model != "tiny" or self.objective == "base"):
@@ -156,14 +156,6 @@ class TrainConfig:
         data = json.loads(Path(path).read_text())
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # -- a trained model's record (what evaluation and the fidelity scorer need to know of its training) ---------------

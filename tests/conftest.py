@@ -167,6 +167,21 @@ def studio(tiny_model_dir, tmp_path) -> Studio:
                   settings=Settings(data_root=tmp_path))
 
 
+@pytest.fixture()
+def batch_studio(tiny_model_dir, tmp_path) -> Studio:
+    """`studio` with a fake fidelity scorer (`batch_helpers.FakeScorer`: 0.9, 0.2, 0.9, ... in call order, so the
+    accepted and rejected pairs are known); its batches are stopped at the end."""
+    from batch_helpers import FakeScorer, fake_loader
+    from studio.server import Studio
+    from studio.settings import Settings
+
+    s = Studio(str(tiny_model_dir), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
+               settings=Settings(data_root=tmp_path))
+    s.models.load_scorer = fake_loader(FakeScorer())
+    yield s
+    s.batches.stop_all(60)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now (for a launched app)."""
     with socket.socket() as s:

@@ -1,7 +1,7 @@
 """The Batch tab's handlers: masks from a zip or a dataset folder -> scored pairs, accepted and rejected, moved,
 stopped, exported; the model's own scorer; each session's batch and the registry's limits; the sliders and the
 status. Frames: test_app_batch_frames.py; bad inputs: test_app_batch_inputs.py; the launched app:
-test_app_batch_server.py (they import the helpers and the `studio` fixture below).
+test_app_batch_server.py. The helpers are in batch_helpers.py, the `batch_studio` fixture in conftest.
 
 The tiny model (conftest) has no fidelity scorer; most tests give it a fake one (`FakeScorer`: 0.9, 0.2, 0.9,
 ... in call order), so the accepted and rejected sets are known.
@@ -20,97 +20,42 @@ import gradio as gr
 import numpy as np
 import pytest
 
+from batch_helpers import FAST, FakeScorer, fake_loader, finished, mask_png, masks_zip
 from conftest import write_dataset
 from studio.tabs.batch import GALLERY_MAX, batch_status_text
 from studio.settings import Settings
 from studio.server import Studio
 
 
-class FakeScorer:
-    """Scores 0.9, 0.2, 0.9, 0.2, ... in the order pairs are scored; `gate` (when set) holds the second call
-    until it is opened, so a test can act while a batch runs."""
-
-    def __init__(self, gate: threading.Event | None = None) -> None:
-        self.calls, self.gate = 0, gate
-
-    def score(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        assert images.ndim == 4 and images.dtype == np.uint8 and masks.shape == images.shape[:3]
-        self.calls += 1
-        if self.gate is not None and self.calls > 1:
-            self.gate.wait(60)
-        start = getattr(self, "n", 0)
-        self.n = start + len(images)
-        return np.array([0.9 if (start + i) % 2 == 0 else 0.2 for i in range(len(images))])
-
-
-def fake_loader(scorer):
-    return lambda folder, device="cpu": scorer
-
-
-def mask_png(k: int, size: int = 80) -> bytes:
-    mask = np.zeros((size, size), np.uint8)
-    cv2.ellipse(mask, (20 + 7 * k % 40, size // 2), (14, 12), 0, 0, 360, 255, -1)
-    return cv2.imencode(".png", mask)[1].tobytes()
-
-
-def masks_zip(path: Path, n: int = 3, extra: dict[str, bytes] | None = None) -> str:
-    """n small masks in masks/, and a README the batch skips."""
-    with zipfile.ZipFile(path, "w") as zf:
-        for k in range(n):
-            zf.writestr(f"masks/m{k}.png", mask_png(k))
-        zf.writestr("README.txt", "masks for a batch")
-        for name, data in (extra or {}).items():
-            zf.writestr(name, data)
-    return str(path)
-
-
-@pytest.fixture()
-def studio(tiny_model_dir, tmp_path) -> Studio:
-    s = Studio(str(tiny_model_dir), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
-               settings=Settings(data_root=tmp_path))
-    s.models.load_scorer = fake_loader(FakeScorer())
-    yield s
-    s.batches.stop_all(60)
-
-
-FAST = dict(steps=2, scheduler="ddim", guidance_scale=3.0, seed=5)
-
-
-def finished(studio: Studio, key: str, timeout: float = 120) -> dict:
-    studio.batches.get(key).wait(timeout)
-    return studio.batch.batch_status(key)
-
-
-# -- handlers ---------------------------------------------------------------------------------------
-def test_a_zip_of_masks_becomes_scored_pairs_sorted_moved_and_exported(studio, tmp_path):
-    status, key = studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip")], num_images=2,
+def test_a_zip_of_masks_becomes_scored_pairs_sorted_moved_and_exported(batch_studio, tmp_path):
+    status, key = batch_studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip")], num_images=2,
                                      min_fidelity=0.5, **FAST)
     assert "0 / 6" in status and "3 masks from the uploaded masks.zip" in status and len(key) >= 20
-    st = finished(studio, key)
+    st = finished(batch_studio, key)
     assert (st["state"], st["done"], st["total"], st["accepted"], st["rejected"]) == ("finished", 6, 6, 3, 3)
     assert [p["fidelity"] for p in st["pairs"]] == [0.9, 0.2] * 3 and [p["seed"] for p in st["pairs"]][:2] == [5, 6]
     assert [p["name"] for p in st["pairs"]] == ["m0_00", "m0_01", "m1_00", "m1_01", "m2_00", "m2_01"]
     assert "**6 / 6** pairs · ✓ **3** accepted · ✗ **3** rejected (min fidelity 0.50)" in st["message"]
 
     # the page: status, both galleries (scores in the captions, the nearest the threshold first), timer off
-    text, acc, rej, seen, timer, _ = studio.batch.batch_poll(key, -1)
+    text, acc, rej, seen, timer, _ = batch_studio.batch.batch_poll(key, -1)
     assert "Finished: 6 of 6" in text and seen >= 0 and timer.active is False
     assert [g["caption"] for g in acc.value] == ["#0 · 0.90 · m0_00", "#2 · 0.90 · m1_00", "#4 · 0.90 · m2_00"]
     assert [g["caption"] for g in rej.value] == ["#1 · 0.20 · m0_01", "#3 · 0.20 · m1_01", "#5 · 0.20 · m2_01"]
     assert acc.label.startswith("Accepted: 3") and rej.label.startswith("Rejected: 3")
-    assert studio.batch.batch_poll(key, seen)[:3] == (gr.skip(), gr.skip(), gr.skip())  # nothing new: nothing sent
+    assert batch_studio.batch.batch_poll(key, seen)[:3] == (gr.skip(), gr.skip(), gr.skip())  # nothing new: nothing sent
 
     # a click on a rejected pair moves it (the caption names it), and back again
-    studio.batch.batch_pick(key, gr.SelectData(None, {"index": 0, "value": {"image": {}, "caption": "#3 · 0.20 · m1_01"}}))
-    assert studio.batch.batch_status(key)["accepted"] == 4
-    studio.batch.batch_move(key, 3)
-    studio.batch.batch_move(key, 3)
-    studio.batch.batch_move(key, 0)  # an accepted one out
-    st = studio.batch.batch_status(key)
+    batch_studio.batch.batch_pick(key, gr.SelectData(None, {"index": 0, "value": {"image": {}, "caption": "#3 · 0.20 · m1_01"}}))
+    assert batch_studio.batch.batch_status(key)["accepted"] == 4
+    batch_studio.batch.batch_move(key, 3)
+    batch_studio.batch.batch_move(key, 3)
+    batch_studio.batch.batch_move(key, 0)  # an accepted one out
+    st = batch_studio.batch.batch_status(key)
     assert (st["accepted"], st["rejected"]) == (3, 3) and [p["moved"] for p in st["pairs"]][:4] == [1, 0, 0, 1]
 
-    path = studio.batch.batch_export(key, nnunet=True, label="polyp")
-    made = {p.seed: p for p in studio.batches.get(key).snapshot()["pairs"]}
+    path = batch_studio.batch.batch_export(key, nnunet=True, label="polyp")
+    made = {p.seed: p for p in batch_studio.batches.get(key).snapshot()["pairs"]}
     with zipfile.ZipFile(path) as zf:
         meta = [json.loads(line) for line in zf.read("metadata.jsonl").decode().splitlines()]
         names = zf.namelist()
@@ -128,43 +73,43 @@ def test_a_zip_of_masks_becomes_scored_pairs_sorted_moved_and_exported(studio, t
     assert len([n for n in names if n.startswith("nnunet/labelsTr/")]) == 3
 
 
-def test_stop_keeps_the_pairs_made(studio, tmp_path):
+def test_stop_keeps_the_pairs_made(batch_studio, tmp_path):
     gate = threading.Event()
-    studio.models.load_scorer = fake_loader(FakeScorer(gate))
-    _, key = studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=6)], num_images=2,
+    batch_studio.models.load_scorer = fake_loader(FakeScorer(gate))
+    _, key = batch_studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=6)], num_images=2,
                                 min_fidelity=0.5, **FAST)
     deadline = time.time() + 60
-    while studio.batch.batch_status(key)["done"] == 0:  # the first image-batch is in; the second waits at the gate
+    while batch_studio.batch.batch_status(key)["done"] == 0:  # the first image-batch is in; the second waits at the gate
         assert time.time() < deadline
         time.sleep(0.05)
-    assert studio.batch.batch_status(key)["state"] == "running"
-    assert studio.batch.batch_poll(key, -1)[4].active is True  # the page polls while the batch runs
-    assert studio.batch.batch_stop(key).startswith("⏳ Stopping")
+    assert batch_studio.batch.batch_status(key)["state"] == "running"
+    assert batch_studio.batch.batch_poll(key, -1)[4].active is True  # the page polls while the batch runs
+    assert batch_studio.batch.batch_stop(key).startswith("⏳ Stopping")
     gate.set()
-    st = finished(studio, key)
+    st = finished(batch_studio, key)
     assert st["state"] == "stopped" and 0 < st["done"] < st["total"] == 12
     assert st["accepted"] + st["rejected"] == st["done"] == len(st["pairs"])
     assert st["message"].startswith(f"⏹️ Stopped: {st['done']} of 12 pairs made (those made are kept)")
-    with zipfile.ZipFile(studio.batch.batch_export(key)) as zf:
+    with zipfile.ZipFile(batch_studio.batch.batch_export(key)) as zf:
         assert len([n for n in zf.namelist() if n.startswith("images/")]) == st["accepted"]
 
 
-def test_a_dataset_folder_with_augmentation_and_a_model_without_scorer(studio, tmp_path):
+def test_a_dataset_folder_with_augmentation_and_a_model_without_scorer(batch_studio, tmp_path):
     """The masks of a dataset folder in the data root; the tiny model has no segmenter/: all accepted, unscored,
     and the page says why the threshold does not apply."""
     from siamese.fidelity import load_scorer
 
-    studio.models.load_scorer = load_scorer
+    batch_studio.models.load_scorer = load_scorer
     write_dataset(tmp_path / "data", n=4)
     warnings = []
     original = gr.Warning
     gr.Warning = lambda message, **kw: warnings.append(message)
     try:
-        _, key = studio.batch.batch_start(data_folder="data", augment=True, num_images=1, min_fidelity=0.7, **FAST)
+        _, key = batch_studio.batch.batch_start(data_folder="data", augment=True, num_images=1, min_fidelity=0.7, **FAST)
     finally:
         gr.Warning = original
     assert len(warnings) == 1 and "no fidelity scorer" in warnings[0] and "train-scorer" in warnings[0]
-    st = finished(studio, key)
+    st = finished(batch_studio, key)
     assert (st["state"], st["done"], st["accepted"], st["scored"]) == ("finished", 4, 4, False)
     assert all(p["fidelity"] is None for p in st["pairs"]) and "unscored" in st["message"]
     assert "(augmented)" in st["message"] and "`data`" in st["message"] and str(tmp_path) not in st["message"]
@@ -182,34 +127,34 @@ def test_the_models_own_scorer_scores_the_pairs_and_a_damaged_one_is_named(tiny_
     masks = (rng.random((4, 32, 32)) > 0.5).astype(np.uint8)
     save_scorer(train_scorer(images, masks, ScorerConfig(resolution=32, channels=(4, 8), steps=2, batch_size=2)),
                 model)
-    studio = Studio(str(model), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
+    batch_studio = Studio(str(model), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
                     settings=Settings(data_root=tmp_path))
-    _, key = studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=2)], num_images=2,
+    _, key = batch_studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=2)], num_images=2,
                                       min_fidelity=0.0,
                                 **FAST)
-    st = finished(studio, key)
+    st = finished(batch_studio, key)
     assert (st["state"], st["done"], st["accepted"], st["scored"]) == ("finished", 4, 4, True)
     assert all(0.0 <= p["fidelity"] <= 1.0 for p in st["pairs"]) and "(min fidelity 0.00)" in st["message"]
 
     (model / "segmenter" / "config.json").write_text("{not json")
-    studio = Studio(str(model), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
+    batch_studio = Studio(str(model), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
                     settings=Settings(data_root=tmp_path))
     damaged = "fidelity scorer \\(segmenter/\\) cannot be loaded: model/segmenter/config.json: not valid JSON"
     with pytest.raises(gr.Error, match=damaged) as info:
-        studio.batch.batch_start(mask_files=[str(tmp_path / "masks.zip")], **FAST)
-    assert studio.batches.active() == 0 and str(tmp_path) not in info.value.message
+        batch_studio.batch.batch_start(mask_files=[str(tmp_path / "masks.zip")], **FAST)
+    assert batch_studio.batches.active() == 0 and str(tmp_path) not in info.value.message
 
 
-def test_a_new_batch_replaces_the_sessions_last_and_sessions_are_apart(studio, tmp_path):
+def test_a_new_batch_replaces_the_sessions_last_and_sessions_are_apart(batch_studio, tmp_path):
     zipped = masks_zip(tmp_path / "masks.zip")
-    _, key = studio.batch.batch_start(mask_files=[zipped], num_images=1, **FAST)
-    finished(studio, key)
-    _, other = studio.batch.batch_start(mask_files=[zipped], num_images=2, **FAST)  # another session (no key)
-    _, again = studio.batch.batch_start(mask_files=[zipped], num_images=2, batch_key=key, **FAST)
+    _, key = batch_studio.batch.batch_start(mask_files=[zipped], num_images=1, **FAST)
+    finished(batch_studio, key)
+    _, other = batch_studio.batch.batch_start(mask_files=[zipped], num_images=2, **FAST)  # another session (no key)
+    _, again = batch_studio.batch.batch_start(mask_files=[zipped], num_images=2, batch_key=key, **FAST)
     assert again == key and other != key
-    assert finished(studio, key)["done"] == 6 and finished(studio, other)["done"] == 6
-    assert studio.batch.batch_status("not-a-key")["state"] == "idle" and studio.batch.batch_status(None)["pairs"] == []
-    assert studio.batch.batch_poll("not-a-key", -1)[4].active is False  # an unknown key: nothing to poll
+    assert finished(batch_studio, key)["done"] == 6 and finished(batch_studio, other)["done"] == 6
+    assert batch_studio.batch.batch_status("not-a-key")["state"] == "idle" and batch_studio.batch.batch_status(None)["pairs"] == []
+    assert batch_studio.batch.batch_poll("not-a-key", -1)[4].active is False  # an unknown key: nothing to poll
 
 
 def test_the_gallery_shows_the_pairs_nearest_the_threshold(tmp_path):
@@ -248,46 +193,46 @@ def test_the_registry_keeps_each_sessions_batch_until_it_expires_and_refuses_whe
     assert registry.get(second.key) is second and registry.get(third.key) is third
 
 
-def test_a_full_registry_refuses_a_new_sessions_batch_and_keeps_the_others(studio, tmp_path):
+def test_a_full_registry_refuses_a_new_sessions_batch_and_keeps_the_others(batch_studio, tmp_path):
     """16 finished batches of other sessions stay whole: the 17th session is refused, not served by evicting one."""
-    studio.batches.max_kept = 2
+    batch_studio.batches.max_kept = 2
     zipped = masks_zip(tmp_path / "masks.zip", n=1)
-    keys = [studio.batch.batch_start(mask_files=[zipped], num_images=1, min_fidelity=None, **FAST)[1]
+    keys = [batch_studio.batch.batch_start(mask_files=[zipped], num_images=1, min_fidelity=None, **FAST)[1]
             for _ in range(2)]
     for key in keys:
-        finished(studio, key)
+        finished(batch_studio, key)
     with pytest.raises(gr.Error, match="keeps the batches of 2 sessions") as info:
-        studio.batch.batch_start(mask_files=[zipped], num_images=1, **FAST)
+        batch_studio.batch.batch_start(mask_files=[zipped], num_images=1, **FAST)
     assert "\n" not in info.value.message
     for key in keys:  # both still there, their pairs and export too
-        st = studio.batch.batch_status(key)
+        st = batch_studio.batch.batch_status(key)
         assert (st["state"], st["done"]) == ("finished", 1)
-        with zipfile.ZipFile(studio.batch.batch_export(key)) as zf:
+        with zipfile.ZipFile(batch_studio.batch.batch_export(key)) as zf:
             assert len([n for n in zf.namelist() if n.startswith("images/")]) == st["accepted"] == 1
 
 
-def test_the_batch_sliders_follow_the_model(studio, tiny_model_dir, tmp_path):
-    scale, steps, autoguidance = studio.batch.batch_control(str(tiny_model_dir))
+def test_the_batch_sliders_follow_the_model(batch_studio, tiny_model_dir, tmp_path):
+    scale, steps, autoguidance = batch_studio.batch.batch_control(str(tiny_model_dir))
     assert (scale.value, steps.value, autoguidance.value) == (1.0, 1.0, 1.0)  # the tiny model's recommendations
     assert autoguidance.interactive is False  # no guide: autoguidance off, and locked
-    assert studio.batch.batch_control(str(tmp_path / "nowhere")) == (gr.skip(), gr.skip(), gr.skip())  # left alone
+    assert batch_studio.batch.batch_control(str(tmp_path / "nowhere")) == (gr.skip(), gr.skip(), gr.skip())  # left alone
 
 
 def test_a_batch_with_autoguidance_records_it(guided_model_dir, tmp_path):
     """A model with a guide: its slider is set to the recommended weight, and the pairs record the weight used."""
-    studio = Studio(str(guided_model_dir), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
+    batch_studio = Studio(str(guided_model_dir), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
                     settings=Settings(data_root=tmp_path))
-    studio.models.load_scorer = fake_loader(FakeScorer())
-    _, _, autoguidance = studio.batch.batch_control(studio.catalog.default_id)
+    batch_studio.models.load_scorer = fake_loader(FakeScorer())
+    _, _, autoguidance = batch_studio.batch.batch_control(batch_studio.catalog.default_id)
     assert autoguidance.value == 2.0 and autoguidance.interactive is True
-    status, key = studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=1)], num_images=1,
+    status, key = batch_studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=1)], num_images=1,
                                      autoguidance=1.5, **FAST)
     assert "autoguidance 1.5" in status
-    finished(studio, key)
-    assert [p.params["autoguidance"] for p in studio.batches.get(key).snapshot()["pairs"]] == [1.5]
+    finished(batch_studio, key)
+    assert [p.params["autoguidance"] for p in batch_studio.batches.get(key).snapshot()["pairs"]] == [1.5]
 
 
-def test_batch_limits_and_switch_come_from_the_environment(studio):
+def test_batch_limits_and_switch_come_from_the_environment(batch_studio):
     s = Settings.from_env({"SIAMESE_BATCH_MAX_MASKS": "50", "SIAMESE_BATCH_MAX_IMAGES": "2",
                            "SIAMESE_BATCH_MAX_ACTIVE": "1"})
     assert (s.batch_max_masks, s.batch_max_images, s.batch_max_active, s.batch_disabled) == (50, 2, 1, None)
@@ -295,25 +240,25 @@ def test_batch_limits_and_switch_come_from_the_environment(studio):
         Settings.from_env({"SIAMESE_BATCH_MAX_MASKS": "lots"})
     assert "SIAMESE_DISABLE_BATCH=1" in Settings.from_env({"SIAMESE_DISABLE_BATCH": "1"}).batch_disabled
     assert "ZeroGPU" in Settings.from_env({"SPACES_ZERO_GPU": "1"}).batch_disabled
-    studio.batch.settings = Settings(data_root=Path("."), batch_disabled="Batches are disabled here.")
+    batch_studio.batch.settings = Settings(data_root=Path("."), batch_disabled="Batches are disabled here.")
     with pytest.raises(gr.Error, match="Batches are disabled here."):
-        studio.batch.batch_start(mask_files=[], **FAST)
+        batch_studio.batch.batch_start(mask_files=[], **FAST)
 
 
-def test_the_server_runs_a_limited_number_of_batches(studio, tmp_path):
+def test_the_server_runs_a_limited_number_of_batches(batch_studio, tmp_path):
     gate = threading.Event()
-    studio.models.load_scorer = fake_loader(FakeScorer(gate))
-    studio.batches.max_active = 1
+    batch_studio.models.load_scorer = fake_loader(FakeScorer(gate))
+    batch_studio.batches.max_active = 1
     zipped = masks_zip(tmp_path / "masks.zip")
-    _, key = studio.batch.batch_start(mask_files=[zipped], num_images=2, **FAST)
+    _, key = batch_studio.batch.batch_start(mask_files=[zipped], num_images=2, **FAST)
     try:
         with pytest.raises(gr.Error, match="the server is running 1 batches"):
-            studio.batch.batch_start(mask_files=[zipped], num_images=2, **FAST)
+            batch_studio.batch.batch_start(mask_files=[zipped], num_images=2, **FAST)
         with pytest.raises(gr.Error, match="a batch is already running in this session"):
-            studio.batch.batch_start(mask_files=[zipped], num_images=2, batch_key=key, **FAST)
+            batch_studio.batch.batch_start(mask_files=[zipped], num_images=2, batch_key=key, **FAST)
     finally:
         gate.set()
-    assert finished(studio, key)["done"] == 6
+    assert finished(batch_studio, key)["done"] == 6
 
 
 def test_the_status_text_for_each_state():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import write_dataset
-from test_app_batch import FAST, finished, mask_png, masks_zip, studio  # noqa: F401 (studio: the batch fixture)
+from batch_helpers import FAST, finished, mask_png, masks_zip
 
 
 def frame_png(size: tuple[int, int] = (80, 80), seed: int = 0) -> bytes:
@@ -23,7 +23,7 @@ def frame_png(size: tuple[int, int] = (80, 80), seed: int = 0) -> bytes:
     return cv2.imencode(".png", image)[1].tobytes()
 
 
-def test_masks_painted_into_frames_from_a_zip_and_from_a_data_folder(studio, tmp_path):
+def test_masks_painted_into_frames_from_a_zip_and_from_a_data_folder(batch_studio, tmp_path):
     """Frames beside the masks (issue 24): each pair is a frame with the new lesion, every pixel outside its
     region the frame's; a frame's own mask (masks/ in the zip) goes into the pair's mask, a frame without one is
     warned about; a dataset folder of the data folder serves as frames too."""
@@ -32,7 +32,7 @@ def test_masks_painted_into_frames_from_a_zip_and_from_a_data_folder(studio, tmp
     from siamese.carried.pipeline_siamese import resize_alpha
     from siamese.inpaint import full_size_mask, lesion_region, prepare_frame
 
-    studio.models.load_scorer = load_scorer  # the tiny model has no scorer: every pair accepted, unscored
+    batch_studio.models.load_scorer = load_scorer  # the tiny model has no scorer: every pair accepted, unscored
     own = np.zeros((80, 80), np.uint8)
     own[60:70, 5:15] = 255
     frames = {"f0": frame_png(seed=0), "f1": frame_png(seed=1)}
@@ -43,16 +43,16 @@ def test_masks_painted_into_frames_from_a_zip_and_from_a_data_folder(studio, tmp
     warnings, original = [], gr.Warning
     gr.Warning = lambda message, **kw: warnings.append(message)
     try:
-        _, key = studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=2)], num_images=2,
+        _, key = batch_studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=2)], num_images=2,
                                           min_fidelity=None, frame_files=[str(tmp_path / "frames.zip")], margin=4,
                                           **FAST)
     finally:
         gr.Warning = original
     assert len(warnings) == 1 and "1 of 2 frames have no mask" in warnings[0]
-    st = finished(studio, key)
+    st = finished(batch_studio, key)
     assert (st["state"], st["done"], st["accepted"]) == ("finished", 4, 4)
     assert "painted into 2 frames (margin 4 px)" in st["message"] and "not labelled" in st["message"]
-    job = studio.batches.get(key)
+    job = batch_studio.batches.get(key)
     for p in job.snapshot()["pairs"]:
         item = p.generated()
         name = item.params["frame"]
@@ -71,11 +71,11 @@ def test_masks_painted_into_frames_from_a_zip_and_from_a_data_folder(studio, tmp
         assert item.params["frame_mask"] == ("known" if stem == "f0" else "unknown")
     # the masks and the frames of a dataset folder in the data root (their own lesions known)
     write_dataset(tmp_path / "data", n=2)
-    _, key = studio.batch.batch_start(data_folder="data", frames_folder="data", num_images=1, min_fidelity=None,
+    _, key = batch_studio.batch.batch_start(data_folder="data", frames_folder="data", num_images=1, min_fidelity=None,
                                       clear_frame_lesions=True, **FAST)
-    st = finished(studio, key)
+    st = finished(batch_studio, key)
     assert (st["state"], st["done"]) == ("finished", 2) and "their own lesions painted away first" in st["message"]
-    assert all(p.generated().params["frame_mask"] == "known" for p in studio.batches.get(key).snapshot()["pairs"])
+    assert all(p.generated().params["frame_mask"] == "known" for p in batch_studio.batches.get(key).snapshot()["pairs"])
     assert str(tmp_path) not in st["message"]
 
 
@@ -86,14 +86,14 @@ def test_masks_painted_into_frames_from_a_zip_and_from_a_data_folder(studio, tmp
     (lambda p: [_write(p / "f.zip", _zip_bytes({"f/a.png": frame_png(), "f/masks/a.png": mask_png(0, 40)[:20]}))],
      "f.zip: masks/a.png: not a readable image"),
 ])
-def test_bad_frames_are_one_clear_line(frames, message, studio, tmp_path):
+def test_bad_frames_are_one_clear_line(frames, message, batch_studio, tmp_path):
     with pytest.raises(gr.Error, match=message) as info:
-        studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=1)], num_images=1,
+        batch_studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=1)], num_images=1,
                                  frame_files=frames(tmp_path), **FAST)
     assert "\n" not in info.value.message and str(tmp_path) not in info.value.message
-    assert tempfile.gettempdir() not in info.value.message and studio.batches.active() == 0
+    assert tempfile.gettempdir() not in info.value.message and batch_studio.batches.active() == 0
     with pytest.raises(gr.Error, match="must be inside the server's data folder"):
-        studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=1)], frames_folder="/etc", **FAST)
+        batch_studio.batch.batch_start(mask_files=[masks_zip(tmp_path / "masks.zip", n=1)], frames_folder="/etc", **FAST)
 
 
 def _write(path: Path, data: bytes) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from studio.settings import Settings
 from studio.server import Studio
-from test_app_batch import FAST, FakeScorer, fake_loader, mask_png, masks_zip, studio  # noqa: F401 (the fixture)
+from batch_helpers import FAST, FakeScorer, fake_loader, mask_png, masks_zip
 
 
 def _text_zip(p: Path) -> str:
@@ -121,32 +121,32 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_batch_inputs_are_clear_messages(case, tiny_model_dir, tmp_path):
     kwargs, message = BAD[case]
-    studio = Studio(str(tiny_model_dir), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
+    batch_studio = Studio(str(tiny_model_dir), checkpoints_dir=tmp_path / "checkpoints", runs_dir=tmp_path / "runs",
                     settings=Settings(data_root=tmp_path, max_upload="512kb", batch_max_masks=4))
-    studio.models.load_scorer = fake_loader(FakeScorer())
+    batch_studio.models.load_scorer = fake_loader(FakeScorer())
     kwargs = {k: v(tmp_path) if callable(v) else v for k, v in kwargs.items()}
     if "mask_files" in kwargs:
         kwargs["mask_files"] = [kwargs["mask_files"]]
     if case != "no masks" and "mask_files" not in kwargs and "data_folder" not in kwargs:
         kwargs["mask_files"] = [masks_zip(tmp_path / "ok.zip")]
     with pytest.raises(gr.Error, match=message) as info:
-        studio.batch.batch_start(**{**FAST, **kwargs})
+        batch_studio.batch.batch_start(**{**FAST, **kwargs})
     assert "\n" not in info.value.message and str(tmp_path) not in info.value.message
     assert tempfile.gettempdir() not in info.value.message and "Errno" not in info.value.message
-    assert studio.batches.active() == 0 and not list(studio.scratch.path.rglob("*.png"))
-    assert studio.batches.get(None) is None and not studio.batches._jobs  # no job (nor key) for a refused batch
+    assert batch_studio.batches.active() == 0 and not list(batch_studio.scratch.path.rglob("*.png"))
+    assert batch_studio.batches.get(None) is None and not batch_studio.batches._jobs  # no job (nor key) for a refused batch
 
 
 @pytest.mark.parametrize("make, message", [(_big_entry, "is 21 MB"), (_many_files, "holds 10,000 files"),
                                            (lambda p: masks_zip(p / "many.zip", n=5), "holds 5 masks")])
-def test_zips_are_checked_from_their_directory_before_anything_is_unpacked(make, message, studio, tmp_path,
+def test_zips_are_checked_from_their_directory_before_anything_is_unpacked(make, message, batch_studio, tmp_path,
                                                                            monkeypatch):
     """Entry sizes, the number of files and the number of masks are read from the zip's directory: a 1 MB zip of
     one 1 GB entry, or of 10,000 files, was unpacked whole before the per-mask limits refused it."""
-    studio.batch.settings = Settings(data_root=tmp_path, batch_max_masks=4)
+    batch_studio.batch.settings = Settings(data_root=tmp_path, batch_max_masks=4)
     zipped, opened = make(tmp_path), []
     original = zipfile.ZipFile.open
     monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, *a, **k: opened.append(a) or original(self, *a, **k))
     with pytest.raises(gr.Error, match=message):
-        studio.batch.batch_start(mask_files=[zipped], **FAST)
+        batch_studio.batch.batch_start(mask_files=[zipped], **FAST)
     assert opened == [], "an entry was unpacked before the refusal"

@@ -14,7 +14,7 @@ import pytest
 import app
 from conftest import free_port
 from studio.settings import Settings
-from test_app_batch import FakeScorer, fake_loader, mask_png, masks_zip
+from batch_helpers import FakeScorer, fake_loader, mask_png, masks_zip
 
 
 # -- the launched app, through gradio_client ----------------------------------------------------------

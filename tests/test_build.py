@@ -19,7 +19,7 @@ from filelock import FileLock
 from safetensors.numpy import load_file
 
 from siamese import load_model
-import siamese.build
+import siamese.sweep
 from siamese.build import REFERENCE_HOURS, BuildConfig, BuildStopped, begun_build, build, plan_stages
 from siamese.cli import main
 from siamese.data import PairDataset, mask_to_hint
@@ -49,21 +49,28 @@ def test_the_full_budget_plans_the_polyp_recipe():
 @pytest.mark.slow
 def test_a_build_stopped_in_the_sweep_keeps_the_measured_settings(one_thread, tmp_path, monkeypatch):
     """Stopped while the sweep measures its first setting: BuildStopped after that setting, which is saved
-    (build/sweep-rows.json); the same build then measures only the others and ships the 13 rows."""
+    (build/sweep-rows.json); the same build then measures only the others and ships the 13 rows. Stopped in the
+    evaluation, it stops there (not after the stage) without a report, and the next run evaluates."""
     data = write_dataset(tmp_path / "data", n=12, size=80)
     config = BuildConfig(data=str(data), output=str(tmp_path / "model"), budget_hours=0.0001, resolution=64,
-                         batch_size=2, sweep_masks=4, eval_seeds=0)
+                         batch_size=2, sweep_masks=4, eval_seeds=1, eval_seg_steps=20)
     stop = threading.Event()
     with pytest.raises(BuildStopped, match="settings sweep"):
         build(config, lambda e: stop.set() if e["type"] == "sweep" else None, stop)
     saved = json.loads((tmp_path / "model" / "build" / "sweep-rows.json").read_text())
     assert len(saved) == 1 and saved[0]["control_scale"] == 1.5  # the grid's first setting
     calls = []
-    real = siamese.build.measure_candidates
-    monkeypatch.setattr(siamese.build, "measure_candidates", lambda *a, **k: calls.append(1) or real(*a, **k))
-    build(config)
+    real = siamese.sweep.measure_candidates
+    monkeypatch.setattr(siamese.sweep, "measure_candidates", lambda *a, **k: calls.append(1) or real(*a, **k))
+    stop.clear()
+    with pytest.raises(BuildStopped, match="stage evaluate"):
+        build(config, lambda e: stop.set() if e["type"] == "stage" and e["stage"] == "evaluate" else None, stop)
     rows = json.loads((tmp_path / "model" / "build.json").read_text())["sweep"]["rows"]
     assert len(rows) == 13 and rows[0] == saved[0] and len(calls) == 12
+    assert "evaluate" not in json.loads((tmp_path / "model" / "build" / "done.json").read_text())
+    assert not (tmp_path / "model" / "evaluation.json").exists()
+    build(config)
+    assert json.loads((tmp_path / "model" / "evaluation.json").read_text())["pairs"]["generated_test"] > 0
 
 
 def test_the_budget_scales_every_stage_in_proportion():

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from siamese.cli import main
-from siamese.model import SiameseConfig
+from siamese.model_config import SiameseConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,8 @@ import torch
 
 from siamese.codec import PatchCodec, PatchCodecConfig
 from siamese.decoder import DecoderTrainConfig, PatchDecoder, train_decoder
-from siamese.model import ModelLoadError, build_tiny, load_model
+from siamese.model import build_tiny, load_model
+from siamese.model_config import ModelLoadError
 from siamese.quality import block_edge_ratio
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +15,7 @@ import torch
 
 from conftest import shared_dataset, write_dataset
 from siamese.data import DataError, find_pairs
+from siamese.stopping import Stopped
 from siamese.evaluate import (
     STATISTICS, EvalConfig, build_segnet, codec_reconstructions, dice_iou, evaluate, flat_paintings, format_report,
     generator_data_note, image_statistics, kid, mask_use, pairwise_distances, pixel_quality, segnet_features,
@@ -163,6 +166,31 @@ def test_evaluate_reports_every_figure_and_writes_the_output(pairs12, tiny_model
     assert report["settings"]["control_scale"] == 1.0 and report["settings"]["control_end"] == 1.0
 
 
+class _StopAfter(threading.Event):
+    """A stop event that reads as set from its (checks + 1)-th look on: a stop arriving at a known point."""
+
+    def __init__(self, checks: int):
+        super().__init__()
+        self.checks = checks
+
+    def is_set(self) -> bool:
+        self.checks -= 1
+        return self.checks < 0
+
+
+@pytest.mark.parametrize("checks, where", [(2, "segmentation network"), (5, "generating")])
+def test_a_stopped_evaluation_raises_stopped_and_writes_nothing(pairs12, tiny_model_dir, tmp_path, checks, where):
+    """Stop is looked at before each step of a segmentation network and before each image: set in the first
+    network's third step, or after its 5 steps (before the first image), it raises Stopped there; nothing is
+    written, and the same evaluation runs whole afterwards."""
+    config = _tiny_config(pairs12, tiny_model_dir, output=tmp_path / "out")
+    stop = _StopAfter(checks)
+    with pytest.raises(Stopped, match=where):
+        evaluate(config, stop=stop)
+    assert stop.checks == -1 and not (tmp_path / "out").exists()
+    assert evaluate(config, stop=threading.Event())["pairs"]["generated_test"] == 2
+
+
 def test_mask_use_is_zero_for_a_fresh_controlnet_and_not_for_a_trained_one(tiny_model):
     """A fresh ControlNet is a no-op (zero convolutions): own mask, other mask and no control are equal. The
     test model's (non-zero) ControlNet reacts to the mask: the three differ."""
@@ -274,3 +302,22 @@ def test_the_report_says_whether_the_generator_saw_the_evaluated_pairs(pairs12):
     assert "held-out pairs included" in generator_data_note({**record, "holdout_seed": 1}, config)
     assert generator_data_note({**record, "data": "/elsewhere"}, config) is None
     assert "not recorded" in generator_data_note(None, config)
+
+
+def test_ctrl_c_stops_cli_evaluate_cleanly_and_gives_the_handlers_back(pairs12, tiny_model_dir, tmp_path, capsys,
+                                                                        monkeypatch):
+    """Ctrl-C (here raised once the model is loaded) stops the evaluation before its next step: one line says so,
+    no report and no output folder, exit code 0, and the handlers that were there before are back."""
+    import siamese.evaluate
+    from siamese.cli import main
+
+    before = signal.getsignal(signal.SIGINT)
+    load = siamese.evaluate.load_model
+    monkeypatch.setattr(siamese.evaluate, "load_model",
+                        lambda *a, **k: (load(*a, **k), signal.raise_signal(signal.SIGINT))[0])
+    code = main(["evaluate", "--data", str(pairs12), "--model", str(tiny_model_dir), "--seg-steps", "5", "--steps",
+                 "1", "--seeds", "1", "--resolution", "64", "--output", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 0 and "Traceback" not in captured.err and "Downstream benefit" not in captured.out
+    assert "stopped while training a segmentation network" in captured.err and "starts it over" in captured.err
+    assert not (tmp_path / "out").exists() and signal.getsignal(signal.SIGINT) is before

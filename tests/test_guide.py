@@ -14,7 +14,7 @@ from siamese import SamplingParams, generate, load_model
 from siamese.cli import main
 from siamese.data import mask_to_hint
 from siamese.guide import GUIDE_FOLDER, build_guide, guide_tensors, make_guide
-from siamese.model import ModelLoadError
+from siamese.model_config import ModelLoadError
 from siamese.networks import UNET_DECODER_PREFIXES, controlnet_residuals, unet_decode, unet_encode
 from siamese.sampling import Denoiser, sample
 

@@ -9,7 +9,8 @@ import torch
 from safetensors import safe_open
 
 from conftest import fake_hub_cache
-from siamese.model import ModelLoadError, load_model
+from siamese.model import load_model
+from siamese.model_config import ModelLoadError
 
 
 def _same_weights(a, b):

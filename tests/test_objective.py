@@ -15,7 +15,7 @@ from siamese.model import SCHEDULE
 from siamese.networks import UNET_DECODER_PREFIXES
 from siamese.objective import LOSS_KEYS, controlnet_losses, siamese_losses
 from siamese.reference import naive_siamese_losses
-from siamese.train import trainable_parameters
+from siamese.schedule import trainable_parameters
 
 
 def _batch(model, B=4, seed=0, dtype=torch.float32, ts=(5, 150, 600, 999)):

@@ -17,7 +17,7 @@ from siamese.cli_options import config_from_args
 from siamese.data import PairDataset
 from siamese.objective import base_losses, controlnet_losses, mse, siamese_losses
 from siamese.overlay import MIN_IMAGES, attach_overlay, find_overlay, keep_weights, stroke_share, text_zone
-from siamese.train import trainable_parameters
+from siamese.schedule import trainable_parameters
 from siamese.train_config import TrainConfig
 
 from conftest import write_dataset

@@ -15,7 +15,8 @@ from PIL import Image
 
 from conftest import fake_hub_cache, wake_controlnet
 from siamese.codec import VAECodec
-from siamese.model import SCHEDULE, SiameseConfig, SiameseModel, load_model, tiny_text_encoder, tiny_tokenizer
+from siamese.model import SCHEDULE, SiameseModel, load_model, tiny_text_encoder, tiny_tokenizer
+from siamese.model_config import SiameseConfig
 from siamese.pipeline import MODEL_INDEX, carried_files, model_index
 from siamese.sampling import SamplingParams, generate
 

@@ -12,7 +12,8 @@ import pytest
 
 import siamese.sampling
 from siamese.cli import main
-from siamese.model import SiameseConfig, load_model
+from siamese.model import load_model
+from siamese.model_config import SiameseConfig
 from siamese.presets import (FALLBACK_PRESETS, PRESET_KEYS, PRESET_NAMES, config_presets, model_presets,
                              preset_params, presets_problem)
 

@@ -21,10 +21,9 @@ from safetensors.torch import load_file
 
 import siamese.train
 from siamese.model import load_model
-from siamese.train import (
-    EMA, TrainConfig, TrainingDiverged, batch_indices, ema_decay_at, latest_checkpoint, param_groups, timestep_weights,
-    train, trainable_parameters,
-)
+from siamese.schedule import batch_indices, param_groups, timestep_weights, trainable_parameters
+from siamese.checkpoints import EMA, ema_decay_at, latest_checkpoint
+from siamese.train import TrainConfig, TrainingDiverged, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

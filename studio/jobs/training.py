@@ -102,6 +102,9 @@ class TrainingJob(BackgroundJob):
         elif self.stage["name"] == "sweep":
             text = ("Stopping the settings sweep after the setting it is measuring; the measured ones are kept "
                     "(start the same full build again to resume)...")
+        elif self.stage["name"] == "evaluate":
+            text = ("Stopping the evaluation now; it starts over when the same full build is started again "
+                    "(the model itself is finished)...")
         else:
             text = (f"Stopping after stage {self.stage['name']} (it does not stop midway; start the same full build "
                     "again to resume)...")
