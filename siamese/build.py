@@ -18,8 +18,9 @@ The stages are those that made the bundled polyp model (its model card has every
 OUTPUT/build/ holds the stages' run folders, `plan.json` (every stage's settings, fixed at the first run) and
 `done.json` (the finished stages). Running the same command again skips the finished stages and resumes the
 running one from its last checkpoint; a training stage killed at any point continues to the same weights.
-`budget_hours` scales every stage's steps from the full recipe (`REFERENCE_HOURS` on 2 idle CPU cores at 256 px,
-batch 8), in the recipe's proportions.
+`budget_hours` scales every stage's steps from the full recipe, in the recipe's proportions, so that they take about
+that long on 2 idle CPU cores (`step_seconds`: measured per kind of step at 256 px, batch 8, and scaled to the
+build's resolution and batch; the full recipe at 256 px, batch 8 is `REFERENCE_HOURS`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from .card import FIGURE_NAME, write_model_card
-from .data import PairDataset, find_pairs, read_mask, resize_pair, split_pairs
+from .data import PairDataset, find_pairs, split_pairs, write_examples
 from .decoder import DecoderTrainConfig
 from .evaluate import EvalConfig, evaluate
 from .fidelity import ScorerConfig, load_scorer
@@ -56,16 +57,19 @@ from .train_config import MAX_SEED, TrainConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BuildConfig", "BuildStopped", "build", "begun_build", "plan_stages", "write_examples", "BUILD_FOLDER",
-           "REFERENCE_HOURS", "STAGES", "EXAMPLES_FOLDER", "EXAMPLE_MASKS"]
+__all__ = ["BuildConfig", "BuildStopped", "build", "begun_build", "plan_stages", "planned_stages", "step_seconds",
+           "BUILD_FOLDER", "REFERENCE_HOURS", "STAGES"]
 
 BUILD_FOLDER = "build"
 LOCK_NAME = "lock"  # OUTPUT/build/lock: held while a build runs there (a second one is refused)
 SWEEP_ROWS = "sweep-rows.json"  # OUTPUT/build/: the sweep's rows as they are measured (a stopped sweep continues)
-EXAMPLES_FOLDER, EXAMPLE_MASKS = "examples", 6  # OUTPUT/examples/: held-out masks the app offers as examples
-REFERENCE_HOURS = 3.5  # the full recipe (budget factor 1) on 2 idle CPU cores at 256 px, batch 8
-# seconds per step of each kind at budget factor 1 (what REFERENCE_HOURS adds up to); for the ETA only
-_SECONDS_PER_STEP = {"base": 0.5, "siamese": 2.2, "decoder": 0.4, "scorer": 0.3}
+# seconds per step on 2 idle CPU cores at 256 px, batch 8 (the skin model's build: 1-base 1029 steps in 499 s,
+# 2-siamese to 4-locked 1111 steps in 1605 s, decoder 1143 in 207 s, scorer 571 in 38 s), and the share of a step
+# that does not shrink with the image (128 px: a base step took 0.184 s, 0.375 of its time at 256 px; the siamese
+# steps' share is assumed the same)
+_SECONDS_AT_256 = {"base": 0.49, "siamese": 1.45, "decoder": 0.18, "scorer": 0.067}
+_FIXED_SHARE = {"base": 0.17, "siamese": 0.17}
+_DECODER_CROP, _SCORER_SIDE = 96, 128  # the decoder's training crop and the scorer's resolution (at most the model's)
 STAGES = ("1-base", "decoder", "scorer", "2-siamese", "3-biased", "4-locked", "assemble", "sweep", "ship", "evaluate")
 # the full recipe's training stages: steps, length of the lr/EMA schedule (steps / share), settings
 _FULL = {
@@ -82,6 +86,28 @@ _FULL_DECODER_STEPS, _FULL_SCORER_STEPS = 4000, 2000
 _FROM = {"1-base": "tiny", "2-siamese": "1-base", "3-biased": "2-siamese", "4-locked": "3-biased"}
 
 
+def step_seconds(kind: str, resolution: int = 256, batch_size: int = 8) -> float:
+    """About how long one step of `kind` ("base", "siamese", "decoder", "scorer") takes on 2 idle CPU cores: the
+    measured time at 256 px, batch 8, its image-sized share scaled by the pixels per step. The decoder and the scorer
+    train at their own size (a crop, a fixed resolution) and batch whatever the model's."""
+    if kind in ("decoder", "scorer"):
+        side = _DECODER_CROP if kind == "decoder" else _SCORER_SIDE
+        return _SECONDS_AT_256[kind] * (min(side, resolution) / side) ** 2
+    work = (resolution / 256) ** 2 * batch_size / 8
+    return _SECONDS_AT_256[kind] * (_FIXED_SHARE[kind] + (1 - _FIXED_SHARE[kind]) * work)
+
+
+def _full_recipe_seconds(resolution: int, batch_size: int) -> float:
+    """The full recipe's training stages (budget factor 1) on 2 idle CPU cores."""
+    training = sum(full["steps"] * step_seconds(full["objective"] if full["objective"] == "base" else "siamese",
+                                                resolution, batch_size) for full in _FULL.values())
+    return (training + _FULL_DECODER_STEPS * step_seconds("decoder", resolution, batch_size)
+            + _FULL_SCORER_STEPS * step_seconds("scorer", resolution, batch_size))
+
+
+REFERENCE_HOURS = _full_recipe_seconds(256, 8) / 3600  # the full recipe on 2 idle CPU cores at 256 px, batch 8: 2.3
+
+
 class BuildStopped(Stopped):
     """The build was asked to stop; the same command resumes (a training stage from its checkpoint, the sweep from
     its measured settings; the other stages start over)."""
@@ -93,7 +119,7 @@ class BuildConfig:
 
     data: str
     output: str
-    budget_hours: float = REFERENCE_HOURS  # CPU time the training stages are planned for (2 cores)
+    budget_hours: float = REFERENCE_HOURS  # hours the training stages are planned to take on 2 idle CPU cores
     resolution: int = 256
     batch_size: int = 8
     holdout: float = 0.2  # share of the pairs held out for the sweep and the evaluation (split seed 0)
@@ -131,8 +157,8 @@ class BuildConfig:
                     report_to=self.report_to, overlay=self.overlay).validate()  # the settings every stage shares
 
     def factor(self) -> float:
-        """The share of the full recipe's steps: budget / REFERENCE_HOURS, less for larger images and batches."""
-        return self.budget_hours / REFERENCE_HOURS * (256 / self.resolution) ** 2 * (8 / self.batch_size)
+        """The share of the full recipe's steps that fits the budget at this resolution and batch size."""
+        return self.budget_hours * 3600 / _full_recipe_seconds(self.resolution, self.batch_size)
 
     def train_config(self, stage: str, settings: dict) -> TrainConfig:
         """The TrainConfig of a training stage from its planned settings."""
@@ -161,18 +187,20 @@ def plan_stages(config: BuildConfig) -> dict[str, dict]:
         if "preview_every" in full:
             settings["preview_every"] = max(10, round(full["preview_every"] * f))
         plan[stage] = settings
-    plan["decoder"] = {"steps": max(10, round(_FULL_DECODER_STEPS * f)), "crop": min(96, config.resolution)}
-    plan["scorer"] = {"steps": max(10, round(_FULL_SCORER_STEPS * f)), "resolution": min(128, config.resolution)}
+    plan["decoder"] = {"steps": max(10, round(_FULL_DECODER_STEPS * f)),
+                       "crop": min(_DECODER_CROP, config.resolution)}
+    plan["scorer"] = {"steps": max(10, round(_FULL_SCORER_STEPS * f)),
+                      "resolution": min(_SCORER_SIDE, config.resolution)}
     return plan
 
 
-def _stage_seconds(stage: str, settings: dict) -> float:
-    """A rough duration of a stage on 2 idle cores, for the ETA."""
+def _stage_seconds(stage: str, settings: dict, config: BuildConfig) -> float:
+    """About how long a stage of the plan takes on 2 idle cores, for the ETA (0 for the stages that do not train)."""
     if stage in _FULL:
-        steps = settings["stop_at"] or settings["max_steps"]
-        return steps * _SECONDS_PER_STEP["base" if settings["objective"] == "base" else "siamese"]
+        kind = "base" if settings["objective"] == "base" else "siamese"
+        return (settings["stop_at"] or settings["max_steps"]) * step_seconds(kind, config.resolution, config.batch_size)
     if stage in ("decoder", "scorer"):
-        return settings["steps"] * _SECONDS_PER_STEP[stage]
+        return settings["steps"] * step_seconds(stage, config.resolution, config.batch_size)
     return 0.0
 
 
@@ -184,22 +212,32 @@ class _Record:
         self.done_path = folder / "done.json"
         self.done: dict[str, dict] = json.loads(self.done_path.read_text()) if self.done_path.is_file() else {}
 
-    def fix_plan(self, config: BuildConfig, plan: dict) -> None:
-        # the label names the shipped model only (it is read at the ship stage): a resumed build may give another
-        record = {"config": {k: v for k, v in asdict(config).items() if k != "label"}, "stages": plan}
+    def begun_plan(self, config: BuildConfig) -> dict | None:
+        """The stages fixed at the first run of a build begun here with `config`'s settings (a version that plans
+        otherwise resumes it with its own steps), or None; ValueError if it was begun with other settings."""
         path = self.folder / "plan.json"
-        if path.is_file():
-            before = _with_defaults_of_old_plans(json.loads(path.read_text()))
-            if before != json.loads(json.dumps(record)):
-                begun = before.get("config", {})
-                changed = [f"{k} {begun.get(k)!r}, now {v!r}" for k, v in sorted(record["config"].items())
-                           if begun.get(k) != v]
-                raise ValueError(f"{self.folder.parent} holds a build begun with other settings (begun with "
-                                 f"{'; '.join(changed) or 'another plan'}): run it again with the same settings to "
-                                 f"resume, or build into a new output folder")
-            return
+        if not path.is_file():
+            return None
+        before = _with_defaults_of_old_plans(json.loads(path.read_text()))
+        settings = json.loads(json.dumps(_plan_settings(config)))
+        if before.get("config") != settings or not isinstance(before.get("stages"), dict):
+            begun = before.get("config") or {}
+            changed = [f"{k} {begun.get(k)!r}, now {v!r}" for k, v in sorted(settings.items()) if begun.get(k) != v]
+            raise ValueError(f"{self.folder.parent} holds a build begun with other settings (begun with "
+                             f"{'; '.join(changed) or 'another plan'}): run it again with the same settings to "
+                             f"resume, or build into a new output folder")
+        return before["stages"]
+
+    def fix_plan(self, config: BuildConfig) -> dict:
+        """The stages this build runs: those fixed at its first run, or `plan_stages(config)`, now fixed."""
+        begun = self.begun_plan(config)
+        if begun is not None:
+            return begun
+        plan = plan_stages(config)
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, (json.dumps(record, indent=2) + "\n").encode())
+        record = {"config": _plan_settings(config), "stages": plan}
+        atomic_write(self.folder / "plan.json", (json.dumps(record, indent=2) + "\n").encode())
+        return plan
 
     def finish(self, stage: str, result: dict | None = None) -> None:
         self.done[stage] = result or {}
@@ -213,6 +251,17 @@ def _with_defaults_of_old_plans(record: dict) -> dict:
         record["config"].setdefault("overlay", "off")
         record["config"].setdefault("sweep_seeds", 1)
     return record
+
+
+def _plan_settings(config: BuildConfig) -> dict:
+    # the label names the shipped model only (it is read at the ship stage): a resumed build may give another
+    return {k: v for k, v in asdict(config).items() if k != "label"}
+
+
+def planned_stages(config: BuildConfig) -> dict[str, dict]:
+    """The stages the build of `config` runs: those fixed at the first run of a build begun in its output folder
+    with the same settings, else `plan_stages(config)`."""
+    return _Record(Path(config.output) / BUILD_FOLDER).begun_plan(config) or plan_stages(config)
 
 
 def begun_build(output: str | Path) -> BuildConfig | None:
@@ -248,7 +297,6 @@ def build(config: BuildConfig, callback: Callable[[dict], None] | None = None, s
     check_writable(out)
     find_pairs(config.data)  # the data, checked before anything is written
     emit = callback or (lambda event: None)
-    plan = plan_stages(config)
     build_dir = out / BUILD_FOLDER
     build_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(build_dir / LOCK_NAME)
@@ -258,27 +306,27 @@ def build(config: BuildConfig, callback: Callable[[dict], None] | None = None, s
         raise ValueError(f"another build is running in {out} (it holds {build_dir / LOCK_NAME}): wait for it to "
                          f"finish or stop it, or build into another output folder") from None
     try:
-        return _build_stages(config, plan, build_dir, emit, stop, progress_bar, device)
+        return _build_stages(config, build_dir, emit, stop, progress_bar, device)
     finally:
         lock.release()
 
 
-def _build_stages(config: BuildConfig, plan: dict, build_dir: Path, emit: Callable[[dict], None],
+def _build_stages(config: BuildConfig, build_dir: Path, emit: Callable[[dict], None],
                   stop: threading.Event | None, progress_bar: bool, device: torch.device) -> Path:
     out = Path(config.output)
     record = _Record(build_dir)
-    record.fix_plan(config, plan)
+    plan = record.fix_plan(config)
     remaining = [s for s in STAGES if s not in record.done and not (s == "evaluate" and not config.eval_seeds)]
     for index, stage in enumerate(STAGES, 1):
         if stage not in remaining:
             continue
         if stop is not None and stop.is_set():
             raise BuildStopped(f"stopped before stage {stage}: run the same build again to resume")
-        eta = sum(_stage_seconds(s, plan.get(s, {})) for s in remaining[remaining.index(stage):])
+        eta = sum(_stage_seconds(s, plan.get(s, {}), config) for s in remaining[remaining.index(stage):])
         logger.info("stage %d/%d: %s (about %.0f min of training left on 2 idle cores)", index, len(STAGES), stage,
                     eta / 60)
         emit({"type": "stage", "stage": stage, "index": index, "total": len(STAGES), "eta_s": eta,
-              "stage_s": _stage_seconds(stage, plan.get(stage, {}))})
+              "stage_s": _stage_seconds(stage, plan.get(stage, {}), config)})
         try:
             result = _run_stage(stage, config, plan, build_dir, emit, stop, progress_bar, device)
         except BuildStopped:
@@ -404,33 +452,6 @@ def _ship(config: BuildConfig, plan: dict, build_dir: Path) -> dict:
     atomic_write(out / "build.json", (json.dumps(summary, indent=2) + "\n").encode())
     write_model_card(out)
     return {}
-
-
-def write_examples(data: str | Path, holdout: float, resolution: int, folder: str | Path,
-                   count: int = EXAMPLE_MASKS) -> list[Path]:
-    """`count` held-out masks of the data (split seed 0, as the build's), binarised at `resolution`, as small PNGs
-    (0/255) in folder/examples/, numbered from the smallest lesion to the largest (spread over the sizes); what was
-    there is replaced. The app offers them as the model's example masks. Returns the files."""
-    _, held = split_pairs(find_pairs(data), holdout, 0)
-    masks = []
-    for pair in held[:200]:
-        _, mask = resize_pair(None, read_mask(pair.mask), resolution)  # (R, R) {0, 1}
-        if 0 < mask.mean() < 1:
-            masks.append((float(mask.mean()), pair.mask.stem, mask))
-    masks.sort(key=lambda m: m[:2])
-    # spread over the sizes between the 10th and 90th percentile: the extremes (a speck, a lesion filling the frame)
-    # show little
-    picked = sorted(set((np.linspace(0.1, 0.9, count) * (len(masks) - 1)).round().astype(int))) if masks else []
-    target = Path(folder) / EXAMPLES_FOLDER
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    paths = []
-    for n, i in enumerate(picked, 1):
-        _, png = cv2.imencode(".png", masks[i][2] * 255, [cv2.IMWRITE_PNG_COMPRESSION, 9])
-        paths.append(target / f"{n}-{masks[i][1]}.png")
-        atomic_write(paths[-1], png.tobytes())
-    logger.info("%d example masks in %s", len(paths), target)
-    return paths
 
 
 def _merge_metrics(folders: list[Path], path: Path) -> None:

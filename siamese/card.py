@@ -192,8 +192,8 @@ def _build_section(build: dict, evaluation: dict) -> list[str]:
         return []
     stages = ", ".join(f"{name} {stage.get('stop_at') or stage.get('max_steps') or stage.get('steps')}"
                        for name, stage in plan.items() if isinstance(stage, dict))
-    lines = ["", "## Build", "", f"Made by `python -m siamese build` with a budget of {build.get('budget_hours')} "
-             f"CPU-hours; steps per stage: {stages}."]
+    lines = ["", "## Build", "", f"Made by `python -m siamese build --budget-hours {build.get('budget_hours', 0):.4g}` "
+             f"(training planned to take that long on 2 idle CPU cores); steps per stage: {stages}."]
     if sweep.get("rows"):
         lines += ["", f"Settings sweep on {sweep.get('masks')} held-out masks, {sweep.get('images_per_mask', 1)} "
                   f"image(s) each ({sweep.get('scheduler')}, {sweep.get('steps')} steps; fidelity: the scorer's Dice "

@@ -236,7 +236,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _build(args: argparse.Namespace) -> None:
     from .build import BuildConfig, BuildStopped, build
 
-    config = BuildConfig(data=args.data, output=args.output, budget_hours=args.budget_hours,
+    budget = {} if args.budget_hours is None else {"budget_hours": args.budget_hours}
+    config = BuildConfig(data=args.data, output=args.output, **budget,
                          resolution=args.resolution, batch_size=args.batch_size, holdout=args.holdout,
                          prompt=args.prompt, name=args.name, seed=args.seed, sweep_masks=args.sweep_masks,
                          sweep_seeds=args.sweep_seeds,
@@ -406,8 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "stage of the bundled model's recipe, the settings sweep, the evaluation and the model card")
     b.add_argument("--data", required=True, help="folder with images/ and masks/, or prompt.json")
     b.add_argument("--output", required=True, help="the model folder to make (its stages go in OUTPUT/build/)")
-    b.add_argument("--budget-hours", type=float, default=3.5, help="CPU hours (2 cores) the training stages are "
-                   "planned for; the steps scale from the full recipe (3.5, the polyp model's) in its proportions")
+    b.add_argument("--budget-hours", type=float, default=None, help="hours on 2 idle CPU cores the training "
+                   "stages are planned for; the steps scale from the full recipe in its proportions (default: the "
+                   "full recipe, the polyp model's)")
     b.add_argument("--resolution", type=int, default=256, help="image size, a multiple of 64 (default 256)")
     b.add_argument("--batch-size", type=int, default=8, help="training batch size (default 8)")
     b.add_argument("--holdout", type=float, default=0.2, help="share of the pairs held out for the settings sweep "

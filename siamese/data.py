@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,17 +38,19 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from .carried import pipeline_siamese  # the one mask rule, also carried in model folders
+from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DataError", "Pair", "PairDataset", "find_pairs", "read_image", "read_mask", "binarize_mask",
     "resize_pair", "augment_mask", "split_pairs", "list_masks", "default_prompt", "mask_to_hint", "IMAGE_EXTENSIONS",
-    "MAX_PIXELS",
+    "MAX_PIXELS", "write_examples", "EXAMPLES_FOLDER", "EXAMPLE_MASKS",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 64_000_000  # the largest image or mask read (width x height), checked in the header before decoding
+EXAMPLES_FOLDER, EXAMPLE_MASKS = "examples", 6  # MODEL/examples/: held-out masks the app offers as a model's examples
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
@@ -331,3 +334,30 @@ def augment_mask(mask: np.ndarray, rng: np.random.Generator, tries: int = 10) ->
         if area == 0 or out.sum() >= area / 4:
             return out.astype(np.uint8)
     return mask.copy()
+
+
+def write_examples(data: str | Path, holdout: float, resolution: int, folder: str | Path,
+                   count: int = EXAMPLE_MASKS) -> list[Path]:
+    """`count` held-out masks of the data (split seed 0, as a build's), binarised at `resolution`, as small PNGs
+    (0/255) in folder/examples/, numbered from the smallest lesion to the largest (spread over the sizes); what was
+    there is replaced. The app offers them as the model's example masks. Returns the files."""
+    _, held = split_pairs(find_pairs(data), holdout, 0)
+    masks = []
+    for pair in held[:200]:
+        _, mask = resize_pair(None, read_mask(pair.mask), resolution)  # (R, R) {0, 1}
+        if 0 < mask.mean() < 1:
+            masks.append((float(mask.mean()), pair.mask.stem, mask))
+    masks.sort(key=lambda m: m[:2])
+    # spread over the sizes between the 10th and 90th percentile: the extremes (a speck, a lesion filling the frame)
+    # show little
+    picked = sorted(set((np.linspace(0.1, 0.9, count) * (len(masks) - 1)).round().astype(int))) if masks else []
+    target = Path(folder) / EXAMPLES_FOLDER
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    paths = []
+    for n, i in enumerate(picked, 1):
+        _, png = cv2.imencode(".png", masks[i][2] * 255, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        paths.append(target / f"{n}-{masks[i][1]}.png")
+        atomic_write(paths[-1], png.tobytes())
+    logger.info("%d example masks in %s", len(paths), target)
+    return paths

@@ -27,7 +27,7 @@ import torch
 
 from siamese import ModelLoadError, SiameseConfig, load_model
 from siamese.fidelity import load_scorer
-from siamese.build import EXAMPLES_FOLDER
+from siamese.data import EXAMPLES_FOLDER
 from siamese.guide import GUIDE_FOLDER
 from siamese.model import HUB_ALLOW_PATTERNS, HUB_IGNORE_PATTERNS
 

@@ -20,7 +20,8 @@ from safetensors.numpy import load_file
 
 from siamese import load_model
 import siamese.sweep
-from siamese.build import REFERENCE_HOURS, BuildConfig, BuildStopped, begun_build, build, plan_stages
+from siamese.build import REFERENCE_HOURS, BuildConfig, BuildStopped, begun_build, build, plan_stages, \
+    planned_stages, step_seconds
 from siamese.cli import main
 from siamese.data import PairDataset, mask_to_hint
 from siamese.fidelity import load_scorer
@@ -74,12 +75,48 @@ def test_a_build_stopped_in_the_sweep_keeps_the_measured_settings(one_thread, tm
 
 
 def test_the_budget_scales_every_stage_in_proportion():
-    full = plan_stages(BuildConfig(data="d", output="o", budget_hours=REFERENCE_HOURS))
     half = plan_stages(BuildConfig(data="d", output="o", budget_hours=REFERENCE_HOURS / 2))
     assert half["1-base"]["max_steps"] == 1800 and half["3-biased"]["stop_at"] == 350
     assert half["decoder"]["steps"] == 2000
-    bigger = plan_stages(BuildConfig(data="d", output="o", budget_hours=REFERENCE_HOURS, resolution=512))
-    assert bigger["1-base"]["max_steps"] == 900  # 4x the pixels per step: a quarter of the steps
+
+
+def _planned_seconds(plan: dict, resolution: int, batch_size: int) -> float:
+    training = sum((s["stop_at"] or s["max_steps"]) * step_seconds("base" if s["objective"] == "base" else "siamese",
+                                                                   resolution, batch_size)
+                   for s in plan.values() if "objective" in s)
+    return (training + plan["decoder"]["steps"] * step_seconds("decoder", resolution, batch_size)
+            + plan["scorer"]["steps"] * step_seconds("scorer", resolution, batch_size))
+
+
+@pytest.mark.parametrize("resolution, batch_size", [(128, 8), (256, 8), (512, 4), (384, 16), (64, 2)])
+def test_a_budget_plans_steps_that_take_about_that_long(resolution, batch_size):
+    """Whatever the resolution and batch, the planned steps add up to the budget on 2 idle cores (each step's
+    measured cost scaled to its size); a larger image gets fewer steps, and the decoder and the scorer, which train
+    at their own sizes, do not cost more per step at 512 px."""
+    config = BuildConfig(data="d", output="o", budget_hours=1.0, resolution=resolution, batch_size=batch_size)
+    assert _planned_seconds(plan_stages(config), resolution, batch_size) == pytest.approx(3600, rel=0.01)
+    assert step_seconds("base", 512) > step_seconds("base", 256) > step_seconds("base", 128) > 0
+    assert step_seconds("decoder", 512) == step_seconds("decoder", 256) > step_seconds("decoder", 64)
+    assert step_seconds("siamese", 256, 16) > step_seconds("siamese", 256, 8)
+    smaller = plan_stages(BuildConfig(data="d", output="o", budget_hours=1.0, resolution=128))
+    bigger = plan_stages(BuildConfig(data="d", output="o", budget_hours=1.0, resolution=512))
+    assert smaller["1-base"]["max_steps"] > plan_stages(BuildConfig(data="d", output="o", budget_hours=1.0))[
+        "1-base"]["max_steps"] > bigger["1-base"]["max_steps"]
+
+
+def test_a_build_resumes_with_the_steps_planned_at_its_first_run(dataset, tmp_path):
+    """A build begun by a version that planned other steps for the same settings keeps its own: planned_stages
+    (what the build and the Train tab run) reads them from OUTPUT/build/plan.json."""
+    config = BuildConfig(data=str(dataset), output=str(tmp_path / "model"), budget_hours=1.0)
+    assert planned_stages(config) == plan_stages(config)  # nothing begun
+    stages = plan_stages(config)
+    stages["1-base"]["max_steps"] += 7
+    (tmp_path / "model" / "build").mkdir(parents=True)
+    (tmp_path / "model" / "build" / "plan.json").write_text(
+        json.dumps({"config": {k: v for k, v in vars(config).items() if k != "label"}, "stages": stages}))
+    assert planned_stages(config) == stages
+    with pytest.raises(ValueError, match="begun with other settings"):
+        planned_stages(BuildConfig(**{**vars(config), "budget_hours": 2.0}))
 
 
 @pytest.mark.parametrize("change, message", [

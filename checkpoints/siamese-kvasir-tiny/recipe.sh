@@ -13,4 +13,4 @@
 set -euo pipefail
 DATA=${1:-../shared/data/kvasir-seg}
 OUT=${2:-runs/siamese-kvasir-tiny}
-${PYTHON:-python} -m siamese build --data "$DATA" --output "$OUT" --budget-hours 3.5 --eval-seeds 4
+${PYTHON:-python} -m siamese build --data "$DATA" --output "$OUT" --eval-seeds 4

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from siamese import DataError, ModelLoadError
-from siamese.build import BuildConfig, BuildStopped, build, plan_stages
+from siamese.build import BuildConfig, BuildStopped, build, planned_stages
 from siamese.objective import LOSS_KEYS
 from siamese.train import TrainConfig, train
 
@@ -75,6 +75,7 @@ class TrainingJob(BackgroundJob):
     def start_build(self, config: BuildConfig, resumed: bool = False) -> None:
         """Run `siamese.build.build(config)` in a thread: every stage of a complete model, into config.output (a build
         begun there resumes from its last finished stage and checkpoint)."""
+        plan = planned_stages(config)  # a resumed build's own (ValueError, before any state changes)
         with self._lock:
             if self.running:
                 raise Busy("a training run is already in progress: stop it first")
@@ -83,7 +84,6 @@ class TrainingJob(BackgroundJob):
             self.step, self.max_steps, self.it_per_s, self.eta_s = 0, 0, 0.0, 0.0
             self._base_steps, self._pretraining = 0, False
             self.output, self._tmp, self.stage = None, None, None
-            plan = plan_stages(config)
             # the training stages' steps (a stage may end before its schedule: stop_at)
             steps = {name: s["stop_at"] or s["max_steps"] for name, s in plan.items() if "objective" in s}
             self._build = dict(output=config.output, steps=steps, planned_s=0.0, stage_s=0.0, t0=time.monotonic(),

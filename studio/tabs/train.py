@@ -19,7 +19,7 @@ import gradio as gr
 import pandas as pd
 
 from siamese import DataError
-from siamese.build import BUILD_FOLDER, BuildConfig, begun_build
+from siamese.build import BUILD_FOLDER, REFERENCE_HOURS, BuildConfig, begun_build
 from siamese.data import find_pairs
 from siamese.objective import LOSS_KEYS
 from siamese.train import TrainConfig
@@ -35,7 +35,7 @@ from ..settings import Settings
 
 BASE_MODELS = ("tiny (from scratch)", "current model (continue training)", "Stable Diffusion 1.5 folder or hub id")
 KINDS = ("quick run (two stages)", "full model (build: every stage, settings sweep, evaluation, card)")
-BUDGET_HOURS = (0.01, 100.0)  # a full build's budget (siamese.build: 3.5 h is the bundled polyp model's recipe)
+BUDGET_HOURS = (0.01, 100.0)  # a full build's budget in hours on 2 idle CPU cores
 MAX_RUN_NAME = 100  # characters of a run name (its folder's name)
 LOSS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#7f7f7f")
 
@@ -327,7 +327,8 @@ def build(tab: TrainTab) -> TrainWidgets:
                 base_path = gr.Textbox(label="Stable Diffusion 1.5 folder or hub id",
                                        placeholder="e.g. stable-diffusion-v1-5/stable-diffusion-v1-5")
             with gr.Row(visible=False) as build_settings:
-                budget_hours = gr.Number(0.25, label="Budget (CPU hours; 3.5: the bundled polyp model's recipe)",
+                budget_hours = gr.Number(0.25, label=f"Budget (hours on 2 idle CPU cores; {REFERENCE_HOURS:.1f}: the "
+                                               "polyp model's full recipe at 256 px)",
                                          minimum=BUDGET_HOURS[0], maximum=BUDGET_HOURS[1])
                 label = gr.Textbox(label="What it makes (its name in the model selector)",
                                    placeholder="e.g. skin lesions (dermoscopy)")
