@@ -65,10 +65,10 @@ LOCK_NAME = "lock"  # OUTPUT/build/lock: held while a build runs there (a second
 SWEEP_ROWS = "sweep-rows.json"  # OUTPUT/build/: the sweep's rows as they are measured (a stopped sweep continues)
 # seconds per step on 2 idle CPU cores at 256 px, batch 8 (the skin model's build: 1-base 1029 steps in 499 s,
 # 2-siamese to 4-locked 1111 steps in 1605 s, decoder 1143 in 207 s, scorer 571 in 38 s), and the share of a step
-# that does not shrink with the image (128 px: a base step took 0.184 s, 0.375 of its time at 256 px; the siamese
-# steps' share is assumed the same)
+# that does not shrink with the image (a skin build at 128 px: a base step took 0.184 s, 0.375 of its time at 256 px;
+# 2-siamese to 4-locked 2523 steps in 1034 s, 0.28 of theirs)
 _SECONDS_AT_256 = {"base": 0.49, "siamese": 1.45, "decoder": 0.18, "scorer": 0.067}
-_FIXED_SHARE = {"base": 0.17, "siamese": 0.17}
+_FIXED_SHARE = {"base": 0.17, "siamese": 0.05}
 _DECODER_CROP, _SCORER_SIDE = 96, 128  # the decoder's training crop and the scorer's resolution (at most the model's)
 STAGES = ("1-base", "decoder", "scorer", "2-siamese", "3-biased", "4-locked", "assemble", "sweep", "ship", "evaluate")
 # the full recipe's training stages: steps, length of the lr/EMA schedule (steps / share), settings
