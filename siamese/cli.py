@@ -39,6 +39,7 @@ def _stopping(what: str) -> Iterator[threading.Event]:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
 
+
 def _train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train
 
