@@ -63,12 +63,12 @@ __all__ = ["BuildConfig", "BuildStopped", "build", "begun_build", "plan_stages",
 BUILD_FOLDER = "build"
 LOCK_NAME = "lock"  # OUTPUT/build/lock: held while a build runs there (a second one is refused)
 SWEEP_ROWS = "sweep-rows.json"  # OUTPUT/build/: the sweep's rows as they are measured (a stopped sweep continues)
-# seconds per step on 2 idle CPU cores at 256 px, batch 8 (the skin model's build: 1-base 1029 steps in 499 s,
-# 2-siamese to 4-locked 1111 steps in 1605 s, decoder 1143 in 207 s, scorer 571 in 38 s), and the share of a step
-# that does not shrink with the image (a skin build at 128 px: a base step took 0.184 s, 0.375 of its time at 256 px;
-# 2-siamese to 4-locked 2523 steps in 1034 s, 0.28 of theirs)
-_SECONDS_AT_256 = {"base": 0.49, "siamese": 1.45, "decoder": 0.18, "scorer": 0.067}
-_FIXED_SHARE = {"base": 0.17, "siamese": 0.05}
+# seconds per step on 2 idle CPU cores at 256 px, batch 8, whole stages with their checkpoints and previews (skin
+# builds: 1-base 1029 steps in 499 s; 2-siamese to 4-locked 1697 steps in 1904 s on a quiet machine, where an earlier
+# build measured 1111 in 1605 s; decoder 1741 in 220 s and 1143 in 207 s; scorer 870 in 71 s), and the share of a
+# step that does not shrink with the image (at 128 px a base step took 0.184 s, a siamese step 0.41 s)
+_SECONDS_AT_256 = {"base": 0.49, "siamese": 1.12, "decoder": 0.15, "scorer": 0.08}
+_FIXED_SHARE = {"base": 0.17, "siamese": 0.15}
 _DECODER_CROP, _SCORER_SIDE = 96, 128  # the decoder's training crop and the scorer's resolution (at most the model's)
 STAGES = ("1-base", "decoder", "scorer", "2-siamese", "3-biased", "4-locked", "assemble", "sweep", "ship", "evaluate")
 # the full recipe's training stages: steps, length of the lr/EMA schedule (steps / share), settings
@@ -105,7 +105,7 @@ def _full_recipe_seconds(resolution: int, batch_size: int) -> float:
             + _FULL_SCORER_STEPS * step_seconds("scorer", resolution, batch_size))
 
 
-REFERENCE_HOURS = _full_recipe_seconds(256, 8) / 3600  # the full recipe on 2 idle CPU cores at 256 px, batch 8: 2.3
+REFERENCE_HOURS = _full_recipe_seconds(256, 8) / 3600  # the full recipe on 2 idle CPU cores at 256 px, batch 8: 1.9
 
 
 class BuildStopped(Stopped):
