@@ -90,6 +90,8 @@ def step_seconds(kind: str, resolution: int = 256, batch_size: int = 8) -> float
     """About how long one step of `kind` ("base", "siamese", "decoder", "scorer") takes on 2 idle CPU cores: the
     measured time at 256 px, batch 8, its image-sized share scaled by the pixels per step. The decoder and the scorer
     train at their own size (a crop, a fixed resolution) and batch whatever the model's."""
+    if kind not in _SECONDS_AT_256:
+        raise ValueError(f"kind of step must be one of {', '.join(_SECONDS_AT_256)}, got {kind!r}")
     if kind in ("decoder", "scorer"):
         side = _DECODER_CROP if kind == "decoder" else _SCORER_SIDE
         return _SECONDS_AT_256[kind] * (min(side, resolution) / side) ** 2
@@ -99,8 +101,7 @@ def step_seconds(kind: str, resolution: int = 256, batch_size: int = 8) -> float
 
 def _full_recipe_seconds(resolution: int, batch_size: int) -> float:
     """The full recipe's training stages (budget factor 1) on 2 idle CPU cores."""
-    training = sum(full["steps"] * step_seconds(full["objective"] if full["objective"] == "base" else "siamese",
-                                                resolution, batch_size) for full in _FULL.values())
+    training = sum(full["steps"] * step_seconds(full["objective"], resolution, batch_size) for full in _FULL.values())
     return (training + _FULL_DECODER_STEPS * step_seconds("decoder", resolution, batch_size)
             + _FULL_SCORER_STEPS * step_seconds("scorer", resolution, batch_size))
 
@@ -197,8 +198,8 @@ def plan_stages(config: BuildConfig) -> dict[str, dict]:
 def _stage_seconds(stage: str, settings: dict, config: BuildConfig) -> float:
     """About how long a stage of the plan takes on 2 idle cores, for the ETA (0 for the stages that do not train)."""
     if stage in _FULL:
-        kind = "base" if settings["objective"] == "base" else "siamese"
-        return (settings["stop_at"] or settings["max_steps"]) * step_seconds(kind, config.resolution, config.batch_size)
+        return (settings["stop_at"] or settings["max_steps"]) * step_seconds(settings["objective"], config.resolution,
+                                                                             config.batch_size)
     if stage in ("decoder", "scorer"):
         return settings["steps"] * step_seconds(stage, config.resolution, config.batch_size)
     return 0.0

@@ -81,8 +81,7 @@ def test_the_budget_scales_every_stage_in_proportion():
 
 
 def _planned_seconds(plan: dict, resolution: int, batch_size: int) -> float:
-    training = sum((s["stop_at"] or s["max_steps"]) * step_seconds("base" if s["objective"] == "base" else "siamese",
-                                                                   resolution, batch_size)
+    training = sum((s["stop_at"] or s["max_steps"]) * step_seconds(s["objective"], resolution, batch_size)
                    for s in plan.values() if "objective" in s)
     return (training + plan["decoder"]["steps"] * step_seconds("decoder", resolution, batch_size)
             + plan["scorer"]["steps"] * step_seconds("scorer", resolution, batch_size))
