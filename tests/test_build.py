@@ -97,6 +97,8 @@ def test_a_budget_plans_steps_that_take_about_that_long(resolution, batch_size):
     assert step_seconds("base", 512) > step_seconds("base", 256) > step_seconds("base", 128) > 0
     assert step_seconds("decoder", 512) == step_seconds("decoder", 256) > step_seconds("decoder", 64)
     assert step_seconds("siamese", 256, 16) > step_seconds("siamese", 256, 8)
+    with pytest.raises(ValueError, match="kind of step must be one of base, siamese, decoder, scorer, got 'vae'"):
+        step_seconds("vae")
     smaller = plan_stages(BuildConfig(data="d", output="o", budget_hours=1.0, resolution=128))
     bigger = plan_stages(BuildConfig(data="d", output="o", budget_hours=1.0, resolution=512))
     assert smaller["1-base"]["max_steps"] > plan_stages(BuildConfig(data="d", output="o", budget_hours=1.0))[
